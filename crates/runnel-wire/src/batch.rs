@@ -1,0 +1,565 @@
+//! Kafka RecordBatch v2: the header at fixed positions, the records as
+//! varint-framed entries, optionally compressed as one block.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  base_offset             (i64, outside the CRC)
+//!      8     4  batch_length            (i32, bytes after this field)
+//!     12     4  partition_leader_epoch  (i32, outside the CRC)
+//!     16     1  magic                   (i8, always 2)
+//!     17     4  crc                     (u32, CRC-32C of bytes 21..end)
+//!     21     2  attributes              (i16)
+//!     23     4  last_offset_delta       (i32)
+//!     27     8  base_timestamp          (i64, ms)
+//!     35     8  max_timestamp           (i64, ms)
+//!     43     8  producer_id             (i64, -1 if none)
+//!     51     2  producer_epoch          (i16)
+//!     53     4  base_sequence           (i32)
+//!     57     4  record_count            (i32)
+//!     61     -  records (compressed as one block when a codec is set)
+//! ```
+//! All integers big-endian. The leader rewrites base offset and leader epoch
+//! in place; both sit outside the CRC, so the batch stays valid.
+
+use runnel_types::{LeaderEpoch, Offset};
+
+use crate::WireError;
+use crate::compression::{self, Compression};
+use crate::varint::{get_varint, get_varlong, put_varint, put_varlong, varint_len, varlong_len};
+
+/// Size of the fixed header, up to the first record.
+pub const BATCH_HEADER_LEN: usize = 61;
+/// Bytes before `batch_length` counts: base offset and the length itself.
+pub const LOG_OVERHEAD: usize = 12;
+/// The only record batch version Runnel reads and writes.
+pub const MAGIC: i8 = 2;
+/// Where the CRC-covered bytes begin.
+const CRC_START: usize = 21;
+const MAGIC_POSITION: usize = 16;
+const CRC_POSITION: usize = 17;
+const LEADER_EPOCH_POSITION: usize = 12;
+
+/// Attribute bits after the three codec bits.
+const TIMESTAMP_TYPE_BIT: i16 = 1 << 3;
+const TRANSACTIONAL_BIT: i16 = 1 << 4;
+const CONTROL_BIT: i16 = 1 << 5;
+
+/// Smallest encoded record: length, attributes, timestamp and offset deltas,
+/// key and value lengths, header count, one byte each.
+const MIN_RECORD_LEN: usize = 7;
+
+/// Producer id of a batch from a producer that is not idempotent.
+pub const NO_PRODUCER_ID: i64 = -1;
+
+/// The fixed-size front of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    /// Reads the header from the front of `bytes` and checks that its length
+    /// and magic are plausible. It does not check the CRC: see
+    /// [`verify_crc`].
+    pub fn parse(bytes: &[u8]) -> Result<BatchHeader, WireError> {
+        let Some(fixed) = bytes.first_chunk::<BATCH_HEADER_LEN>() else {
+            return Err(WireError::Truncated {
+                needed: BATCH_HEADER_LEN,
+                available: bytes.len(),
+            });
+        };
+        let header = BatchHeader {
+            base_offset: i64::from_be_bytes(field(fixed, 0)),
+            batch_length: i32::from_be_bytes(field(fixed, 8)),
+            partition_leader_epoch: i32::from_be_bytes(field(fixed, 12)),
+            magic: fixed[MAGIC_POSITION] as i8,
+            crc: u32::from_be_bytes(field(fixed, CRC_POSITION)),
+            attributes: i16::from_be_bytes(field(fixed, 21)),
+            last_offset_delta: i32::from_be_bytes(field(fixed, 23)),
+            base_timestamp: i64::from_be_bytes(field(fixed, 27)),
+            max_timestamp: i64::from_be_bytes(field(fixed, 35)),
+            producer_id: i64::from_be_bytes(field(fixed, 43)),
+            producer_epoch: i16::from_be_bytes(field(fixed, 51)),
+            base_sequence: i32::from_be_bytes(field(fixed, 53)),
+            record_count: i32::from_be_bytes(field(fixed, 57)),
+        };
+        if header.magic != MAGIC {
+            return Err(WireError::BadMagic(header.magic));
+        }
+        if (header.batch_length as i64) < (BATCH_HEADER_LEN - LOG_OVERHEAD) as i64 {
+            return Err(WireError::BadBatchLength(header.batch_length));
+        }
+        Ok(header)
+    }
+
+    /// Bytes the whole batch occupies, header included.
+    pub fn total_len(&self) -> usize {
+        self.batch_length as usize + LOG_OVERHEAD
+    }
+
+    pub fn base_offset(&self) -> Offset {
+        Offset(self.base_offset)
+    }
+
+    /// Offset of the last record the batch covers.
+    pub fn last_offset(&self) -> Offset {
+        Offset(self.base_offset + i64::from(self.last_offset_delta))
+    }
+
+    /// The offset right after this batch.
+    pub fn next_offset(&self) -> Offset {
+        self.last_offset().plus(1)
+    }
+
+    pub fn leader_epoch(&self) -> LeaderEpoch {
+        LeaderEpoch(self.partition_leader_epoch)
+    }
+
+    pub fn compression(&self) -> Result<Compression, WireError> {
+        Compression::from_id((self.attributes & 0b111) as u8)
+    }
+
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & TIMESTAMP_TYPE_BIT != 0
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & TRANSACTIONAL_BIT != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & CONTROL_BIT != 0
+    }
+
+    fn write(&self, out: &mut [u8; BATCH_HEADER_LEN]) {
+        out[0..8].copy_from_slice(&self.base_offset.to_be_bytes());
+        out[8..12].copy_from_slice(&self.batch_length.to_be_bytes());
+        out[12..16].copy_from_slice(&self.partition_leader_epoch.to_be_bytes());
+        out[16] = self.magic as u8;
+        out[17..21].copy_from_slice(&self.crc.to_be_bytes());
+        out[21..23].copy_from_slice(&self.attributes.to_be_bytes());
+        out[23..27].copy_from_slice(&self.last_offset_delta.to_be_bytes());
+        out[27..35].copy_from_slice(&self.base_timestamp.to_be_bytes());
+        out[35..43].copy_from_slice(&self.max_timestamp.to_be_bytes());
+        out[43..51].copy_from_slice(&self.producer_id.to_be_bytes());
+        out[51..53].copy_from_slice(&self.producer_epoch.to_be_bytes());
+        out[53..57].copy_from_slice(&self.base_sequence.to_be_bytes());
+        out[57..61].copy_from_slice(&self.record_count.to_be_bytes());
+    }
+}
+
+fn field<const N: usize>(bytes: &[u8; BATCH_HEADER_LEN], at: usize) -> [u8; N] {
+    bytes[at..at + N]
+        .try_into()
+        .expect("field lies inside the fixed header")
+}
+
+/// Total length of the batch at the front of `bytes`, read from its length
+/// field, or `None` if fewer than [`LOG_OVERHEAD`] bytes are there.
+pub fn peek_total_len(bytes: &[u8]) -> Option<Result<usize, WireError>> {
+    let length = i32::from_be_bytes(bytes.get(8..12)?.try_into().ok()?);
+    if (length as i64) < (BATCH_HEADER_LEN - LOG_OVERHEAD) as i64 {
+        return Some(Err(WireError::BadBatchLength(length)));
+    }
+    Some(Ok(length as usize + LOG_OVERHEAD))
+}
+
+/// CRC-32C over the covered part of a whole batch.
+pub fn compute_crc(batch: &[u8]) -> u32 {
+    crc32c::crc32c(&batch[CRC_START..])
+}
+
+/// Checks the stored CRC of a whole batch (exactly one batch, header
+/// included) against its contents.
+pub fn verify_crc(batch: &[u8]) -> Result<(), WireError> {
+    if batch.len() < BATCH_HEADER_LEN {
+        return Err(WireError::Truncated {
+            needed: BATCH_HEADER_LEN,
+            available: batch.len(),
+        });
+    }
+    let stored = u32::from_be_bytes(batch[CRC_POSITION..CRC_START].try_into().expect("4 bytes"));
+    let computed = compute_crc(batch);
+    if stored != computed {
+        return Err(WireError::CrcMismatch { stored, computed });
+    }
+    Ok(())
+}
+
+/// Rewrites the base offset of an encoded batch; the CRC stays valid.
+pub fn set_base_offset(batch: &mut [u8], offset: Offset) {
+    batch[0..8].copy_from_slice(&offset.0.to_be_bytes());
+}
+
+/// Rewrites the leader epoch of an encoded batch; the CRC stays valid.
+pub fn set_leader_epoch(batch: &mut [u8], epoch: LeaderEpoch) {
+    batch[LEADER_EPOCH_POSITION..LEADER_EPOCH_POSITION + 4].copy_from_slice(&epoch.0.to_be_bytes());
+}
+
+/// A header of a record, as Kafka defines it: a key and an optional value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// One record inside a batch. Its offset and timestamp are deltas from the
+/// batch's base offset and base timestamp.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Record {
+    pub attributes: i8,
+    pub timestamp_delta: i64,
+    pub offset_delta: i32,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<RecordHeader>,
+}
+
+impl Record {
+    fn body_len(&self) -> usize {
+        let bytes_len = |bytes: &Option<Vec<u8>>| match bytes {
+            Some(bytes) => varint_len(bytes.len() as i32) + bytes.len(),
+            None => varint_len(-1),
+        };
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|header| {
+                varint_len(header.key.len() as i32) + header.key.len() + bytes_len(&header.value)
+            })
+            .sum();
+        1 + varlong_len(self.timestamp_delta)
+            + varint_len(self.offset_delta)
+            + bytes_len(&self.key)
+            + bytes_len(&self.value)
+            + varint_len(self.headers.len() as i32)
+            + headers
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        fn put_bytes(out: &mut Vec<u8>, bytes: &Option<Vec<u8>>) {
+            match bytes {
+                Some(bytes) => {
+                    put_varint(out, bytes.len() as i32);
+                    out.extend_from_slice(bytes);
+                }
+                None => put_varint(out, -1),
+            }
+        }
+        put_varint(out, self.body_len() as i32);
+        out.push(self.attributes as u8);
+        put_varlong(out, self.timestamp_delta);
+        put_varint(out, self.offset_delta);
+        put_bytes(out, &self.key);
+        put_bytes(out, &self.value);
+        put_varint(out, self.headers.len() as i32);
+        for header in &self.headers {
+            put_varint(out, header.key.len() as i32);
+            out.extend_from_slice(&header.key);
+            put_bytes(out, &header.value);
+        }
+    }
+
+    /// Decodes one record from the front of `input`, advancing it.
+    fn decode(input: &mut &[u8], index: i32) -> Result<Record, WireError> {
+        let malformed = |reason| WireError::MalformedRecord { index, reason };
+        let length = get_varint(input)?;
+        let length = usize::try_from(length).map_err(|_| malformed("negative record length"))?;
+        if length > input.len() {
+            return Err(malformed("record length runs past the batch"));
+        }
+        let (mut body, rest) = input.split_at(length);
+        *input = rest;
+        let (&attributes, after) = body.split_first().ok_or(malformed("empty record"))?;
+        body = after;
+        let timestamp_delta = get_varlong(&mut body)?;
+        let offset_delta = get_varint(&mut body)?;
+        let key =
+            take_nullable(&mut body).map_err(|_| malformed("key length runs past the record"))?;
+        let value =
+            take_nullable(&mut body).map_err(|_| malformed("value length runs past the record"))?;
+        let header_count = get_varint(&mut body)?;
+        let header_count =
+            usize::try_from(header_count).map_err(|_| malformed("negative header count"))?;
+        // Each header takes at least two bytes, so the count cannot make us
+        // reserve more than the record holds.
+        if header_count > body.len() / 2 {
+            return Err(malformed("header count exceeds the record size"));
+        }
+        let mut headers = Vec::with_capacity(header_count);
+        for _ in 0..header_count {
+            let key = take_nullable(&mut body)
+                .map_err(|_| malformed("header key length runs past the record"))?
+                .ok_or(malformed("header key is null"))?;
+            let value = take_nullable(&mut body)
+                .map_err(|_| malformed("header value length runs past the record"))?;
+            headers.push(RecordHeader { key, value });
+        }
+        if !body.is_empty() {
+            return Err(malformed("bytes left over after the headers"));
+        }
+        Ok(Record {
+            attributes: attributes as i8,
+            timestamp_delta,
+            offset_delta,
+            key,
+            value,
+            headers,
+        })
+    }
+}
+
+/// A varint length (-1 for null) followed by that many bytes.
+fn take_nullable(input: &mut &[u8]) -> Result<Option<Vec<u8>>, WireError> {
+    let length = get_varint(input)?;
+    if length < 0 {
+        return Ok(None);
+    }
+    let length = length as usize;
+    if length > input.len() {
+        return Err(WireError::Truncated {
+            needed: length,
+            available: input.len(),
+        });
+    }
+    let (bytes, rest) = input.split_at(length);
+    *input = rest;
+    Ok(Some(bytes.to_vec()))
+}
+
+/// A decoded batch: its header and its records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordBatch {
+    pub header: BatchHeader,
+    pub records: Vec<Record>,
+}
+
+/// Limits applied while decoding bytes from a peer or a disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest records section a compressed batch may expand to.
+    pub max_decompressed_bytes: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_decompressed_bytes: 64 << 20,
+        }
+    }
+}
+
+impl RecordBatch {
+    /// Decodes exactly one batch from the front of `bytes` and returns it
+    /// with the number of bytes it took. Verifies length, magic, CRC, codec,
+    /// and that the records fill the batch and match its record count.
+    pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<(RecordBatch, usize), WireError> {
+        let header = BatchHeader::parse(bytes)?;
+        let total = header.total_len();
+        let batch = bytes.get(..total).ok_or(WireError::Truncated {
+            needed: total,
+            available: bytes.len(),
+        })?;
+        verify_crc(batch)?;
+        if header.record_count < 0 {
+            return Err(WireError::BadRecordCount(header.record_count));
+        }
+        let codec = header.compression()?;
+        let section = &batch[BATCH_HEADER_LEN..];
+        let decompressed;
+        let mut input = if codec == Compression::None {
+            section
+        } else {
+            decompressed = compression::decompress(codec, section, limits.max_decompressed_bytes)?;
+            decompressed.as_slice()
+        };
+        // Every record takes at least MIN_RECORD_LEN bytes, so the count from
+        // the header cannot make us reserve more than the input could hold.
+        let expected = header.record_count as usize;
+        if expected > input.len() / MIN_RECORD_LEN {
+            return Err(WireError::RecordCountMismatch {
+                header: header.record_count,
+                actual: (input.len() / MIN_RECORD_LEN) as i32,
+            });
+        }
+        let mut records = Vec::with_capacity(expected);
+        while !input.is_empty() {
+            if records.len() == expected {
+                return Err(WireError::TrailingBytes(input.len()));
+            }
+            records.push(Record::decode(&mut input, records.len() as i32)?);
+        }
+        if records.len() != expected {
+            return Err(WireError::RecordCountMismatch {
+                header: header.record_count,
+                actual: records.len() as i32,
+            });
+        }
+        Ok((RecordBatch { header, records }, total))
+    }
+
+    /// Encodes the batch. `batch_length`, `crc` and `record_count` are
+    /// computed from the contents; every other header field is written as
+    /// given.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let codec = self.header.compression()?;
+        let records_len: usize = self
+            .records
+            .iter()
+            .map(|record| {
+                let body = record.body_len();
+                varint_len(body as i32) + body
+            })
+            .sum();
+        let mut out = vec![0; BATCH_HEADER_LEN];
+        if codec == Compression::None {
+            out.reserve(records_len);
+            for record in &self.records {
+                record.encode(&mut out);
+            }
+        } else {
+            let mut plain = Vec::with_capacity(records_len);
+            for record in &self.records {
+                record.encode(&mut plain);
+            }
+            out.extend_from_slice(&compression::compress(codec, &plain));
+        }
+        let batch_length =
+            i32::try_from(out.len() - LOG_OVERHEAD).map_err(|_| WireError::TooLarge(out.len()))?;
+        let record_count =
+            i32::try_from(self.records.len()).map_err(|_| WireError::TooLarge(out.len()))?;
+        let header = BatchHeader {
+            batch_length,
+            magic: MAGIC,
+            crc: 0,
+            record_count,
+            ..self.header
+        };
+        let fixed: &mut [u8; BATCH_HEADER_LEN] = (&mut out[..BATCH_HEADER_LEN])
+            .try_into()
+            .expect("header slice");
+        header.write(fixed);
+        let crc = compute_crc(&out);
+        out[CRC_POSITION..CRC_START].copy_from_slice(&crc.to_be_bytes());
+        Ok(out)
+    }
+
+    /// Absolute timestamp of a record of this batch.
+    pub fn timestamp_of(&self, record: &Record) -> i64 {
+        if self.header.is_log_append_time() {
+            self.header.max_timestamp
+        } else {
+            self.header
+                .base_timestamp
+                .wrapping_add(record.timestamp_delta)
+        }
+    }
+}
+
+/// Builds a batch the way producers do: records in order with absolute
+/// timestamps, offsets counted from 0, the first timestamp as base.
+#[derive(Debug, Clone)]
+pub struct BatchBuilder {
+    header: BatchHeader,
+    records: Vec<Record>,
+}
+
+impl BatchBuilder {
+    pub fn new(compression: Compression) -> BatchBuilder {
+        BatchBuilder {
+            header: BatchHeader {
+                base_offset: 0,
+                batch_length: 0,
+                partition_leader_epoch: 0,
+                magic: MAGIC,
+                crc: 0,
+                attributes: i16::from(compression.id()),
+                last_offset_delta: 0,
+                base_timestamp: 0,
+                max_timestamp: 0,
+                producer_id: NO_PRODUCER_ID,
+                producer_epoch: -1,
+                base_sequence: -1,
+                record_count: 0,
+            },
+            records: Vec::new(),
+        }
+    }
+
+    /// Marks the batch as coming from an idempotent producer.
+    pub fn producer(mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Self {
+        self.header.producer_id = producer_id;
+        self.header.producer_epoch = producer_epoch;
+        self.header.base_sequence = base_sequence;
+        self
+    }
+
+    pub fn transactional(mut self, transactional: bool) -> Self {
+        if transactional {
+            self.header.attributes |= TRANSACTIONAL_BIT;
+        } else {
+            self.header.attributes &= !TRANSACTIONAL_BIT;
+        }
+        self
+    }
+
+    pub fn control(mut self, control: bool) -> Self {
+        if control {
+            self.header.attributes |= CONTROL_BIT;
+        } else {
+            self.header.attributes &= !CONTROL_BIT;
+        }
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn push(
+        &mut self,
+        timestamp: i64,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        headers: Vec<RecordHeader>,
+    ) {
+        if self.records.is_empty() {
+            self.header.base_timestamp = timestamp;
+            self.header.max_timestamp = timestamp;
+        }
+        self.header.max_timestamp = self.header.max_timestamp.max(timestamp);
+        let offset_delta = self.records.len() as i32;
+        self.header.last_offset_delta = offset_delta;
+        self.records.push(Record {
+            attributes: 0,
+            timestamp_delta: timestamp.wrapping_sub(self.header.base_timestamp),
+            offset_delta,
+            key,
+            value,
+            headers,
+        });
+    }
+
+    pub fn build(self) -> RecordBatch {
+        RecordBatch {
+            header: self.header,
+            records: self.records,
+        }
+    }
+}
