@@ -1,0 +1,1013 @@
+//! The partition log: an ordered list of segments, the offsets that bound
+//! it, its leader-epoch cache, and the durability machinery (group commit,
+//! recovery point).
+//!
+//! Locking: `state` guards the segments and offsets; `sync` guards the
+//! group-commit bookkeeping. Code that holds `state` may take `sync`, never
+//! the reverse, and no thread holds `sync` while it fsyncs.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use runnel_types::{LeaderEpoch, Offset};
+use runnel_wire::batch::{self, BatchHeader};
+
+use crate::checkpoint;
+use crate::epoch::EpochCache;
+use crate::scan::{Fault, FaultKind, Scanner};
+use crate::segment::{self, LOG_SUFFIX, Segment, WriteFailure};
+use crate::{FlushPolicy, LogConfig, LogError};
+
+const RECOVERY_POINT_FILE: &str = "recovery-point.checkpoint";
+const LOG_START_FILE: &str = "log-start-offset.checkpoint";
+const EPOCHS_FILE: &str = "leader-epochs.checkpoint";
+const HIGH_WATERMARK_FILE: &str = "high-watermark.checkpoint";
+
+/// What an append wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub first_offset: Offset,
+    pub last_offset: Offset,
+    /// The log end offset after the append.
+    pub log_end: Offset,
+    pub max_timestamp: i64,
+    pub batch_count: u32,
+}
+
+/// Whole batches of one segment file, located for sending without copying
+/// (`sendfile`) or for reading with [`FileSlice::read_verified`].
+#[derive(Debug, Clone)]
+pub struct FileSlice {
+    pub file: Arc<File>,
+    pub path: PathBuf,
+    pub position: u64,
+    pub len: u64,
+    /// Base offset of the first batch in the slice.
+    pub first_offset: Offset,
+    /// Offset after the last batch in the slice.
+    pub next_offset: Offset,
+}
+
+impl FileSlice {
+    /// Reads the slice and checks every batch's framing and CRC, so corrupt
+    /// bytes are reported instead of served.
+    pub fn read_verified(&self) -> Result<Vec<u8>, LogError> {
+        let mut bytes = vec![0; self.len as usize];
+        self.file
+            .read_exact_at(&mut bytes, self.position)
+            .map_err(LogError::io("reading", &self.path))?;
+        let mut at = 0usize;
+        while at < bytes.len() {
+            let corrupt = |fault| LogError::Corrupt {
+                path: self.path.clone(),
+                position: self.position + at as u64,
+                offset: self.first_offset,
+                fault,
+            };
+            let header = BatchHeader::parse(&bytes[at..]).map_err(|error| corrupt(FaultKind::BadHeader(error)))?;
+            let end = at + header.total_len();
+            let batch_bytes = bytes.get(at..end).ok_or_else(|| {
+                corrupt(FaultKind::Truncated {
+                    needed: header.total_len() as u64,
+                    available: (bytes.len() - at) as u64,
+                })
+            })?;
+            batch::verify_crc(batch_bytes).map_err(|error| corrupt(FaultKind::Crc(error)))?;
+            at = end;
+        }
+        Ok(bytes)
+    }
+}
+
+/// What opening a log found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    /// Segments scanned batch by batch because they lie after the recovery
+    /// point.
+    pub scanned_segments: usize,
+    /// Where a torn or invalid tail was cut off, and why.
+    pub truncated: Option<Fault>,
+    pub bytes_truncated: u64,
+    /// Whole segments removed because they followed the cut.
+    pub deleted_segments: Vec<PathBuf>,
+    /// Sealed segments whose indexes were missing or failed their checks.
+    pub rebuilt_indexes: Vec<PathBuf>,
+    /// Sealed segments with a corrupt batch. They are kept (they were
+    /// durable once), but the log reports itself corrupt.
+    pub corrupt_segments: Vec<(PathBuf, Fault)>,
+    pub log_start: Offset,
+    pub log_end: Offset,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionOutcome {
+    pub deleted_segments: usize,
+    pub deleted_bytes: u64,
+    pub log_start: Offset,
+}
+
+/// Counters for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub batches_appended: AtomicU64,
+    pub fsyncs: AtomicU64,
+}
+
+#[derive(Debug)]
+struct State {
+    /// By base offset; never empty. The last one is the active segment.
+    segments: BTreeMap<i64, Segment>,
+    log_start: Offset,
+    recovery_point: Offset,
+    epochs: EpochCache,
+    last_flush_ms: Option<i64>,
+    /// Set when a write or fsync failed in a way that leaves the files in an
+    /// unknown state; the log refuses writes until reopened.
+    failed: bool,
+    /// The first corruption found in a sealed segment.
+    corruption: Option<(PathBuf, Fault)>,
+}
+
+impl State {
+    fn active(&self) -> &Segment {
+        self.segments.values().next_back().expect("a log always has a segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.values_mut().next_back().expect("a log always has a segment")
+    }
+
+    fn log_end(&self) -> Offset {
+        self.active().next_offset
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|segment| segment.size).sum()
+    }
+}
+
+#[derive(Debug)]
+struct SyncState {
+    /// Every offset below this is on stable storage.
+    durable: Offset,
+    syncing: bool,
+    failed: bool,
+}
+
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    state: Mutex<State>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    stats: LogStats,
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating it if needed, and recovers from an
+    /// unclean stop: scans every segment after the recovery point, cuts a
+    /// torn or invalid tail at its first bad byte, rebuilds indexes.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<(Log, RecoveryReport), LogError> {
+        config.validate()?;
+        fs::create_dir_all(dir).map_err(LogError::io("creating log directory", dir))?;
+        let bases = list_segments(dir)?;
+        let mut report = RecoveryReport {
+            segments: bases.len(),
+            ..RecoveryReport::default()
+        };
+
+        let recovery_point = read_single(dir, RECOVERY_POINT_FILE)?.unwrap_or(Offset::ZERO);
+        let checkpointed_start = read_single(dir, LOG_START_FILE)?;
+        let sync = config.flush != FlushPolicy::Os;
+
+        let mut segments = BTreeMap::new();
+        let recovery_base = bases
+            .iter()
+            .rev()
+            .find(|base| **base <= recovery_point)
+            .copied()
+            .unwrap_or(Offset::ZERO);
+        let mut cut = false;
+        for (index, &base) in bases.iter().enumerate() {
+            let path = segment::segment_path(dir, base, LOG_SUFFIX);
+            if cut {
+                report.deleted_segments.push(path);
+                continue;
+            }
+            let previous_end = segments.values().next_back().map(|segment: &Segment| segment.next_offset);
+            if let Some(previous_end) = previous_end
+                && base < previous_end
+            {
+                report.truncated = Some(Fault {
+                    position: 0,
+                    offset: previous_end,
+                    kind: FaultKind::OffsetNotIncreasing {
+                        base_offset: base,
+                        expected_at_least: previous_end,
+                    },
+                });
+                cut = true;
+                report.deleted_segments.push(path);
+                continue;
+            }
+            if base < recovery_base {
+                let next_offset = bases[index + 1];
+                let (segment, opened) =
+                    Segment::open_sealed(dir, base, next_offset, config.index_interval_bytes, config.max_batch_bytes)?;
+                if opened.rebuilt_indexes {
+                    report.rebuilt_indexes.push(path.clone());
+                }
+                if let Some(fault) = opened.fault {
+                    report.corrupt_segments.push((path, fault));
+                }
+                segments.insert(base.0, segment);
+                continue;
+            }
+            report.scanned_segments += 1;
+            let (mut segment, fault) =
+                Segment::open_scanning(dir, base, config.index_interval_bytes, config.max_batch_bytes)?;
+            if let Some(fault) = fault {
+                if let FaultKind::Io(reason) = &fault.kind {
+                    return Err(LogError::Io {
+                        context: "reading during recovery",
+                        path,
+                        source: std::io::Error::other(reason.clone()),
+                    });
+                }
+                let file_len = segment
+                    .file
+                    .metadata()
+                    .map_err(LogError::io("reading size of segment", &path))?
+                    .len();
+                segment
+                    .file
+                    .set_len(fault.position)
+                    .map_err(LogError::io("truncating torn segment", &path))?;
+                report.bytes_truncated += file_len - fault.position;
+                report.truncated = Some(fault);
+                cut = true;
+            }
+            segment.write_indexes(sync)?;
+            if sync {
+                segment.sync()?;
+            }
+            segments.insert(base.0, segment);
+        }
+        if segments.is_empty() {
+            let base = checkpointed_start.unwrap_or(Offset::ZERO);
+            segments.insert(base.0, Segment::create(dir, base, config.index_interval_bytes)?);
+            checkpoint::sync_dir(dir)?;
+        }
+        // Removing segments after a cut is done last, highest first, so a
+        // crash midway still leaves a prefix of the log.
+        for path in report.deleted_segments.iter().rev() {
+            segment::delete_files(path)?;
+        }
+
+        let first_base = Offset(*segments.keys().next().expect("not empty"));
+        let mut state = State {
+            segments,
+            log_start: first_base,
+            recovery_point,
+            epochs: EpochCache::default(),
+            last_flush_ms: None,
+            failed: false,
+            corruption: report.corrupt_segments.first().cloned(),
+        };
+        let log_end = state.log_end();
+        state.log_start = checkpointed_start.map_or(first_base, |start| start.max(first_base)).min(log_end);
+
+        state.epochs = match read_epochs(dir)? {
+            Some(epochs) => epochs,
+            None => rebuild_epochs(&state, config.max_batch_bytes)?,
+        };
+        state.epochs.truncate_from_end(log_end);
+        state.epochs.truncate_from_start(state.log_start);
+
+        // What recovery kept is now forced to disk, so the recovery point can
+        // move to the end and the next open scans only what comes after.
+        state.recovery_point = log_end;
+        checkpoint::write(&dir.join(RECOVERY_POINT_FILE), "recovery-point", &[(log_end.0, 0)])?;
+        checkpoint::write(&dir.join(LOG_START_FILE), "log-start-offset", &[(state.log_start.0, 0)])?;
+        write_epochs(dir, &state.epochs)?;
+        report.log_start = state.log_start;
+        report.log_end = log_end;
+
+        let log = Log {
+            dir: dir.to_path_buf(),
+            config,
+            state: Mutex::new(state),
+            sync: Mutex::new(SyncState {
+                durable: log_end,
+                syncing: false,
+                failed: false,
+            }),
+            synced: Condvar::new(),
+            stats: LogStats::default(),
+        };
+        Ok((log, report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &LogStats {
+        &self.stats
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        self.lock().log_start
+    }
+
+    pub fn log_end_offset(&self) -> Offset {
+        self.lock().log_end()
+    }
+
+    /// Every offset below this is on stable storage.
+    pub fn durable_offset(&self) -> Offset {
+        self.lock_sync().durable
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.lock().size_bytes()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.lock().segments.len()
+    }
+
+    /// The first corruption found in a sealed segment, if any. A corrupt
+    /// replica must not lead until repaired.
+    pub fn corruption(&self) -> Option<(PathBuf, Fault)> {
+        self.lock().corruption.clone()
+    }
+
+    pub fn epochs(&self) -> Vec<(LeaderEpoch, Offset)> {
+        self.lock().epochs.entries().to_vec()
+    }
+
+    /// See [`EpochCache::end_offset_for`].
+    pub fn epoch_end_offset(&self, epoch: LeaderEpoch) -> Option<(LeaderEpoch, Offset)> {
+        let state = self.lock();
+        state.epochs.end_offset_for(epoch, state.log_end())
+    }
+
+    /// Appends batches from a producer: each gets the next offsets and
+    /// `epoch` written into its header. Returns once the flush policy is
+    /// satisfied.
+    pub fn append_as_leader(&self, batches: &mut [u8], epoch: LeaderEpoch, now_ms: i64) -> Result<AppendInfo, LogError> {
+        let headers = self.validate(batches, true)?;
+        self.append(batches, headers, now_ms, |state, batches, headers| {
+            if let Some((latest, _)) = state.epochs.latest()
+                && epoch < latest
+            {
+                return Err(LogError::EpochRegression { found: epoch, latest });
+            }
+            let mut next = state.log_end();
+            let mut at = 0;
+            for header in headers.iter_mut() {
+                let bytes = &mut batches[at..at + header.total_len()];
+                batch::set_base_offset(bytes, next);
+                batch::set_leader_epoch(bytes, epoch);
+                header.base_offset = next.0;
+                header.partition_leader_epoch = epoch.0;
+                next = header.next_offset();
+                at += header.total_len();
+            }
+            Ok(())
+        })
+    }
+
+    /// Appends batches copied from the leader, offsets and epochs unchanged.
+    /// They must start at or after the log end and increase.
+    pub fn append_replicated(&self, batches: &[u8], now_ms: i64) -> Result<AppendInfo, LogError> {
+        let headers = self.validate(batches, false)?;
+        let mut owned = batches.to_vec();
+        self.append(&mut owned, headers, now_ms, |state, _, headers| {
+            let mut expected = state.log_end();
+            let mut latest_epoch = state.epochs.latest().map(|(epoch, _)| epoch);
+            for header in headers.iter() {
+                if header.base_offset() < expected {
+                    return Err(LogError::NonContiguousBatch {
+                        base_offset: header.base_offset(),
+                        log_end: expected,
+                    });
+                }
+                if let Some(latest) = latest_epoch
+                    && header.leader_epoch() < latest
+                {
+                    return Err(LogError::EpochRegression {
+                        found: header.leader_epoch(),
+                        latest,
+                    });
+                }
+                expected = header.next_offset();
+                latest_epoch = Some(header.leader_epoch());
+            }
+            Ok(())
+        })
+    }
+
+    /// Checks framing, size and CRC of each batch in `bytes`.
+    fn validate(&self, bytes: &[u8], from_producer: bool) -> Result<Vec<BatchHeader>, LogError> {
+        let mut headers = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let invalid = |source| LogError::InvalidBatch { position: at, source };
+            let rest = &bytes[at..];
+            let header = BatchHeader::parse(rest).map_err(invalid)?;
+            let length = header.total_len();
+            if length > self.config.max_batch_bytes {
+                return Err(LogError::BatchTooLarge {
+                    size: length,
+                    limit: self.config.max_batch_bytes,
+                });
+            }
+            let batch_bytes = rest.get(..length).ok_or_else(|| {
+                invalid(runnel_wire::WireError::Truncated {
+                    needed: length,
+                    available: rest.len(),
+                })
+            })?;
+            batch::verify_crc(batch_bytes).map_err(invalid)?;
+            let counts_sound = if from_producer {
+                header.record_count >= 1 && header.last_offset_delta == header.record_count - 1
+            } else {
+                header.record_count >= 0 && header.last_offset_delta >= 0
+            };
+            if !counts_sound {
+                return Err(LogError::InconsistentBatch {
+                    record_count: header.record_count,
+                    last_offset_delta: header.last_offset_delta,
+                });
+            }
+            headers.push(header);
+            at += length;
+        }
+        if headers.is_empty() {
+            return Err(LogError::InvalidBatch {
+                position: 0,
+                source: runnel_wire::WireError::Truncated {
+                    needed: batch::BATCH_HEADER_LEN,
+                    available: 0,
+                },
+            });
+        }
+        if bytes.len() as u64 > self.config.segment_max_bytes {
+            return Err(LogError::BatchTooLarge {
+                size: bytes.len(),
+                limit: self.config.segment_max_bytes as usize,
+            });
+        }
+        Ok(headers)
+    }
+
+    fn append(
+        &self,
+        batches: &mut [u8],
+        mut headers: Vec<BatchHeader>,
+        now_ms: i64,
+        assign: impl FnOnce(&State, &mut [u8], &mut [BatchHeader]) -> Result<(), LogError>,
+    ) -> Result<AppendInfo, LogError> {
+        let info = {
+            let mut state = self.lock();
+            if state.failed {
+                return Err(LogError::Failed(self.dir.clone()));
+            }
+            assign(&state, batches, &mut headers)?;
+            let first = headers.first().expect("validated: at least one batch");
+            let last = headers.last().expect("validated: at least one batch");
+            let max_timestamp = headers.iter().map(|header| header.max_timestamp).max().unwrap_or(first.max_timestamp);
+            if self.should_roll(state.active(), batches.len() as u64, last, max_timestamp) {
+                self.roll_locked(&mut state)?;
+            }
+            match state.active_mut().append(batches, &headers) {
+                Ok(()) => {}
+                Err(WriteFailure::RolledBack(error)) => return Err(error),
+                Err(WriteFailure::Unrecoverable(error)) => {
+                    state.failed = true;
+                    return Err(error);
+                }
+            }
+            let mut epochs_changed = false;
+            for header in &headers {
+                epochs_changed |= state.epochs.assign(header.leader_epoch(), header.base_offset());
+            }
+            if epochs_changed {
+                write_epochs(&self.dir, &state.epochs)?;
+            }
+            self.stats.batches_appended.fetch_add(headers.len() as u64, Ordering::Relaxed);
+            AppendInfo {
+                first_offset: first.base_offset(),
+                last_offset: last.last_offset(),
+                log_end: state.log_end(),
+                max_timestamp,
+                batch_count: headers.len() as u32,
+            }
+        };
+        match self.config.flush {
+            FlushPolicy::Always => self.wait_durable(info.log_end)?,
+            FlushPolicy::Interval { .. } => self.tick(now_ms)?,
+            FlushPolicy::Os => {}
+        }
+        Ok(info)
+    }
+
+    fn should_roll(&self, active: &Segment, incoming_bytes: u64, last: &BatchHeader, max_timestamp: i64) -> bool {
+        if active.size == 0 {
+            return false;
+        }
+        let too_big = active.size + incoming_bytes > self.config.segment_max_bytes;
+        let too_old = match (self.config.segment_max_age_ms, active.first_batch_timestamp) {
+            (Some(max_age), Some(first)) => max_timestamp.saturating_sub(first) >= max_age as i64,
+            _ => false,
+        };
+        let offsets_overflow = last.last_offset().0 - active.base.0 > i64::from(i32::MAX);
+        too_big || too_old || offsets_overflow
+    }
+
+    /// Seals the active segment and starts a new one at the log end. Under
+    /// any policy but `os`, the sealed segment is synced and the recovery
+    /// point moves past it.
+    fn roll_locked(&self, state: &mut MutexGuard<'_, State>) -> Result<(), LogError> {
+        let sync = self.config.flush != FlushPolicy::Os;
+        let log_end = state.log_end();
+        let active = state.active_mut();
+        if sync {
+            active.sync()?;
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        active.write_indexes(sync)?;
+        let segment = Segment::create(&self.dir, log_end, self.config.index_interval_bytes)?;
+        state.segments.insert(log_end.0, segment);
+        if sync {
+            checkpoint::sync_dir(&self.dir)?;
+            state.recovery_point = log_end;
+            checkpoint::write(&self.dir.join(RECOVERY_POINT_FILE), "recovery-point", &[(log_end.0, 0)])?;
+            let mut sync_state = self.lock_sync();
+            sync_state.durable = sync_state.durable.max(log_end);
+        }
+        Ok(())
+    }
+
+    /// Blocks until every offset below `target` is on stable storage. The
+    /// first waiter runs the fsync; those who arrive meanwhile wait for it
+    /// and, if it did not cover them, one of them runs the next (group
+    /// commit).
+    fn wait_durable(&self, target: Offset) -> Result<(), LogError> {
+        let mut sync = self.lock_sync();
+        loop {
+            if sync.failed {
+                return Err(LogError::Failed(self.dir.clone()));
+            }
+            if sync.durable >= target {
+                return Ok(());
+            }
+            if sync.syncing {
+                sync = self.synced.wait(sync).expect("sync lock is never poisoned");
+                continue;
+            }
+            sync.syncing = true;
+            drop(sync);
+            let result = self.sync_active();
+            sync = self.lock_sync();
+            sync.syncing = false;
+            match result {
+                Ok(covered) => sync.durable = sync.durable.max(covered),
+                Err(_) => sync.failed = true,
+            }
+            self.synced.notify_all();
+            if let Err(error) = result {
+                // After a failed fsync the kernel may have dropped the dirty
+                // pages, so a later fsync could succeed without them: the
+                // log stays failed until reopened and recovered.
+                self.lock().failed = true;
+                return Err(error);
+            }
+        }
+    }
+
+    /// fsyncs the active segment and returns the log end it covered.
+    fn sync_active(&self) -> Result<Offset, LogError> {
+        let (file, path, log_end) = {
+            let state = self.lock();
+            let active = state.active();
+            (Arc::clone(&active.file), active.path.clone(), state.log_end())
+        };
+        file.sync_data().map_err(LogError::io("syncing segment", &path))?;
+        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        Ok(log_end)
+    }
+
+    /// For the `interval` policy: syncs if the interval has passed since the
+    /// last sync and something is not yet durable. The owner calls this on a
+    /// timer; appends call it too.
+    pub fn tick(&self, now_ms: i64) -> Result<(), LogError> {
+        let FlushPolicy::Interval { interval_ms } = self.config.flush else {
+            return Ok(());
+        };
+        let (log_end, due) = {
+            let mut state = self.lock();
+            let last = *state.last_flush_ms.get_or_insert(now_ms);
+            (state.log_end(), now_ms.saturating_sub(last) >= interval_ms as i64)
+        };
+        if !due || self.durable_offset() >= log_end {
+            return Ok(());
+        }
+        self.wait_durable(log_end)?;
+        self.lock().last_flush_ms = Some(now_ms);
+        Ok(())
+    }
+
+    /// Forces everything appended so far to stable storage and moves the
+    /// recovery point to the log end.
+    pub fn flush(&self) -> Result<(), LogError> {
+        let log_end = self.log_end_offset();
+        self.wait_durable(log_end)?;
+        let mut state = self.lock();
+        if state.recovery_point < log_end {
+            let sync = true;
+            state.active_mut().write_indexes(sync)?;
+            state.recovery_point = log_end;
+            checkpoint::write(&self.dir.join(RECOVERY_POINT_FILE), "recovery-point", &[(log_end.0, 0)])?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment now and starts a new one (if the active one
+    /// holds anything).
+    pub fn roll(&self) -> Result<(), LogError> {
+        let mut state = self.lock();
+        if state.active().size == 0 {
+            return Ok(());
+        }
+        self.roll_locked(&mut state)
+    }
+
+    /// Flushes and closes the log; the next open scans nothing.
+    pub fn close(self) -> Result<(), LogError> {
+        self.flush()
+    }
+
+    /// Whole batches starting with the one that holds `offset`, up to
+    /// `max_bytes` (but always at least one batch). `None` when `offset` is
+    /// the log end: nothing to read yet.
+    pub fn read(&self, offset: Offset, max_bytes: u64) -> Result<Option<FileSlice>, LogError> {
+        let mut state = self.lock();
+        let (log_start, log_end) = (state.log_start, state.log_end());
+        if offset < log_start || offset > log_end {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                log_end,
+            });
+        }
+        let max_batch_bytes = self.config.max_batch_bytes;
+        let start_base = state
+            .segments
+            .range(..=offset.0)
+            .next_back()
+            .map(|(base, _)| *base)
+            .expect("offset >= log start >= first segment base");
+        // An offset in a gap between segments is served from the next one.
+        for (_, segment) in state.segments.range_mut(start_base..) {
+            let Some((position, first)) = segment.locate(offset, max_batch_bytes)? else {
+                continue;
+            };
+            let mut end = position + first.total_len() as u64;
+            let mut next_offset = first.next_offset();
+            while end < segment.size {
+                let header = segment.read_header_at(end)?;
+                if end + header.total_len() as u64 - position > max_bytes {
+                    break;
+                }
+                end += header.total_len() as u64;
+                next_offset = header.next_offset();
+            }
+            return Ok(Some(FileSlice {
+                file: Arc::clone(&segment.file),
+                path: segment.path.clone(),
+                position,
+                len: end - position,
+                first_offset: first.base_offset(),
+                next_offset,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Reads like [`Log::read`] and verifies every batch: CRC, that the
+    /// first batch holds `offset`, that base offsets follow each other, and
+    /// that each leader epoch agrees with the epoch cache (the two fields
+    /// outside the CRC). A corrupt batch marks the log corrupt and is
+    /// reported, never returned.
+    pub fn read_verified(&self, offset: Offset, max_bytes: u64) -> Result<Option<(FileSlice, Vec<u8>)>, LogError> {
+        let Some(slice) = self.read(offset, max_bytes)? else {
+            return Ok(None);
+        };
+        let checked = slice.read_verified().and_then(|bytes| {
+            self.check_sequence(&slice, offset, &bytes)?;
+            Ok(bytes)
+        });
+        match checked {
+            Ok(bytes) => Ok(Some((slice, bytes))),
+            Err(error) => {
+                if let LogError::Corrupt { path, position, offset, fault } = &error {
+                    self.lock().corruption.get_or_insert_with(|| {
+                        let fault = Fault {
+                            position: *position,
+                            offset: *offset,
+                            kind: fault.clone(),
+                        };
+                        (path.clone(), fault)
+                    });
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Checks the fields of CRC-verified batches that the CRC does not cover.
+    fn check_sequence(&self, slice: &FileSlice, offset: Offset, bytes: &[u8]) -> Result<(), LogError> {
+        let state = self.lock();
+        let mut at = 0usize;
+        let mut expected_base = None::<Offset>;
+        while at < bytes.len() {
+            let header = BatchHeader::parse(&bytes[at..]).expect("verified by read_verified");
+            let corrupt = |fault| LogError::Corrupt {
+                path: slice.path.clone(),
+                position: slice.position + at as u64,
+                offset: expected_base.unwrap_or(offset),
+                fault,
+            };
+            let base = header.base_offset();
+            let sound_position = match expected_base {
+                None => base <= offset && header.last_offset() >= offset,
+                Some(expected) => base == expected,
+            };
+            if !sound_position {
+                return Err(corrupt(FaultKind::OffsetNotIncreasing {
+                    base_offset: base,
+                    expected_at_least: expected_base.unwrap_or(offset),
+                }));
+            }
+            if let Some(expected) = state.epochs.epoch_at(base)
+                && expected != header.leader_epoch()
+            {
+                return Err(corrupt(FaultKind::EpochMismatch {
+                    found: header.leader_epoch(),
+                    expected,
+                }));
+            }
+            expected_base = Some(header.next_offset());
+            at += header.total_len();
+        }
+        Ok(())
+    }
+
+    /// Base offset of the first batch holding a record with a timestamp at
+    /// or after `timestamp`, or `None` if there is none.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<Offset>, LogError> {
+        let state = self.lock();
+        for segment in state.segments.values() {
+            if let Some((_, header)) = segment.locate_timestamp(timestamp)? {
+                return Ok(Some(header.base_offset().max(state.log_start)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes every batch at or after `offset` (a batch holding `offset` is
+    /// removed whole). Returns the new log end.
+    pub fn truncate_to(&self, offset: Offset) -> Result<Offset, LogError> {
+        let mut state = self.lock();
+        if offset >= state.log_end() {
+            return Ok(state.log_end());
+        }
+        // Segments go highest first, so a crash midway leaves a prefix.
+        if offset <= state.log_start {
+            let bases: Vec<i64> = state.segments.keys().rev().copied().collect();
+            for base in bases {
+                state.segments.remove(&base).expect("key from the map").delete()?;
+            }
+            let fresh = Segment::create(&self.dir, offset, self.config.index_interval_bytes)?;
+            state.segments.insert(offset.0, fresh);
+        } else {
+            let doomed: Vec<i64> = state.segments.range(offset.0..).map(|(base, _)| *base).rev().collect();
+            for base in doomed {
+                state.segments.remove(&base).expect("key from the map").delete()?;
+            }
+            let max_batch_bytes = self.config.max_batch_bytes;
+            state.active_mut().truncate_to(offset, max_batch_bytes)?;
+            state.active().sync()?;
+        }
+        checkpoint::sync_dir(&self.dir)?;
+        let log_end = state.log_end();
+        state.active_mut().write_indexes(true)?;
+        let log_start = state.log_start.min(log_end);
+        if log_start != state.log_start || offset <= state.log_start {
+            state.log_start = log_start.min(offset);
+            checkpoint::write(&self.dir.join(LOG_START_FILE), "log-start-offset", &[(state.log_start.0, 0)])?;
+        }
+        if state.epochs.truncate_from_end(log_end) {
+            write_epochs(&self.dir, &state.epochs)?;
+        }
+        if state.recovery_point > log_end {
+            state.recovery_point = log_end;
+            checkpoint::write(&self.dir.join(RECOVERY_POINT_FILE), "recovery-point", &[(log_end.0, 0)])?;
+        }
+        let mut sync = self.lock_sync();
+        sync.durable = sync.durable.min(log_end);
+        Ok(log_end)
+    }
+
+    /// Moves the log start up to `offset` (for replication and delete-records
+    /// requests); whole segments below it are deleted.
+    pub fn advance_log_start(&self, offset: Offset) -> Result<Offset, LogError> {
+        let mut state = self.lock();
+        let target = offset.min(state.log_end());
+        if target <= state.log_start {
+            return Ok(state.log_start);
+        }
+        let previous_start = state.log_start;
+        state.log_start = target;
+        self.delete_segments_below(&mut state, previous_start, |segment| segment.next_offset <= target)?;
+        Ok(state.log_start)
+    }
+
+    /// Deletes sealed segments past the retention time (by their newest
+    /// record's timestamp, not the file's mtime) or beyond the retention
+    /// size, oldest first. An active segment that is entirely expired is
+    /// sealed first so it can go too.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<RetentionOutcome, LogError> {
+        let mut state = self.lock();
+        let expired = |segment: &Segment| match (self.config.retention_time_ms, segment.max_timestamp) {
+            (Some(retention), Some(max)) => max < now_ms.saturating_sub(retention as i64),
+            _ => false,
+        };
+        if expired(state.active()) && state.active().size > 0 {
+            self.roll_locked(&mut state)?;
+        }
+        let mut remaining = state.size_bytes();
+        let limit = self.config.retention_bytes;
+        let before = state.segments.len();
+        let previous_start = state.log_start;
+        let deleted_bytes = self.delete_segments_below(&mut state, previous_start, |segment| {
+            let over_size = limit.is_some_and(|limit| remaining > limit);
+            let doomed = expired(segment) || over_size;
+            if doomed {
+                remaining -= segment.size;
+            }
+            doomed
+        })?;
+        Ok(RetentionOutcome {
+            deleted_segments: before - state.segments.len(),
+            deleted_bytes,
+            log_start: state.log_start,
+        })
+    }
+
+    /// Deletes sealed segments from the oldest while `doomed` says so, then
+    /// persists the log start if it moved past `previous_start`. Returns the
+    /// bytes deleted.
+    fn delete_segments_below(
+        &self,
+        state: &mut MutexGuard<'_, State>,
+        previous_start: Offset,
+        mut doomed: impl FnMut(&Segment) -> bool,
+    ) -> Result<u64, LogError> {
+        let mut deleted_bytes = 0;
+        while state.segments.len() > 1 {
+            let (&base, oldest) = state.segments.iter().next().expect("more than one segment");
+            if !doomed(oldest) {
+                break;
+            }
+            let segment = state.segments.remove(&base).expect("key from the map");
+            deleted_bytes += segment.size;
+            segment.delete()?;
+        }
+        let first_base = Offset(*state.segments.keys().next().expect("never empty"));
+        let log_start = state.log_start.max(first_base);
+        state.log_start = log_start;
+        if log_start != previous_start {
+            checkpoint::write(&self.dir.join(LOG_START_FILE), "log-start-offset", &[(log_start.0, 0)])?;
+            if state.epochs.truncate_from_start(log_start) {
+                write_epochs(&self.dir, &state.epochs)?;
+            }
+        }
+        Ok(deleted_bytes)
+    }
+
+    /// Persists the high watermark the owner computed (replication).
+    pub fn write_high_watermark(&self, high_watermark: Offset) -> Result<(), LogError> {
+        checkpoint::write(&self.dir.join(HIGH_WATERMARK_FILE), "high-watermark", &[(high_watermark.0, 0)])
+    }
+
+    pub fn read_high_watermark(&self) -> Result<Option<Offset>, LogError> {
+        read_single(&self.dir, HIGH_WATERMARK_FILE)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("log state lock is never poisoned")
+    }
+
+    fn lock_sync(&self) -> MutexGuard<'_, SyncState> {
+        self.sync.lock().expect("sync lock is never poisoned")
+    }
+}
+
+/// Base offsets of the segment files in `dir`, ascending. Removes leftovers
+/// of interrupted writes (`*.tmp`) and indexes whose segment is gone.
+fn list_segments(dir: &Path) -> Result<Vec<Offset>, LogError> {
+    let mut bases = Vec::new();
+    let mut orphans = Vec::new();
+    let entries = fs::read_dir(dir).map_err(LogError::io("listing", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(LogError::io("listing", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".tmp") {
+            orphans.push(entry.path());
+            continue;
+        }
+        match segment::parse_segment_name(name) {
+            Some((base, LOG_SUFFIX)) => bases.push(base),
+            Some((base, _)) => orphans.push(segment::segment_path(dir, base, LOG_SUFFIX)),
+            None => {}
+        }
+    }
+    for orphan in orphans {
+        if orphan.extension().is_some_and(|extension| extension == "tmp") {
+            segment::remove_if_exists(&orphan)?;
+        } else if !orphan.exists() {
+            let base = segment::parse_segment_name(orphan.file_name().and_then(|name| name.to_str()).unwrap_or_default())
+                .map(|(base, _)| base)
+                .expect("built from a parsed name");
+            for suffix in [segment::INDEX_SUFFIX, segment::TIME_INDEX_SUFFIX] {
+                segment::remove_if_exists(&segment::segment_path(dir, base, suffix))?;
+            }
+        }
+    }
+    bases.sort();
+    Ok(bases)
+}
+
+fn read_single(dir: &Path, file: &str) -> Result<Option<Offset>, LogError> {
+    let kind = file.trim_end_matches(".checkpoint");
+    match checkpoint::read(&dir.join(file), kind) {
+        Ok(Some(entries)) if entries.len() == 1 => Ok(Some(Offset(entries[0].0))),
+        Ok(None) => Ok(None),
+        // A damaged checkpoint costs a longer recovery, never data: the
+        // recovery point falls back to 0 (scan all) and the log start to the
+        // first segment.
+        Ok(Some(_)) | Err(LogError::CorruptCheckpoint { .. }) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+pub(crate) fn read_epochs(dir: &Path) -> Result<Option<EpochCache>, LogError> {
+    match checkpoint::read(&dir.join(EPOCHS_FILE), "leader-epochs") {
+        Ok(Some(entries)) => Ok(EpochCache::from_entries(
+            entries
+                .into_iter()
+                .map(|(epoch, offset)| (LeaderEpoch(epoch as i32), Offset(offset)))
+                .collect(),
+        )),
+        Ok(None) | Err(LogError::CorruptCheckpoint { .. }) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+fn write_epochs(dir: &Path, epochs: &EpochCache) -> Result<(), LogError> {
+    let entries: Vec<(i64, i64)> = epochs
+        .entries()
+        .iter()
+        .map(|(epoch, offset)| (i64::from(epoch.0), offset.0))
+        .collect();
+    checkpoint::write(&dir.join(EPOCHS_FILE), "leader-epochs", &entries)
+}
+
+/// Rebuilds the epoch cache from the leader epochs stamped in the batches,
+/// when its checkpoint is missing or damaged.
+fn rebuild_epochs(state: &State, max_batch_bytes: usize) -> Result<EpochCache, LogError> {
+    let mut epochs = EpochCache::default();
+    for segment in state.segments.values() {
+        let mut scanner = Scanner::new(&segment.file, segment.size, 0, segment.base, max_batch_bytes);
+        while let Ok(Some((_, header))) = scanner.next_batch() {
+            epochs.assign(header.leader_epoch(), header.base_offset());
+        }
+    }
+    Ok(epochs)
+}

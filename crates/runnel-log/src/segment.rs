@@ -1,0 +1,444 @@
+//! One segment: a file of concatenated batches named by its base offset, and
+//! its two sparse indexes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use runnel_types::Offset;
+use runnel_wire::batch::{BATCH_HEADER_LEN, BatchHeader};
+
+use crate::checkpoint::sync_parent;
+use crate::index::{OffsetEntry, OffsetIndex, TimeIndex};
+use crate::scan::{Fault, FaultKind, Scanner};
+use crate::LogError;
+
+pub const LOG_SUFFIX: &str = "log";
+pub const INDEX_SUFFIX: &str = "index";
+pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+
+/// `<dir>/<base offset, 20 digits>.<suffix>`.
+pub fn segment_path(dir: &Path, base: Offset, suffix: &str) -> PathBuf {
+    dir.join(format!("{:020}.{suffix}", base.0))
+}
+
+/// The base offset a segment file name encodes, if it is one of ours.
+pub fn parse_segment_name(name: &str) -> Option<(Offset, &str)> {
+    let (stem, suffix) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    Some((Offset(stem.parse().ok()?), suffix))
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    pub base: Offset,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    /// Bytes of sound batches in the file.
+    pub size: u64,
+    /// Offset after the last batch; `base` when empty.
+    pub next_offset: Offset,
+    /// Largest record timestamp in the segment.
+    pub max_timestamp: Option<i64>,
+    /// Max timestamp of the first batch: the segment's age for rolling.
+    pub first_batch_timestamp: Option<i64>,
+    index: OffsetIndex,
+    time_index: TimeIndex,
+    bytes_since_index_entry: u64,
+    index_interval_bytes: u64,
+}
+
+impl Segment {
+    /// Creates a new, empty segment file. Fails if one already exists.
+    pub fn create(dir: &Path, base: Offset, index_interval_bytes: u64) -> Result<Segment, LogError> {
+        let path = segment_path(dir, base, LOG_SUFFIX);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(LogError::io("creating segment", &path))?;
+        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            remove_if_exists(&segment_path(dir, base, suffix))?;
+        }
+        Ok(Segment {
+            base,
+            path,
+            file: Arc::new(file),
+            size: 0,
+            next_offset: base,
+            max_timestamp: None,
+            first_batch_timestamp: None,
+            index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            bytes_since_index_entry: 0,
+            index_interval_bytes,
+        })
+    }
+
+    /// Opens a segment and scans all of it, stopping at the first fault.
+    /// Returns the segment holding only the sound prefix (the file itself is
+    /// not changed) and the fault, if any.
+    pub fn open_scanning(
+        dir: &Path,
+        base: Offset,
+        index_interval_bytes: u64,
+        max_batch_bytes: usize,
+    ) -> Result<(Segment, Option<Fault>), LogError> {
+        let mut segment = Segment::open_file(dir, base, index_interval_bytes)?;
+        let fault = segment.rebuild_indexes(max_batch_bytes)?;
+        Ok((segment, fault))
+    }
+
+    /// Opens a sealed segment that ends at `next_offset`, trusting its
+    /// indexes if they pass their checks and rebuilding them otherwise.
+    /// Returns a fault if a rebuild found a corrupt batch.
+    pub fn open_sealed(
+        dir: &Path,
+        base: Offset,
+        next_offset: Offset,
+        index_interval_bytes: u64,
+        max_batch_bytes: usize,
+    ) -> Result<(Segment, SealedOpen), LogError> {
+        let mut segment = Segment::open_file(dir, base, index_interval_bytes)?;
+        segment.next_offset = next_offset;
+        let index = read_optional(&segment_path(dir, base, INDEX_SUFFIX))?
+            .and_then(|bytes| OffsetIndex::decode(&bytes, segment.size));
+        let time_index = read_optional(&segment_path(dir, base, TIME_INDEX_SUFFIX))?
+            .and_then(|bytes| TimeIndex::decode(&bytes));
+        match (index, time_index) {
+            (Some(index), Some(time_index))
+                if segment.size == 0 || (!index.is_empty() && time_index.max_timestamp().is_some()) =>
+            {
+                segment.max_timestamp = time_index.max_timestamp();
+                segment.index = index;
+                segment.time_index = time_index;
+                segment.first_batch_timestamp = match segment.size {
+                    0 => None,
+                    _ => Some(segment.read_header_at(0)?.max_timestamp),
+                };
+                let opened = SealedOpen {
+                    rebuilt_indexes: false,
+                    fault: None,
+                };
+                Ok((segment, opened))
+            }
+            _ => {
+                let file_len = segment.size;
+                let fault = segment.rebuild_indexes(max_batch_bytes)?;
+                match fault {
+                    None => segment.write_indexes(true)?,
+                    Some(_) => {
+                        // The segment keeps its full extent so reads reach
+                        // the corrupt batch and report it instead of
+                        // skipping it.
+                        segment.size = file_len;
+                        segment.next_offset = next_offset;
+                    }
+                }
+                let opened = SealedOpen {
+                    rebuilt_indexes: true,
+                    fault,
+                };
+                Ok((segment, opened))
+            }
+        }
+    }
+
+    fn open_file(dir: &Path, base: Offset, index_interval_bytes: u64) -> Result<Segment, LogError> {
+        let path = segment_path(dir, base, LOG_SUFFIX);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(LogError::io("opening segment", &path))?;
+        let size = file
+            .metadata()
+            .map_err(LogError::io("reading size of segment", &path))?
+            .len();
+        Ok(Segment {
+            base,
+            path,
+            file: Arc::new(file),
+            size,
+            next_offset: base,
+            max_timestamp: None,
+            first_batch_timestamp: None,
+            index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            bytes_since_index_entry: 0,
+            index_interval_bytes,
+        })
+    }
+
+    /// Rebuilds both indexes by scanning the whole file. On a fault, the
+    /// segment describes the sound prefix before it.
+    pub fn rebuild_indexes(&mut self, max_batch_bytes: usize) -> Result<Option<Fault>, LogError> {
+        let file_len = self
+            .file
+            .metadata()
+            .map_err(LogError::io("reading size of segment", &self.path))?
+            .len();
+        self.index = OffsetIndex::default();
+        self.time_index = TimeIndex::default();
+        self.bytes_since_index_entry = 0;
+        self.max_timestamp = None;
+        self.first_batch_timestamp = None;
+        self.size = 0;
+        self.next_offset = self.base;
+        let file = Arc::clone(&self.file);
+        let mut scanner = Scanner::new(&file, file_len, 0, self.base, max_batch_bytes);
+        let fault = loop {
+            match scanner.next_batch() {
+                Ok(Some((position, header))) => self.track(position, &header),
+                Ok(None) => break None,
+                Err(fault) => break Some(fault),
+            }
+        };
+        Ok(fault)
+    }
+
+    /// Updates the in-memory state for a batch written at `position`.
+    fn track(&mut self, position: u64, header: &BatchHeader) {
+        let relative_offset = (header.base_offset - self.base.0) as u32;
+        if self.index.is_empty() || self.bytes_since_index_entry >= self.index_interval_bytes {
+            self.index.push(OffsetEntry {
+                relative_offset,
+                position: position as u32,
+            });
+            self.time_index.observe(header.max_timestamp, relative_offset);
+            self.bytes_since_index_entry = 0;
+        }
+        self.bytes_since_index_entry += header.total_len() as u64;
+        self.first_batch_timestamp.get_or_insert(header.max_timestamp);
+        self.max_timestamp = Some(self.max_timestamp.map_or(header.max_timestamp, |max| max.max(header.max_timestamp)));
+        self.size = position + header.total_len() as u64;
+        self.next_offset = header.next_offset();
+    }
+
+    /// Appends whole, already validated batches. `headers` describe them in
+    /// order. On a failed write the file is cut back to its old size.
+    pub fn append(&mut self, bytes: &[u8], headers: &[BatchHeader]) -> Result<(), WriteFailure> {
+        let start = self.size;
+        if let Err(source) = self.file.write_all_at(bytes, start) {
+            let error = LogError::Io {
+                context: "appending to segment",
+                path: self.path.clone(),
+                source,
+            };
+            return match self.file.set_len(start) {
+                Ok(()) => Err(WriteFailure::RolledBack(error)),
+                Err(_) => Err(WriteFailure::Unrecoverable(error)),
+            };
+        }
+        let mut position = start;
+        for header in headers {
+            self.track(position, header);
+            position += header.total_len() as u64;
+        }
+        debug_assert_eq!(self.size, start + bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Reads the header of the batch at `position`.
+    pub fn read_header_at(&self, position: u64) -> Result<BatchHeader, LogError> {
+        let mut bytes = [0u8; BATCH_HEADER_LEN];
+        self.file
+            .read_exact_at(&mut bytes, position)
+            .map_err(LogError::io("reading batch header of", &self.path))?;
+        BatchHeader::parse(&bytes).map_err(|error| LogError::Corrupt {
+            path: self.path.clone(),
+            position,
+            offset: self.base,
+            fault: FaultKind::BadHeader(error),
+        })
+    }
+
+    /// The position and header of the batch holding `offset`, or `None` if
+    /// the segment ends before it. Verifies the index entry it starts from
+    /// and rebuilds the indexes if the entry is wrong.
+    pub fn locate(&mut self, offset: Offset, max_batch_bytes: usize) -> Result<Option<(u64, BatchHeader)>, LogError> {
+        if offset >= self.next_offset {
+            return Ok(None);
+        }
+        let relative = offset.0.saturating_sub(self.base.0).min(i64::from(u32::MAX)) as u32;
+        let (mut position, expected_base) = match self.index.floor(relative) {
+            Some(entry) => (u64::from(entry.position), Some(self.base.plus(i64::from(entry.relative_offset)))),
+            None => (0, None),
+        };
+        if let Some(expected_base) = expected_base {
+            let sound = position < self.size
+                && self
+                    .read_header_at(position)
+                    .is_ok_and(|header| header.base_offset() == expected_base);
+            if !sound {
+                self.rebuild_indexes_keeping_extent(max_batch_bytes)?;
+                return self.locate_from(0, offset).map(Some);
+            }
+        }
+        if position >= self.size {
+            position = 0;
+        }
+        self.locate_from(position, offset).map(Some)
+    }
+
+    fn locate_from(&self, mut position: u64, offset: Offset) -> Result<(u64, BatchHeader), LogError> {
+        loop {
+            let header = self.read_header_at(position)?;
+            if header.last_offset() >= offset || position + header.total_len() as u64 >= self.size {
+                return Ok((position, header));
+            }
+            position += header.total_len() as u64;
+        }
+    }
+
+    /// Rebuilds the indexes after finding one wrong, without changing how
+    /// much of the file the segment covers.
+    fn rebuild_indexes_keeping_extent(&mut self, max_batch_bytes: usize) -> Result<(), LogError> {
+        let (size, next_offset) = (self.size, self.next_offset);
+        let fault = self.rebuild_indexes(max_batch_bytes)?;
+        if let Some(fault) = fault
+            && fault.position < size
+        {
+            self.size = size;
+            self.next_offset = next_offset;
+            return Err(LogError::Corrupt {
+                path: self.path.clone(),
+                position: fault.position,
+                offset: fault.offset,
+                fault: fault.kind,
+            });
+        }
+        self.size = size;
+        self.next_offset = next_offset;
+        Ok(())
+    }
+
+    /// The first batch whose max timestamp is at or after `timestamp`.
+    pub fn locate_timestamp(&self, timestamp: i64) -> Result<Option<(u64, BatchHeader)>, LogError> {
+        if self.max_timestamp.is_none_or(|max| max < timestamp) {
+            return Ok(None);
+        }
+        let mut position = self
+            .time_index
+            .last_below(timestamp)
+            .and_then(|entry| self.index.floor(entry.relative_offset))
+            .map_or(0, |entry| u64::from(entry.position));
+        while position < self.size {
+            let header = self.read_header_at(position)?;
+            if header.max_timestamp >= timestamp {
+                return Ok(Some((position, header)));
+            }
+            position += header.total_len() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Cuts the segment so that it ends before `offset`, at a batch boundary:
+    /// a batch holding `offset` is removed whole.
+    pub fn truncate_to(&mut self, offset: Offset, max_batch_bytes: usize) -> Result<(), LogError> {
+        let Some((position, _)) = self.locate(offset, max_batch_bytes)? else {
+            return Ok(());
+        };
+        self.file
+            .set_len(position)
+            .map_err(LogError::io("truncating segment", &self.path))?;
+        let fault = self.rebuild_indexes(max_batch_bytes)?;
+        debug_assert!(fault.is_none(), "a prefix of a sound segment is sound");
+        Ok(())
+    }
+
+    /// Writes both index files atomically (the time index gets a final entry
+    /// with the segment's max timestamp, which retention relies on).
+    pub fn write_indexes(&mut self, sync: bool) -> Result<(), LogError> {
+        if let (Some(max), Some(last)) = (self.max_timestamp, self.index.last()) {
+            let relative = (self.next_offset.0 - 1 - self.base.0).max(i64::from(last.relative_offset)) as u32;
+            self.time_index.observe(max, relative);
+        }
+        let dir = self.path.parent().expect("segments live in a directory").to_path_buf();
+        write_atomically(&segment_path(&dir, self.base, INDEX_SUFFIX), &self.index.encode(), sync)?;
+        write_atomically(&segment_path(&dir, self.base, TIME_INDEX_SUFFIX), &self.time_index.encode(), sync)
+    }
+
+    pub fn sync(&self) -> Result<(), LogError> {
+        self.file
+            .sync_data()
+            .map_err(LogError::io("syncing segment", &self.path))
+    }
+
+    /// Removes the segment's files, the log file last so that a crash midway
+    /// leaves a segment whose indexes get rebuilt, never an orphan index.
+    pub fn delete(self) -> Result<(), LogError> {
+        delete_files(&self.path)
+    }
+}
+
+/// What opening a sealed segment found.
+#[derive(Debug)]
+pub struct SealedOpen {
+    pub rebuilt_indexes: bool,
+    /// A corrupt batch found while rebuilding the indexes.
+    pub fault: Option<Fault>,
+}
+
+/// Removes the files of the segment whose log file is `log_path`, the log
+/// file last.
+pub fn delete_files(log_path: &Path) -> Result<(), LogError> {
+    for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        remove_if_exists(&log_path.with_extension(suffix))?;
+    }
+    remove_if_exists(log_path)
+}
+
+/// Outcome of a failed append.
+#[derive(Debug)]
+pub enum WriteFailure {
+    /// The file was restored to its size before the append.
+    RolledBack(LogError),
+    /// The file could not be restored; the log must not take more writes.
+    Unrecoverable(LogError),
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, LogError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(LogError::Io {
+            context: "reading index",
+            path: path.to_path_buf(),
+            source: error,
+        }),
+    }
+}
+
+pub fn remove_if_exists(path: &Path) -> Result<(), LogError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(LogError::Io {
+            context: "removing",
+            path: path.to_path_buf(),
+            source: error,
+        }),
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> Result<(), LogError> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let temporary = path.with_file_name(name);
+    let mut file = File::create(&temporary).map_err(LogError::io("creating", &temporary))?;
+    file.write_all(bytes).map_err(LogError::io("writing", &temporary))?;
+    if sync {
+        file.sync_data().map_err(LogError::io("syncing", &temporary))?;
+    }
+    fs::rename(&temporary, path).map_err(LogError::io("renaming into", path))?;
+    if sync {
+        sync_parent(path)?;
+    }
+    Ok(())
+}
