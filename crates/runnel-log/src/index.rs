@@ -49,10 +49,6 @@ impl OffsetIndex {
         count.checked_sub(1).map(|index| self.entries[index])
     }
 
-    pub fn last(&self) -> Option<OffsetEntry> {
-        self.entries.last().copied()
-    }
-
     pub fn entries(&self) -> &[OffsetEntry] {
         &self.entries
     }

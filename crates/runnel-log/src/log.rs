@@ -780,10 +780,11 @@ impl Log {
     /// Base offset of the first batch holding a record with a timestamp at
     /// or after `timestamp`, or `None` if there is none.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<Offset>, LogError> {
-        let state = self.lock();
-        for segment in state.segments.values() {
-            if let Some((_, header)) = segment.locate_timestamp(timestamp)? {
-                return Ok(Some(header.base_offset().max(state.log_start)));
+        let mut state = self.lock();
+        let log_start = state.log_start;
+        for segment in state.segments.values_mut() {
+            if let Some((_, header)) = segment.locate_timestamp(timestamp, self.config.max_batch_bytes)? {
+                return Ok(Some(header.base_offset().max(log_start)));
             }
         }
         Ok(None)

@@ -11,7 +11,7 @@ use runnel_types::Offset;
 use runnel_wire::batch::{BATCH_HEADER_LEN, BatchHeader};
 
 use crate::checkpoint::sync_parent;
-use crate::index::{OffsetEntry, OffsetIndex, TimeIndex};
+use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use crate::scan::{Fault, FaultKind, Scanner};
 use crate::LogError;
 
@@ -46,6 +46,8 @@ pub struct Segment {
     pub max_timestamp: Option<i64>,
     /// Max timestamp of the first batch: the segment's age for rolling.
     pub first_batch_timestamp: Option<i64>,
+    /// Relative base offset of the batch holding `max_timestamp`.
+    max_timestamp_offset: u32,
     index: OffsetIndex,
     time_index: TimeIndex,
     bytes_since_index_entry: u64,
@@ -73,6 +75,7 @@ impl Segment {
             next_offset: base,
             max_timestamp: None,
             first_batch_timestamp: None,
+            max_timestamp_offset: 0,
             index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
             bytes_since_index_entry: 0,
@@ -117,36 +120,49 @@ impl Segment {
                 segment.max_timestamp = time_index.max_timestamp();
                 segment.index = index;
                 segment.time_index = time_index;
-                segment.first_batch_timestamp = match segment.size {
-                    0 => None,
-                    _ => Some(segment.read_header_at(0)?.max_timestamp),
-                };
-                let opened = SealedOpen {
-                    rebuilt_indexes: false,
-                    fault: None,
-                };
-                Ok((segment, opened))
-            }
-            _ => {
-                let file_len = segment.size;
-                let fault = segment.rebuild_indexes(max_batch_bytes)?;
-                match fault {
-                    None => segment.write_indexes(true)?,
-                    Some(_) => {
-                        // The segment keeps its full extent so reads reach
-                        // the corrupt batch and report it instead of
-                        // skipping it.
-                        segment.size = file_len;
-                        segment.next_offset = next_offset;
+                let last_entry = segment.time_index.entries().last().copied();
+                // Retention trusts the last entry as the segment's max
+                // timestamp, so it is checked against its batch.
+                let trusted = segment.size == 0
+                    || last_entry.is_some_and(|entry| segment.time_entry_is_sound(entry, max_batch_bytes));
+                if trusted {
+                    if let Some(entry) = last_entry {
+                        segment.max_timestamp_offset = entry.relative_offset;
                     }
+                    segment.first_batch_timestamp = match segment.size {
+                        0 => None,
+                        _ => Some(segment.read_header_at(0)?.max_timestamp),
+                    };
+                    let opened = SealedOpen {
+                        rebuilt_indexes: false,
+                        fault: None,
+                    };
+                    return Ok((segment, opened));
                 }
-                let opened = SealedOpen {
-                    rebuilt_indexes: true,
-                    fault,
-                };
-                Ok((segment, opened))
+                segment.rebuild_from_scan(next_offset, max_batch_bytes)
+            }
+            _ => segment.rebuild_from_scan(next_offset, max_batch_bytes),
+        }
+    }
+
+    /// Rebuilds the indexes of a sealed segment whose index files cannot be
+    /// trusted. On a corrupt batch the segment keeps its full extent, so
+    /// reads reach the batch and report it instead of skipping it.
+    fn rebuild_from_scan(mut self, next_offset: Offset, max_batch_bytes: usize) -> Result<(Segment, SealedOpen), LogError> {
+        let file_len = self.size;
+        let fault = self.rebuild_indexes(max_batch_bytes)?;
+        match fault {
+            None => self.write_indexes(true)?,
+            Some(_) => {
+                self.size = file_len;
+                self.next_offset = next_offset;
             }
         }
+        let opened = SealedOpen {
+            rebuilt_indexes: true,
+            fault,
+        };
+        Ok((self, opened))
     }
 
     fn open_file(dir: &Path, base: Offset, index_interval_bytes: u64) -> Result<Segment, LogError> {
@@ -168,6 +184,7 @@ impl Segment {
             next_offset: base,
             max_timestamp: None,
             first_batch_timestamp: None,
+            max_timestamp_offset: 0,
             index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
             bytes_since_index_entry: 0,
@@ -187,6 +204,7 @@ impl Segment {
         self.time_index = TimeIndex::default();
         self.bytes_since_index_entry = 0;
         self.max_timestamp = None;
+        self.max_timestamp_offset = 0;
         self.first_batch_timestamp = None;
         self.size = 0;
         self.next_offset = self.base;
@@ -215,7 +233,10 @@ impl Segment {
         }
         self.bytes_since_index_entry += header.total_len() as u64;
         self.first_batch_timestamp.get_or_insert(header.max_timestamp);
-        self.max_timestamp = Some(self.max_timestamp.map_or(header.max_timestamp, |max| max.max(header.max_timestamp)));
+        if self.max_timestamp.is_none_or(|max| header.max_timestamp > max) {
+            self.max_timestamp = Some(header.max_timestamp);
+            self.max_timestamp_offset = relative_offset;
+        }
         self.size = position + header.total_len() as u64;
         self.next_offset = header.next_offset();
     }
@@ -244,46 +265,65 @@ impl Segment {
         Ok(())
     }
 
-    /// Reads the header of the batch at `position`.
+    /// Reads the header of the batch at `position` and checks that the
+    /// batch lies inside the segment.
     pub fn read_header_at(&self, position: u64) -> Result<BatchHeader, LogError> {
+        let corrupt = |fault| LogError::Corrupt {
+            path: self.path.clone(),
+            position,
+            offset: self.base,
+            fault,
+        };
+        let available = self.size.saturating_sub(position);
+        if available < BATCH_HEADER_LEN as u64 {
+            return Err(corrupt(FaultKind::Truncated {
+                needed: BATCH_HEADER_LEN as u64,
+                available,
+            }));
+        }
         let mut bytes = [0u8; BATCH_HEADER_LEN];
         self.file
             .read_exact_at(&mut bytes, position)
             .map_err(LogError::io("reading batch header of", &self.path))?;
-        BatchHeader::parse(&bytes).map_err(|error| LogError::Corrupt {
-            path: self.path.clone(),
-            position,
-            offset: self.base,
-            fault: FaultKind::BadHeader(error),
-        })
+        let header = BatchHeader::parse(&bytes).map_err(|error| corrupt(FaultKind::BadHeader(error)))?;
+        if header.total_len() as u64 > available {
+            return Err(corrupt(FaultKind::Truncated {
+                needed: header.total_len() as u64,
+                available,
+            }));
+        }
+        Ok(header)
     }
 
     /// The position and header of the batch holding `offset`, or `None` if
-    /// the segment ends before it. Verifies the index entry it starts from
-    /// and rebuilds the indexes if the entry is wrong.
+    /// the segment ends before it.
     pub fn locate(&mut self, offset: Offset, max_batch_bytes: usize) -> Result<Option<(u64, BatchHeader)>, LogError> {
         if offset >= self.next_offset {
             return Ok(None);
         }
         let relative = offset.0.saturating_sub(self.base.0).min(i64::from(u32::MAX)) as u32;
-        let (mut position, expected_base) = match self.index.floor(relative) {
-            Some(entry) => (u64::from(entry.position), Some(self.base.plus(i64::from(entry.relative_offset)))),
-            None => (0, None),
-        };
-        if let Some(expected_base) = expected_base {
-            let sound = position < self.size
-                && self
-                    .read_header_at(position)
-                    .is_ok_and(|header| header.base_offset() == expected_base);
-            if !sound {
-                self.rebuild_indexes_keeping_extent(max_batch_bytes)?;
-                return self.locate_from(0, offset).map(Some);
-            }
-        }
-        if position >= self.size {
-            position = 0;
-        }
+        let position = self.seek(relative, max_batch_bytes)?;
         self.locate_from(position, offset).map(Some)
+    }
+
+    /// Where to start scanning for `relative`: the indexed batch at or before
+    /// it. The entry is checked against the batch header it names, and a
+    /// wrong index is rebuilt before it is used.
+    fn seek(&mut self, relative: u32, max_batch_bytes: usize) -> Result<u64, LogError> {
+        let Some(entry) = self.index.floor(relative) else {
+            return Ok(0);
+        };
+        let position = u64::from(entry.position);
+        let expected = self.base.plus(i64::from(entry.relative_offset));
+        let sound = position < self.size
+            && self
+                .read_header_at(position)
+                .is_ok_and(|header| header.base_offset() == expected);
+        if sound {
+            return Ok(position);
+        }
+        self.rebuild_indexes_keeping_extent(max_batch_bytes)?;
+        Ok(self.index.floor(relative).map_or(0, |entry| u64::from(entry.position)))
     }
 
     fn locate_from(&self, mut position: u64, offset: Offset) -> Result<(u64, BatchHeader), LogError> {
@@ -294,6 +334,16 @@ impl Segment {
             }
             position += header.total_len() as u64;
         }
+    }
+
+    /// Whether a time index entry names a batch with exactly that max
+    /// timestamp, as every entry we write does.
+    fn time_entry_is_sound(&mut self, entry: TimeEntry, max_batch_bytes: usize) -> bool {
+        let offset = self.base.plus(i64::from(entry.relative_offset));
+        matches!(
+            self.locate(offset, max_batch_bytes),
+            Ok(Some((_, header))) if header.base_offset() == offset && header.max_timestamp == entry.timestamp
+        )
     }
 
     /// Rebuilds the indexes after finding one wrong, without changing how
@@ -315,19 +365,25 @@ impl Segment {
         }
         self.size = size;
         self.next_offset = next_offset;
-        Ok(())
+        self.write_indexes(true)
     }
 
     /// The first batch whose max timestamp is at or after `timestamp`.
-    pub fn locate_timestamp(&self, timestamp: i64) -> Result<Option<(u64, BatchHeader)>, LogError> {
+    pub fn locate_timestamp(&mut self, timestamp: i64, max_batch_bytes: usize) -> Result<Option<(u64, BatchHeader)>, LogError> {
         if self.max_timestamp.is_none_or(|max| max < timestamp) {
             return Ok(None);
         }
-        let mut position = self
-            .time_index
-            .last_below(timestamp)
-            .and_then(|entry| self.index.floor(entry.relative_offset))
-            .map_or(0, |entry| u64::from(entry.position));
+        let mut entry = self.time_index.last_below(timestamp);
+        if let Some(found) = entry
+            && !self.time_entry_is_sound(found, max_batch_bytes)
+        {
+            self.rebuild_indexes_keeping_extent(max_batch_bytes)?;
+            entry = self.time_index.last_below(timestamp);
+        }
+        let mut position = match entry {
+            Some(entry) => self.seek(entry.relative_offset, max_batch_bytes)?,
+            None => 0,
+        };
         while position < self.size {
             let header = self.read_header_at(position)?;
             if header.max_timestamp >= timestamp {
@@ -355,9 +411,8 @@ impl Segment {
     /// Writes both index files atomically (the time index gets a final entry
     /// with the segment's max timestamp, which retention relies on).
     pub fn write_indexes(&mut self, sync: bool) -> Result<(), LogError> {
-        if let (Some(max), Some(last)) = (self.max_timestamp, self.index.last()) {
-            let relative = (self.next_offset.0 - 1 - self.base.0).max(i64::from(last.relative_offset)) as u32;
-            self.time_index.observe(max, relative);
+        if let Some(max) = self.max_timestamp {
+            self.time_index.observe(max, self.max_timestamp_offset);
         }
         let dir = self.path.parent().expect("segments live in a directory").to_path_buf();
         write_atomically(&segment_path(&dir, self.base, INDEX_SUFFIX), &self.index.encode(), sync)?;

@@ -1,1 +1,219 @@
+//! Recovery from unclean stops and damaged files: torn tails, missing and
+//! corrupt indexes, bit flips in sealed segments.
 
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use runnel_log::{LogConfig, LogError, inspect};
+use runnel_types::Offset;
+use runnel_wire::RecordBatch;
+
+use crate::support::{append, copy_dir, open, read_all, segment_logs, small_config, temp_dir};
+
+/// A closed log of several segments; returns its batches.
+fn build(dir: &Path, config: &LogConfig, batches: usize) -> Vec<RecordBatch> {
+    let log = open(dir, config);
+    for round in 0..batches {
+        append(&log, 1 + round % 3, 40 + round * 7 % 90, 1_000 + round as i64);
+    }
+    let written = read_all(&log);
+    log.close().unwrap();
+    written
+}
+
+#[test]
+fn a_torn_tail_is_cut_at_every_byte_of_the_last_batch() {
+    let pristine = temp_dir();
+    let config = small_config();
+    let written = build(pristine.path(), &config, 30);
+    let active = segment_logs(pristine.path()).pop().unwrap();
+    let active_len = std::fs::metadata(&active).unwrap().len();
+    let last = written.last().unwrap();
+    let last_len = last.encode().unwrap().len() as u64;
+    let last_start = active_len - last_len;
+    assert!(last_start > 0, "the active segment holds more than the last batch");
+
+    for cut in last_start..active_len {
+        let scratch = temp_dir();
+        copy_dir(pristine.path(), scratch.path());
+        let file = OpenOptions::new()
+            .write(true)
+            .open(scratch.path().join(active.file_name().unwrap()))
+            .unwrap();
+        file.set_len(cut).unwrap();
+        drop(file);
+
+        let (log, report) = runnel_log::Log::open(scratch.path(), config.clone()).unwrap();
+        assert_eq!(report.truncated.is_some(), cut > last_start, "cut at {cut}");
+        assert_eq!(report.bytes_truncated, cut - last_start);
+        assert_eq!(log.log_end_offset(), Offset(last.header.base_offset), "cut at {cut}");
+        assert_eq!(read_all(&log), written[..written.len() - 1], "cut at {cut}");
+        assert_eq!(append(&log, 2, 10, 5), Offset(last.header.base_offset));
+        drop(log);
+
+        let log = open(scratch.path(), &config);
+        assert_eq!(read_all(&log).len(), written.len());
+        assert!(inspect::verify(scratch.path()).unwrap().fault.is_none());
+    }
+}
+
+#[test]
+fn garbage_after_the_last_batch_is_cut() {
+    let dir = temp_dir();
+    let config = small_config();
+    let written = build(dir.path(), &config, 10);
+    let active = segment_logs(dir.path()).pop().unwrap();
+    let file = OpenOptions::new().append(true).open(&active).unwrap();
+    let end = file.metadata().unwrap().len();
+    file.write_all_at(&[0x5A; 300], end).unwrap();
+    let (log, report) = runnel_log::Log::open(dir.path(), config).unwrap();
+    assert_eq!(report.bytes_truncated, 300);
+    assert_eq!(read_all(&log), written);
+}
+
+#[test]
+fn without_a_recovery_point_every_segment_is_scanned() {
+    let dir = temp_dir();
+    let config = small_config();
+    let written = build(dir.path(), &config, 30);
+    std::fs::remove_file(dir.path().join("recovery-point.checkpoint")).unwrap();
+    let (log, report) = runnel_log::Log::open(dir.path(), config).unwrap();
+    assert_eq!(report.scanned_segments, report.segments);
+    assert!(report.truncated.is_none());
+    assert_eq!(read_all(&log), written);
+}
+
+#[test]
+fn missing_or_corrupt_indexes_are_rebuilt_and_reads_are_identical() {
+    let pristine = temp_dir();
+    let config = LogConfig {
+        index_interval_bytes: 100,
+        ..small_config()
+    };
+    let written = build(pristine.path(), &config, 60);
+    let expected_reads = read_every_offset(pristine.path(), &config);
+    let expected_times = times(pristine.path(), &config);
+    let sealed = segment_logs(pristine.path());
+    let sealed = &sealed[..sealed.len() - 1];
+    assert!(sealed.len() >= 3);
+
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage); 6] = [
+        ("deleted index", |log| std::fs::remove_file(log.with_extension("index")).unwrap()),
+        ("deleted time index", |log| std::fs::remove_file(log.with_extension("timeindex")).unwrap()),
+        ("torn index", |log| {
+            let path = log.with_extension("index");
+            let len = std::fs::metadata(&path).unwrap().len();
+            OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
+        }),
+        ("garbage index", |log| std::fs::write(log.with_extension("index"), [0xFF; 64]).unwrap()),
+        ("well-formed but wrong index", |log| {
+            // Increasing entries that point between batches: only checking
+            // the batch at the position catches this.
+            let mut bytes = Vec::new();
+            for entry in 0u32..4 {
+                bytes.extend_from_slice(&(entry * 2).to_be_bytes());
+                bytes.extend_from_slice(&(entry * 50 + 1).to_be_bytes());
+            }
+            std::fs::write(log.with_extension("index"), bytes).unwrap();
+        }),
+        ("garbage time index", |log| std::fs::write(log.with_extension("timeindex"), [0x01; 24]).unwrap()),
+    ];
+    for (name, damage) in damages {
+        let scratch = temp_dir();
+        copy_dir(pristine.path(), scratch.path());
+        for log in sealed {
+            damage(&scratch.path().join(log.file_name().unwrap()));
+        }
+        assert_eq!(read_every_offset(scratch.path(), &config), expected_reads, "{name}");
+        assert_eq!(times(scratch.path(), &config), expected_times, "{name}");
+        let log = open(scratch.path(), &config);
+        assert_eq!(read_all(&log), written, "{name}");
+        drop(log);
+        let report = inspect::verify(scratch.path()).unwrap();
+        assert!(report.fault.is_none(), "{name}: indexes rewritten after the rebuild: {report:?}");
+    }
+}
+
+/// For every offset, the range of the first batch a read returns.
+fn read_every_offset(dir: &Path, config: &LogConfig) -> Vec<(Offset, Offset)> {
+    let log = open(dir, config);
+    (0..log.log_end_offset().0)
+        .map(|offset| {
+            let (slice, _) = log.read_verified(Offset(offset), 1).unwrap().unwrap();
+            (slice.first_offset, slice.next_offset)
+        })
+        .collect()
+}
+
+fn times(dir: &Path, config: &LogConfig) -> Vec<Option<Offset>> {
+    let log = open(dir, config);
+    (990..1_070).map(|timestamp| log.offset_for_timestamp(timestamp).unwrap()).collect()
+}
+
+#[test]
+fn every_single_bit_flip_in_a_sealed_segment_is_reported() {
+    let dir = temp_dir();
+    let config = LogConfig {
+        segment_max_bytes: 1024,
+        max_batch_bytes: 1024,
+        index_interval_bytes: 200,
+        ..small_config()
+    };
+    build(dir.path(), &config, 24);
+    let segments = segment_logs(dir.path());
+    assert!(segments.len() >= 3);
+    let target = &segments[1];
+    let pristine = std::fs::read(target).unwrap();
+    let file = OpenOptions::new().write(true).open(target).unwrap();
+    let log = open(dir.path(), &config);
+
+    for bit in 0..pristine.len() * 8 {
+        let position = (bit / 8) as u64;
+        let flipped = [pristine[bit / 8] ^ (1 << (bit % 8))];
+        file.write_all_at(&flipped, position).unwrap();
+
+        let report = inspect::verify(dir.path()).unwrap();
+        assert!(report.fault.is_some(), "verify missed bit {bit}");
+
+        let mut offset = log.log_start_offset();
+        let outcome = loop {
+            match log.read_verified(offset, 300) {
+                Ok(Some((slice, _))) => offset = slice.next_offset,
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+            }
+        };
+        assert!(
+            matches!(outcome, Err(LogError::Corrupt { .. })),
+            "reads served a flip of bit {bit}: {outcome:?}"
+        );
+        file.write_all_at(&pristine[bit / 8..bit / 8 + 1], position).unwrap();
+    }
+    assert!(log.corruption().is_some(), "the log knows it is corrupt");
+    assert!(inspect::verify(dir.path()).unwrap().fault.is_none());
+}
+
+#[test]
+fn a_corrupt_sealed_segment_found_at_open_is_kept_and_reported() {
+    let dir = temp_dir();
+    let config = small_config();
+    let written = build(dir.path(), &config, 60);
+    let target = segment_logs(dir.path())[1].clone();
+    assert!(segment_logs(dir.path()).len() >= 3, "the target is sealed");
+    std::fs::remove_file(target.with_extension("index")).unwrap();
+    let file = OpenOptions::new().write(true).open(&target).unwrap();
+    file.write_all_at(&[0xEE], 100).unwrap();
+    let size_before = std::fs::metadata(&target).unwrap().len();
+
+    let (log, report) = runnel_log::Log::open(dir.path(), config).unwrap();
+    assert_eq!(report.corrupt_segments.len(), 1);
+    assert!(log.corruption().is_some());
+    assert_eq!(std::fs::metadata(&target).unwrap().len(), size_before, "sealed data is never cut");
+    assert_eq!(log.log_end_offset().0, written.last().unwrap().header.next_offset().0);
+    let error = (0..log.log_end_offset().0)
+        .find_map(|offset| log.read_verified(Offset(offset), 1).err())
+        .expect("a read reaches the corrupt batch");
+    assert!(matches!(error, LogError::Corrupt { .. }), "{error}");
+}
