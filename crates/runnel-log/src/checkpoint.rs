@@ -30,10 +30,12 @@ pub fn write(path: &Path, kind: &str, entries: &[(i64, i64)]) -> Result<(), LogE
     text.push_str(&format!("crc32c {crc:08x}\n"));
 
     let temporary = temporary_path(path);
-    let mut file = File::create(&temporary).map_err(LogError::io("creating checkpoint", &temporary))?;
+    let mut file =
+        File::create(&temporary).map_err(LogError::io("creating checkpoint", &temporary))?;
     file.write_all(text.as_bytes())
         .map_err(LogError::io("writing checkpoint", &temporary))?;
-    file.sync_all().map_err(LogError::io("syncing checkpoint", &temporary))?;
+    file.sync_all()
+        .map_err(LogError::io("syncing checkpoint", &temporary))?;
     fs::rename(&temporary, path).map_err(LogError::io("renaming checkpoint into", path))?;
     sync_parent(path)
 }
@@ -71,12 +73,17 @@ fn parse(text: &str, kind: &str) -> Result<Vec<(i64, i64)>, String> {
         .ok_or_else(|| format!("bad crc32c line {crc_line:?}"))?;
     let computed = crc32c::crc32c(body.as_bytes());
     if stored != computed {
-        return Err(format!("CRC mismatch: stored {stored:08x}, computed {computed:08x}"));
+        return Err(format!(
+            "CRC mismatch: stored {stored:08x}, computed {computed:08x}"
+        ));
     }
     let mut lines = body.lines();
     let header = lines.next().unwrap_or_default();
     if header != format!("{MAGIC} {kind}") {
-        return Err(format!("expected header {:?}, found {header:?}", format!("{MAGIC} {kind}")));
+        return Err(format!(
+            "expected header {:?}, found {header:?}",
+            format!("{MAGIC} {kind}")
+        ));
     }
     let count: usize = lines
         .next()
@@ -90,12 +97,19 @@ fn parse(text: &str, kind: &str) -> Result<Vec<(i64, i64)>, String> {
             let (first, second) = line
                 .split_once(' ')
                 .ok_or_else(|| format!("bad entry {line:?}"))?;
-            let parse = |value: &str| value.parse::<i64>().map_err(|_| format!("bad entry {line:?}"));
+            let parse = |value: &str| {
+                value
+                    .parse::<i64>()
+                    .map_err(|_| format!("bad entry {line:?}"))
+            };
             Ok((parse(first)?, parse(second)?))
         })
         .collect::<Result<Vec<_>, String>>()?;
     if entries.len() != count {
-        return Err(format!("header says {count} entries, found {}", entries.len()));
+        return Err(format!(
+            "header says {count} entries, found {}",
+            entries.len()
+        ));
     }
     Ok(entries)
 }
@@ -132,12 +146,21 @@ mod tests {
         assert_eq!(read(&path, "leader-epochs").unwrap(), Some(entries));
         assert!(!temporary_path(&path).exists());
 
-        assert!(matches!(read(&path, "log-start-offset"), Err(LogError::CorruptCheckpoint { .. })));
+        assert!(matches!(
+            read(&path, "log-start-offset"),
+            Err(LogError::CorruptCheckpoint { .. })
+        ));
         let mut bytes = fs::read(&path).unwrap();
         bytes[25] ^= 0x01;
         fs::write(&path, &bytes).unwrap();
-        assert!(matches!(read(&path, "leader-epochs"), Err(LogError::CorruptCheckpoint { .. })));
+        assert!(matches!(
+            read(&path, "leader-epochs"),
+            Err(LogError::CorruptCheckpoint { .. })
+        ));
         fs::write(&path, b"").unwrap();
-        assert!(matches!(read(&path, "leader-epochs"), Err(LogError::CorruptCheckpoint { .. })));
+        assert!(matches!(
+            read(&path, "leader-epochs"),
+            Err(LogError::CorruptCheckpoint { .. })
+        ));
     }
 }

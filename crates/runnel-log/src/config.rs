@@ -112,10 +112,17 @@ mod tests {
     fn flush_policies_parse() {
         assert_eq!("always".parse(), Ok(FlushPolicy::Always));
         assert_eq!("os".parse(), Ok(FlushPolicy::Os));
-        assert_eq!("interval=250".parse(), Ok(FlushPolicy::Interval { interval_ms: 250 }));
+        assert_eq!(
+            "interval=250".parse(),
+            Ok(FlushPolicy::Interval { interval_ms: 250 })
+        );
         assert!("interval=0".parse::<FlushPolicy>().is_err());
         assert!("sometimes".parse::<FlushPolicy>().is_err());
-        for policy in [FlushPolicy::Always, FlushPolicy::Os, FlushPolicy::Interval { interval_ms: 5 }] {
+        for policy in [
+            FlushPolicy::Always,
+            FlushPolicy::Os,
+            FlushPolicy::Interval { interval_ms: 5 },
+        ] {
             assert_eq!(policy.to_string().parse(), Ok(policy));
         }
     }

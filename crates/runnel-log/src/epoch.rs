@@ -50,7 +50,10 @@ impl EpochCache {
     /// Forgets epochs that end before `log_start`; the epoch covering
     /// `log_start` is kept, moved up to start there.
     pub fn truncate_from_start(&mut self, log_start: Offset) -> bool {
-        let covering = self.entries.iter().rposition(|&(_, start)| start <= log_start);
+        let covering = self
+            .entries
+            .iter()
+            .rposition(|&(_, start)| start <= log_start);
         let Some(covering) = covering else {
             return false;
         };
@@ -62,7 +65,10 @@ impl EpochCache {
 
     /// The epoch that `offset` was written in, if the cache covers it.
     pub fn epoch_at(&self, offset: Offset) -> Option<LeaderEpoch> {
-        let index = self.entries.iter().rposition(|&(_, start)| start <= offset)?;
+        let index = self
+            .entries
+            .iter()
+            .rposition(|&(_, start)| start <= offset)?;
         Some(self.entries[index].0)
     }
 
@@ -70,8 +76,15 @@ impl EpochCache {
     /// epoch ≤ `epoch` that this log knows, and the offset where it ends
     /// (the start of the next epoch, or `log_end` for the latest). `None`
     /// when `epoch` is older than anything this log has.
-    pub fn end_offset_for(&self, epoch: LeaderEpoch, log_end: Offset) -> Option<(LeaderEpoch, Offset)> {
-        let index = self.entries.iter().rposition(|&(known, _)| known <= epoch)?;
+    pub fn end_offset_for(
+        &self,
+        epoch: LeaderEpoch,
+        log_end: Offset,
+    ) -> Option<(LeaderEpoch, Offset)> {
+        let index = self
+            .entries
+            .iter()
+            .rposition(|&(known, _)| known <= epoch)?;
         let end = self
             .entries
             .get(index + 1)
@@ -114,6 +127,12 @@ mod tests {
         assert_eq!(epochs, cache(&[(1, 0), (3, 10)]));
         assert!(epochs.truncate_from_start(Offset(12)));
         assert_eq!(epochs, cache(&[(3, 12)]));
-        assert!(EpochCache::from_entries(vec![(LeaderEpoch(2), Offset(5)), (LeaderEpoch(1), Offset(9))]).is_none());
+        assert!(
+            EpochCache::from_entries(vec![
+                (LeaderEpoch(2), Offset(5)),
+                (LeaderEpoch(1), Offset(9))
+            ])
+            .is_none()
+        );
     }
 }

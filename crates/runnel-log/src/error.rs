@@ -17,7 +17,9 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
-    #[error("offset {requested} is out of range: the log holds offsets {log_start} to {log_end} (exclusive)")]
+    #[error(
+        "offset {requested} is out of range: the log holds offsets {log_start} to {log_end} (exclusive)"
+    )]
     OffsetOutOfRange {
         requested: Offset,
         log_start: Offset,
@@ -31,16 +33,28 @@ pub enum LogError {
     },
     #[error("batch of {size} bytes exceeds the limit of {limit} bytes (max_batch_bytes)")]
     BatchTooLarge { size: usize, limit: usize },
-    #[error("batch header says {record_count} records but its last offset delta is {last_offset_delta}")]
+    #[error(
+        "batch header says {record_count} records but its last offset delta is {last_offset_delta}"
+    )]
     InconsistentBatch {
         record_count: i32,
         last_offset_delta: i32,
     },
     #[error("replicated batch starts at offset {base_offset} but the log ends at {log_end}")]
-    NonContiguousBatch { base_offset: Offset, log_end: Offset },
-    #[error("leader epoch {found} is older than the log's latest epoch {latest}; a deposed leader's write is refused")]
-    EpochRegression { found: LeaderEpoch, latest: LeaderEpoch },
-    #[error("corrupt data in {path} at byte {position} (offset {offset}): {fault}; the replica must be repaired from a peer")]
+    NonContiguousBatch {
+        base_offset: Offset,
+        log_end: Offset,
+    },
+    #[error(
+        "leader epoch {found} is older than the log's latest epoch {latest}; a deposed leader's write is refused"
+    )]
+    EpochRegression {
+        found: LeaderEpoch,
+        latest: LeaderEpoch,
+    },
+    #[error(
+        "corrupt data in {path} at byte {position} (offset {offset}): {fault}; the replica must be repaired from a peer"
+    )]
     Corrupt {
         path: PathBuf,
         position: u64,
@@ -49,14 +63,19 @@ pub enum LogError {
     },
     #[error("checkpoint {path} is corrupt: {reason}")]
     CorruptCheckpoint { path: PathBuf, reason: String },
-    #[error("the log at {0} failed an earlier write and could not restore itself; reopen it to recover")]
+    #[error(
+        "the log at {0} failed an earlier write and could not restore itself; reopen it to recover"
+    )]
     Failed(PathBuf),
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),
 }
 
 impl LogError {
-    pub(crate) fn io(context: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> LogError {
+    pub(crate) fn io(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> LogError {
         let path = path.into();
         move |source| LogError::Io {
             context,

@@ -35,7 +35,10 @@ pub struct OffsetIndex {
 impl OffsetIndex {
     pub fn push(&mut self, entry: OffsetEntry) {
         if let Some(last) = self.entries.last() {
-            assert!(entry.relative_offset > last.relative_offset, "index offsets increase");
+            assert!(
+                entry.relative_offset > last.relative_offset,
+                "index offsets increase"
+            );
             assert!(entry.position > last.position, "index positions increase");
         }
         self.entries.push(entry);
@@ -69,7 +72,7 @@ impl OffsetIndex {
     /// Parses an index file and checks what can be checked without the
     /// segment: whole entries, strictly increasing, inside the segment.
     pub fn decode(bytes: &[u8], segment_len: u64) -> Option<OffsetIndex> {
-        if bytes.len() % OFFSET_ENTRY_LEN != 0 {
+        if !bytes.len().is_multiple_of(OFFSET_ENTRY_LEN) {
             return None;
         }
         let mut index = OffsetIndex::default();
@@ -82,7 +85,8 @@ impl OffsetIndex {
                 return None;
             }
             if let Some(last) = index.entries.last()
-                && (entry.relative_offset <= last.relative_offset || entry.position <= last.position)
+                && (entry.relative_offset <= last.relative_offset
+                    || entry.position <= last.position)
             {
                 return None;
             }
@@ -100,7 +104,11 @@ pub struct TimeIndex {
 impl TimeIndex {
     /// Adds an entry if `timestamp` is larger than every one before.
     pub fn observe(&mut self, timestamp: i64, relative_offset: u32) {
-        if self.entries.last().is_none_or(|last| timestamp > last.timestamp) {
+        if self
+            .entries
+            .last()
+            .is_none_or(|last| timestamp > last.timestamp)
+        {
             self.entries.push(TimeEntry {
                 timestamp,
                 relative_offset,
@@ -111,7 +119,9 @@ impl TimeIndex {
     /// The last entry whose timestamp is below `timestamp`: the batches
     /// before it cannot hold a record at or after `timestamp`.
     pub fn last_below(&self, timestamp: i64) -> Option<TimeEntry> {
-        let count = self.entries.partition_point(|entry| entry.timestamp < timestamp);
+        let count = self
+            .entries
+            .partition_point(|entry| entry.timestamp < timestamp);
         count.checked_sub(1).map(|index| self.entries[index])
     }
 
@@ -133,7 +143,7 @@ impl TimeIndex {
     }
 
     pub fn decode(bytes: &[u8]) -> Option<TimeIndex> {
-        if bytes.len() % TIME_ENTRY_LEN != 0 {
+        if !bytes.len().is_multiple_of(TIME_ENTRY_LEN) {
             return None;
         }
         let mut index = TimeIndex::default();
@@ -143,7 +153,8 @@ impl TimeIndex {
                 relative_offset: u32::from_be_bytes(chunk[8..12].try_into().ok()?),
             };
             if let Some(last) = index.entries.last()
-                && (entry.timestamp <= last.timestamp || entry.relative_offset < last.relative_offset)
+                && (entry.timestamp <= last.timestamp
+                    || entry.relative_offset < last.relative_offset)
             {
                 return None;
             }
@@ -160,15 +171,32 @@ mod tests {
     #[test]
     fn offset_index_lookup_and_validation() {
         let mut index = OffsetIndex::default();
-        index.push(OffsetEntry { relative_offset: 0, position: 0 });
-        index.push(OffsetEntry { relative_offset: 10, position: 4100 });
-        index.push(OffsetEntry { relative_offset: 20, position: 8200 });
+        index.push(OffsetEntry {
+            relative_offset: 0,
+            position: 0,
+        });
+        index.push(OffsetEntry {
+            relative_offset: 10,
+            position: 4100,
+        });
+        index.push(OffsetEntry {
+            relative_offset: 20,
+            position: 8200,
+        });
         assert_eq!(index.floor(15).unwrap().position, 4100);
         assert_eq!(index.floor(20).unwrap().position, 8200);
         let bytes = index.encode();
         assert_eq!(OffsetIndex::decode(&bytes, 9000), Some(index.clone()));
-        assert_eq!(OffsetIndex::decode(&bytes, 8200), None, "position past the segment");
-        assert_eq!(OffsetIndex::decode(&bytes[..7], 9000), None, "partial entry");
+        assert_eq!(
+            OffsetIndex::decode(&bytes, 8200),
+            None,
+            "position past the segment"
+        );
+        assert_eq!(
+            OffsetIndex::decode(&bytes[..7], 9000),
+            None,
+            "partial entry"
+        );
         let mut swapped = bytes.clone();
         swapped[8..16].copy_from_slice(&bytes[16..24]);
         assert_eq!(OffsetIndex::decode(&swapped, 9000), None, "not increasing");

@@ -76,12 +76,19 @@ pub fn verify(path: &Path) -> Result<VerifyReport, LogError> {
     let mut expected = None::<Offset>;
     // The leader epoch is outside the CRC: check it against our epoch
     // checkpoint when there is one, else only that it never decreases.
-    let epochs = if path.is_dir() { crate::log::read_epochs(path)? } else { None };
+    let epochs = if path.is_dir() {
+        crate::log::read_epochs(path)?
+    } else {
+        None
+    };
     let mut previous_epoch = None;
     for file_path in segment_files(path)? {
         report.segments += 1;
         let file = File::open(&file_path).map_err(LogError::io("opening", &file_path))?;
-        let file_len = file.metadata().map_err(LogError::io("reading size of", &file_path))?.len();
+        let file_len = file
+            .metadata()
+            .map_err(LogError::io("reading size of", &file_path))?
+            .len();
         let base = base_offset_of(&file_path);
         if let (Some(base), Some(expected)) = (base, expected)
             && base < expected
@@ -90,7 +97,9 @@ pub fn verify(path: &Path) -> Result<VerifyReport, LogError> {
                 file: file_path,
                 position: 0,
                 offset: base,
-                reason: format!("segment base offset {base} overlaps the previous segment, which ends at {expected}"),
+                reason: format!(
+                    "segment base offset {base} overlaps the previous segment, which ends at {expected}"
+                ),
             });
             return Ok(report);
         }
@@ -102,14 +111,16 @@ pub fn verify(path: &Path) -> Result<VerifyReport, LogError> {
             match scanner.next_batch() {
                 Ok(Some((position, header))) => {
                     let epoch = header.leader_epoch();
-                    let expected_epoch = epochs.as_ref().and_then(|epochs| epochs.epoch_at(header.base_offset()));
+                    let expected_epoch = epochs
+                        .as_ref()
+                        .and_then(|epochs| epochs.epoch_at(header.base_offset()));
                     let epoch_fault = match (expected_epoch, previous_epoch) {
-                        (Some(expected), _) if expected != epoch => {
-                            Some(format!("leader epoch {epoch} disagrees with the epoch checkpoint, which says {expected}"))
-                        }
-                        (None, Some(previous)) if epoch < previous => {
-                            Some(format!("leader epoch {epoch} is lower than the previous batch's {previous}"))
-                        }
+                        (Some(expected), _) if expected != epoch => Some(format!(
+                            "leader epoch {epoch} disagrees with the epoch checkpoint, which says {expected}"
+                        )),
+                        (None, Some(previous)) if epoch < previous => Some(format!(
+                            "leader epoch {epoch} is lower than the previous batch's {previous}"
+                        )),
                         _ => None,
                     };
                     if let Some(reason) = epoch_fault {
@@ -128,7 +139,10 @@ pub fn verify(path: &Path) -> Result<VerifyReport, LogError> {
                     report.first_offset.get_or_insert(header.base_offset());
                     report.next_offset = Some(header.next_offset());
                     batch_starts.insert(position, header.base_offset());
-                    max_timestamp = Some(max_timestamp.map_or(header.max_timestamp, |max| max.max(header.max_timestamp)));
+                    max_timestamp = Some(
+                        max_timestamp
+                            .map_or(header.max_timestamp, |max| max.max(header.max_timestamp)),
+                    );
                 }
                 Ok(None) => break,
                 Err(fault) => {
@@ -143,11 +157,18 @@ pub fn verify(path: &Path) -> Result<VerifyReport, LogError> {
             }
         }
         expected = Some(scanner.next_offset());
-        if let Some(base) = base {
-            if let Some(fault) = check_indexes(&file_path, base, file_len, &batch_starts, max_timestamp, &mut report)? {
-                report.fault = Some(fault);
-                return Ok(report);
-            }
+        if let Some(base) = base
+            && let Some(fault) = check_indexes(
+                &file_path,
+                base,
+                file_len,
+                &batch_starts,
+                max_timestamp,
+                &mut report,
+            )?
+        {
+            report.fault = Some(fault);
+            return Ok(report);
         }
     }
     Ok(report)
@@ -189,14 +210,22 @@ fn check_indexes(
                     &index_path,
                     (number * crate::index::OFFSET_ENTRY_LEN) as u64,
                     offset,
-                    format!("index entry {number} maps offset {offset} to byte {}, where no batch with that base offset starts", entry.position),
+                    format!(
+                        "index entry {number} maps offset {offset} to byte {}, where no batch with that base offset starts",
+                        entry.position
+                    ),
                 ));
             }
         }
     }
     if let Some(bytes) = time_index_bytes {
         let Some(time_index) = TimeIndex::decode(&bytes) else {
-            return Ok(fault(&time_index_path, 0, base, "time index is malformed (partial entry or not increasing)".to_string()));
+            return Ok(fault(
+                &time_index_path,
+                0,
+                base,
+                "time index is malformed (partial entry or not increasing)".to_string(),
+            ));
         };
         for (number, entry) in time_index.entries().iter().enumerate() {
             if max_timestamp.is_none_or(|max| entry.timestamp > max) {
@@ -204,7 +233,10 @@ fn check_indexes(
                     &time_index_path,
                     (number * crate::index::TIME_ENTRY_LEN) as u64,
                     base.plus(i64::from(entry.relative_offset)),
-                    format!("time index entry {number} has timestamp {}, newer than any record in the segment", entry.timestamp),
+                    format!(
+                        "time index entry {number} has timestamp {}, newer than any record in the segment",
+                        entry.timestamp
+                    ),
                 ));
             }
         }

@@ -68,7 +68,8 @@ impl FileSlice {
                 offset: self.first_offset,
                 fault,
             };
-            let header = BatchHeader::parse(&bytes[at..]).map_err(|error| corrupt(FaultKind::BadHeader(error)))?;
+            let header = BatchHeader::parse(&bytes[at..])
+                .map_err(|error| corrupt(FaultKind::BadHeader(error)))?;
             let end = at + header.total_len();
             let batch_bytes = bytes.get(at..end).ok_or_else(|| {
                 corrupt(FaultKind::Truncated {
@@ -136,11 +137,17 @@ struct State {
 
 impl State {
     fn active(&self) -> &Segment {
-        self.segments.values().next_back().expect("a log always has a segment")
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has a segment")
     }
 
     fn active_mut(&mut self) -> &mut Segment {
-        self.segments.values_mut().next_back().expect("a log always has a segment")
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has a segment")
     }
 
     fn log_end(&self) -> Offset {
@@ -201,7 +208,10 @@ impl Log {
                 report.deleted_segments.push(path);
                 continue;
             }
-            let previous_end = segments.values().next_back().map(|segment: &Segment| segment.next_offset);
+            let previous_end = segments
+                .values()
+                .next_back()
+                .map(|segment: &Segment| segment.next_offset);
             if let Some(previous_end) = previous_end
                 && base < previous_end
             {
@@ -219,8 +229,13 @@ impl Log {
             }
             if base < recovery_base {
                 let next_offset = bases[index + 1];
-                let (segment, opened) =
-                    Segment::open_sealed(dir, base, next_offset, config.index_interval_bytes, config.max_batch_bytes)?;
+                let (segment, opened) = Segment::open_sealed(
+                    dir,
+                    base,
+                    next_offset,
+                    config.index_interval_bytes,
+                    config.max_batch_bytes,
+                )?;
                 if opened.rebuilt_indexes {
                     report.rebuilt_indexes.push(path.clone());
                 }
@@ -231,8 +246,12 @@ impl Log {
                 continue;
             }
             report.scanned_segments += 1;
-            let (mut segment, fault) =
-                Segment::open_scanning(dir, base, config.index_interval_bytes, config.max_batch_bytes)?;
+            let (mut segment, fault) = Segment::open_scanning(
+                dir,
+                base,
+                config.index_interval_bytes,
+                config.max_batch_bytes,
+            )?;
             if let Some(fault) = fault {
                 if let FaultKind::Io(reason) = &fault.kind {
                     return Err(LogError::Io {
@@ -262,7 +281,10 @@ impl Log {
         }
         if segments.is_empty() {
             let base = checkpointed_start.unwrap_or(Offset::ZERO);
-            segments.insert(base.0, Segment::create(dir, base, config.index_interval_bytes)?);
+            segments.insert(
+                base.0,
+                Segment::create(dir, base, config.index_interval_bytes)?,
+            );
             checkpoint::sync_dir(dir)?;
         }
         // Removing segments after a cut is done last, highest first, so a
@@ -282,7 +304,9 @@ impl Log {
             corruption: report.corrupt_segments.first().cloned(),
         };
         let log_end = state.log_end();
-        state.log_start = checkpointed_start.map_or(first_base, |start| start.max(first_base)).min(log_end);
+        state.log_start = checkpointed_start
+            .map_or(first_base, |start| start.max(first_base))
+            .min(log_end);
 
         state.epochs = match read_epochs(dir)? {
             Some(epochs) => epochs,
@@ -294,8 +318,16 @@ impl Log {
         // What recovery kept is now forced to disk, so the recovery point can
         // move to the end and the next open scans only what comes after.
         state.recovery_point = log_end;
-        checkpoint::write(&dir.join(RECOVERY_POINT_FILE), "recovery-point", &[(log_end.0, 0)])?;
-        checkpoint::write(&dir.join(LOG_START_FILE), "log-start-offset", &[(state.log_start.0, 0)])?;
+        checkpoint::write(
+            &dir.join(RECOVERY_POINT_FILE),
+            "recovery-point",
+            &[(log_end.0, 0)],
+        )?;
+        checkpoint::write(
+            &dir.join(LOG_START_FILE),
+            "log-start-offset",
+            &[(state.log_start.0, 0)],
+        )?;
         write_epochs(dir, &state.epochs)?;
         report.log_start = state.log_start;
         report.log_end = log_end;
@@ -367,13 +399,21 @@ impl Log {
     /// Appends batches from a producer: each gets the next offsets and
     /// `epoch` written into its header. Returns once the flush policy is
     /// satisfied.
-    pub fn append_as_leader(&self, batches: &mut [u8], epoch: LeaderEpoch, now_ms: i64) -> Result<AppendInfo, LogError> {
+    pub fn append_as_leader(
+        &self,
+        batches: &mut [u8],
+        epoch: LeaderEpoch,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
         let headers = self.validate(batches, true)?;
         self.append(batches, headers, now_ms, |state, batches, headers| {
             if let Some((latest, _)) = state.epochs.latest()
                 && epoch < latest
             {
-                return Err(LogError::EpochRegression { found: epoch, latest });
+                return Err(LogError::EpochRegression {
+                    found: epoch,
+                    latest,
+                });
             }
             let mut next = state.log_end();
             let mut at = 0;
@@ -425,7 +465,10 @@ impl Log {
         let mut headers = Vec::new();
         let mut at = 0;
         while at < bytes.len() {
-            let invalid = |source| LogError::InvalidBatch { position: at, source };
+            let invalid = |source| LogError::InvalidBatch {
+                position: at,
+                source,
+            };
             let rest = &bytes[at..];
             let header = BatchHeader::parse(rest).map_err(invalid)?;
             let length = header.total_len();
@@ -489,7 +532,11 @@ impl Log {
             assign(&state, batches, &mut headers)?;
             let first = headers.first().expect("validated: at least one batch");
             let last = headers.last().expect("validated: at least one batch");
-            let max_timestamp = headers.iter().map(|header| header.max_timestamp).max().unwrap_or(first.max_timestamp);
+            let max_timestamp = headers
+                .iter()
+                .map(|header| header.max_timestamp)
+                .max()
+                .unwrap_or(first.max_timestamp);
             if self.should_roll(state.active(), batches.len() as u64, last, max_timestamp) {
                 self.roll_locked(&mut state)?;
             }
@@ -503,12 +550,16 @@ impl Log {
             }
             let mut epochs_changed = false;
             for header in &headers {
-                epochs_changed |= state.epochs.assign(header.leader_epoch(), header.base_offset());
+                epochs_changed |= state
+                    .epochs
+                    .assign(header.leader_epoch(), header.base_offset());
             }
             if epochs_changed {
                 write_epochs(&self.dir, &state.epochs)?;
             }
-            self.stats.batches_appended.fetch_add(headers.len() as u64, Ordering::Relaxed);
+            self.stats
+                .batches_appended
+                .fetch_add(headers.len() as u64, Ordering::Relaxed);
             AppendInfo {
                 first_offset: first.base_offset(),
                 last_offset: last.last_offset(),
@@ -525,7 +576,13 @@ impl Log {
         Ok(info)
     }
 
-    fn should_roll(&self, active: &Segment, incoming_bytes: u64, last: &BatchHeader, max_timestamp: i64) -> bool {
+    fn should_roll(
+        &self,
+        active: &Segment,
+        incoming_bytes: u64,
+        last: &BatchHeader,
+        max_timestamp: i64,
+    ) -> bool {
         if active.size == 0 {
             return false;
         }
@@ -555,7 +612,11 @@ impl Log {
         if sync {
             checkpoint::sync_dir(&self.dir)?;
             state.recovery_point = log_end;
-            checkpoint::write(&self.dir.join(RECOVERY_POINT_FILE), "recovery-point", &[(log_end.0, 0)])?;
+            checkpoint::write(
+                &self.dir.join(RECOVERY_POINT_FILE),
+                "recovery-point",
+                &[(log_end.0, 0)],
+            )?;
             let mut sync_state = self.lock_sync();
             sync_state.durable = sync_state.durable.max(log_end);
         }
@@ -604,9 +665,14 @@ impl Log {
         let (file, path, log_end) = {
             let state = self.lock();
             let active = state.active();
-            (Arc::clone(&active.file), active.path.clone(), state.log_end())
+            (
+                Arc::clone(&active.file),
+                active.path.clone(),
+                state.log_end(),
+            )
         };
-        file.sync_data().map_err(LogError::io("syncing segment", &path))?;
+        file.sync_data()
+            .map_err(LogError::io("syncing segment", &path))?;
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         Ok(log_end)
     }
@@ -621,7 +687,10 @@ impl Log {
         let (log_end, due) = {
             let mut state = self.lock();
             let last = *state.last_flush_ms.get_or_insert(now_ms);
-            (state.log_end(), now_ms.saturating_sub(last) >= interval_ms as i64)
+            (
+                state.log_end(),
+                now_ms.saturating_sub(last) >= interval_ms as i64,
+            )
         };
         if !due || self.durable_offset() >= log_end {
             return Ok(());
@@ -641,7 +710,11 @@ impl Log {
             let sync = true;
             state.active_mut().write_indexes(sync)?;
             state.recovery_point = log_end;
-            checkpoint::write(&self.dir.join(RECOVERY_POINT_FILE), "recovery-point", &[(log_end.0, 0)])?;
+            checkpoint::write(
+                &self.dir.join(RECOVERY_POINT_FILE),
+                "recovery-point",
+                &[(log_end.0, 0)],
+            )?;
         }
         Ok(())
     }
@@ -713,7 +786,11 @@ impl Log {
     /// that each leader epoch agrees with the epoch cache (the two fields
     /// outside the CRC). A corrupt batch marks the log corrupt and is
     /// reported, never returned.
-    pub fn read_verified(&self, offset: Offset, max_bytes: u64) -> Result<Option<(FileSlice, Vec<u8>)>, LogError> {
+    pub fn read_verified(
+        &self,
+        offset: Offset,
+        max_bytes: u64,
+    ) -> Result<Option<(FileSlice, Vec<u8>)>, LogError> {
         let Some(slice) = self.read(offset, max_bytes)? else {
             return Ok(None);
         };
@@ -724,7 +801,13 @@ impl Log {
         match checked {
             Ok(bytes) => Ok(Some((slice, bytes))),
             Err(error) => {
-                if let LogError::Corrupt { path, position, offset, fault } = &error {
+                if let LogError::Corrupt {
+                    path,
+                    position,
+                    offset,
+                    fault,
+                } = &error
+                {
                     self.lock().corruption.get_or_insert_with(|| {
                         let fault = Fault {
                             position: *position,
@@ -740,7 +823,12 @@ impl Log {
     }
 
     /// Checks the fields of CRC-verified batches that the CRC does not cover.
-    fn check_sequence(&self, slice: &FileSlice, offset: Offset, bytes: &[u8]) -> Result<(), LogError> {
+    fn check_sequence(
+        &self,
+        slice: &FileSlice,
+        offset: Offset,
+        bytes: &[u8],
+    ) -> Result<(), LogError> {
         let state = self.lock();
         let mut at = 0usize;
         let mut expected_base = None::<Offset>;
@@ -783,7 +871,9 @@ impl Log {
         let mut state = self.lock();
         let log_start = state.log_start;
         for segment in state.segments.values_mut() {
-            if let Some((_, header)) = segment.locate_timestamp(timestamp, self.config.max_batch_bytes)? {
+            if let Some((_, header)) =
+                segment.locate_timestamp(timestamp, self.config.max_batch_bytes)?
+            {
                 return Ok(Some(header.base_offset().max(log_start)));
             }
         }
@@ -801,14 +891,27 @@ impl Log {
         if offset <= state.log_start {
             let bases: Vec<i64> = state.segments.keys().rev().copied().collect();
             for base in bases {
-                state.segments.remove(&base).expect("key from the map").delete()?;
+                state
+                    .segments
+                    .remove(&base)
+                    .expect("key from the map")
+                    .delete()?;
             }
             let fresh = Segment::create(&self.dir, offset, self.config.index_interval_bytes)?;
             state.segments.insert(offset.0, fresh);
         } else {
-            let doomed: Vec<i64> = state.segments.range(offset.0..).map(|(base, _)| *base).rev().collect();
+            let doomed: Vec<i64> = state
+                .segments
+                .range(offset.0..)
+                .map(|(base, _)| *base)
+                .rev()
+                .collect();
             for base in doomed {
-                state.segments.remove(&base).expect("key from the map").delete()?;
+                state
+                    .segments
+                    .remove(&base)
+                    .expect("key from the map")
+                    .delete()?;
             }
             let max_batch_bytes = self.config.max_batch_bytes;
             state.active_mut().truncate_to(offset, max_batch_bytes)?;
@@ -820,14 +923,22 @@ impl Log {
         let log_start = state.log_start.min(log_end);
         if log_start != state.log_start || offset <= state.log_start {
             state.log_start = log_start.min(offset);
-            checkpoint::write(&self.dir.join(LOG_START_FILE), "log-start-offset", &[(state.log_start.0, 0)])?;
+            checkpoint::write(
+                &self.dir.join(LOG_START_FILE),
+                "log-start-offset",
+                &[(state.log_start.0, 0)],
+            )?;
         }
         if state.epochs.truncate_from_end(log_end) {
             write_epochs(&self.dir, &state.epochs)?;
         }
         if state.recovery_point > log_end {
             state.recovery_point = log_end;
-            checkpoint::write(&self.dir.join(RECOVERY_POINT_FILE), "recovery-point", &[(log_end.0, 0)])?;
+            checkpoint::write(
+                &self.dir.join(RECOVERY_POINT_FILE),
+                "recovery-point",
+                &[(log_end.0, 0)],
+            )?;
         }
         let mut sync = self.lock_sync();
         sync.durable = sync.durable.min(log_end);
@@ -844,7 +955,9 @@ impl Log {
         }
         let previous_start = state.log_start;
         state.log_start = target;
-        self.delete_segments_below(&mut state, previous_start, |segment| segment.next_offset <= target)?;
+        self.delete_segments_below(&mut state, previous_start, |segment| {
+            segment.next_offset <= target
+        })?;
         Ok(state.log_start)
     }
 
@@ -854,10 +967,11 @@ impl Log {
     /// sealed first so it can go too.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<RetentionOutcome, LogError> {
         let mut state = self.lock();
-        let expired = |segment: &Segment| match (self.config.retention_time_ms, segment.max_timestamp) {
-            (Some(retention), Some(max)) => max < now_ms.saturating_sub(retention as i64),
-            _ => false,
-        };
+        let expired =
+            |segment: &Segment| match (self.config.retention_time_ms, segment.max_timestamp) {
+                (Some(retention), Some(max)) => max < now_ms.saturating_sub(retention as i64),
+                _ => false,
+            };
         if expired(state.active()) && state.active().size > 0 {
             self.roll_locked(&mut state)?;
         }
@@ -903,7 +1017,11 @@ impl Log {
         let log_start = state.log_start.max(first_base);
         state.log_start = log_start;
         if log_start != previous_start {
-            checkpoint::write(&self.dir.join(LOG_START_FILE), "log-start-offset", &[(log_start.0, 0)])?;
+            checkpoint::write(
+                &self.dir.join(LOG_START_FILE),
+                "log-start-offset",
+                &[(log_start.0, 0)],
+            )?;
             if state.epochs.truncate_from_start(log_start) {
                 write_epochs(&self.dir, &state.epochs)?;
             }
@@ -913,7 +1031,11 @@ impl Log {
 
     /// Persists the high watermark the owner computed (replication).
     pub fn write_high_watermark(&self, high_watermark: Offset) -> Result<(), LogError> {
-        checkpoint::write(&self.dir.join(HIGH_WATERMARK_FILE), "high-watermark", &[(high_watermark.0, 0)])
+        checkpoint::write(
+            &self.dir.join(HIGH_WATERMARK_FILE),
+            "high-watermark",
+            &[(high_watermark.0, 0)],
+        )
     }
 
     pub fn read_high_watermark(&self) -> Result<Option<Offset>, LogError> {
@@ -950,12 +1072,20 @@ fn list_segments(dir: &Path) -> Result<Vec<Offset>, LogError> {
         }
     }
     for orphan in orphans {
-        if orphan.extension().is_some_and(|extension| extension == "tmp") {
+        if orphan
+            .extension()
+            .is_some_and(|extension| extension == "tmp")
+        {
             segment::remove_if_exists(&orphan)?;
         } else if !orphan.exists() {
-            let base = segment::parse_segment_name(orphan.file_name().and_then(|name| name.to_str()).unwrap_or_default())
-                .map(|(base, _)| base)
-                .expect("built from a parsed name");
+            let base = segment::parse_segment_name(
+                orphan
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .unwrap_or_default(),
+            )
+            .map(|(base, _)| base)
+            .expect("built from a parsed name");
             for suffix in [segment::INDEX_SUFFIX, segment::TIME_INDEX_SUFFIX] {
                 segment::remove_if_exists(&segment::segment_path(dir, base, suffix))?;
             }
@@ -1005,7 +1135,13 @@ fn write_epochs(dir: &Path, epochs: &EpochCache) -> Result<(), LogError> {
 fn rebuild_epochs(state: &State, max_batch_bytes: usize) -> Result<EpochCache, LogError> {
     let mut epochs = EpochCache::default();
     for segment in state.segments.values() {
-        let mut scanner = Scanner::new(&segment.file, segment.size, 0, segment.base, max_batch_bytes);
+        let mut scanner = Scanner::new(
+            &segment.file,
+            segment.size,
+            0,
+            segment.base,
+            max_batch_bytes,
+        );
         while let Ok(Some((_, header))) = scanner.next_batch() {
             epochs.assign(header.leader_epoch(), header.base_offset());
         }

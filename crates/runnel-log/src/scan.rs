@@ -23,11 +23,20 @@ pub enum FaultKind {
     /// The CRC does not match the batch contents.
     Crc(WireError),
     /// The base offset does not follow the previous batch.
-    OffsetNotIncreasing { base_offset: Offset, expected_at_least: Offset },
+    OffsetNotIncreasing {
+        base_offset: Offset,
+        expected_at_least: Offset,
+    },
     /// The header's counts are inconsistent.
-    BadCounts { record_count: i32, last_offset_delta: i32 },
+    BadCounts {
+        record_count: i32,
+        last_offset_delta: i32,
+    },
     /// The batch's leader epoch disagrees with the leader-epoch cache.
-    EpochMismatch { found: LeaderEpoch, expected: LeaderEpoch },
+    EpochMismatch {
+        found: LeaderEpoch,
+        expected: LeaderEpoch,
+    },
     /// Reading the file failed: a fault of the medium, not of the data, so
     /// recovery must stop rather than truncate.
     Io(String),
@@ -37,15 +46,24 @@ impl std::fmt::Display for FaultKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FaultKind::Truncated { needed, available } => {
-                write!(f, "file ends inside a batch ({needed} bytes needed, {available} left)")
+                write!(
+                    f,
+                    "file ends inside a batch ({needed} bytes needed, {available} left)"
+                )
             }
             FaultKind::BadHeader(error) => write!(f, "bad batch header: {error}"),
             FaultKind::TooLarge { length, limit } => {
-                write!(f, "batch length {length} exceeds the limit of {limit} bytes")
+                write!(
+                    f,
+                    "batch length {length} exceeds the limit of {limit} bytes"
+                )
             }
             FaultKind::Crc(error) => write!(f, "{error}"),
             FaultKind::EpochMismatch { found, expected } => {
-                write!(f, "batch has leader epoch {found} but the epoch cache says {expected}")
+                write!(
+                    f,
+                    "batch has leader epoch {found} but the epoch cache says {expected}"
+                )
             }
             FaultKind::Io(error) => write!(f, "read failed: {error}"),
             FaultKind::OffsetNotIncreasing {
@@ -151,7 +169,8 @@ impl<'a> Scanner<'a> {
                 },
             ));
         }
-        self.fill(BATCH_HEADER_LEN).map_err(|kind| fault(self, kind))?;
+        self.fill(BATCH_HEADER_LEN)
+            .map_err(|kind| fault(self, kind))?;
         let start = (self.position - self.buffer_position) as usize;
         let header = BatchHeader::parse(&self.buffer[start..])
             .map_err(|error| fault(self, FaultKind::BadHeader(error)))?;

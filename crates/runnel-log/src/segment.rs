@@ -10,10 +10,10 @@ use std::sync::Arc;
 use runnel_types::Offset;
 use runnel_wire::batch::{BATCH_HEADER_LEN, BatchHeader};
 
+use crate::LogError;
 use crate::checkpoint::sync_parent;
 use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use crate::scan::{Fault, FaultKind, Scanner};
-use crate::LogError;
 
 pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";
@@ -56,7 +56,11 @@ pub struct Segment {
 
 impl Segment {
     /// Creates a new, empty segment file. Fails if one already exists.
-    pub fn create(dir: &Path, base: Offset, index_interval_bytes: u64) -> Result<Segment, LogError> {
+    pub fn create(
+        dir: &Path,
+        base: Offset,
+        index_interval_bytes: u64,
+    ) -> Result<Segment, LogError> {
         let path = segment_path(dir, base, LOG_SUFFIX);
         let file = OpenOptions::new()
             .read(true)
@@ -115,7 +119,8 @@ impl Segment {
             .and_then(|bytes| TimeIndex::decode(&bytes));
         match (index, time_index) {
             (Some(index), Some(time_index))
-                if segment.size == 0 || (!index.is_empty() && time_index.max_timestamp().is_some()) =>
+                if segment.size == 0
+                    || (!index.is_empty() && time_index.max_timestamp().is_some()) =>
             {
                 segment.max_timestamp = time_index.max_timestamp();
                 segment.index = index;
@@ -124,7 +129,8 @@ impl Segment {
                 // Retention trusts the last entry as the segment's max
                 // timestamp, so it is checked against its batch.
                 let trusted = segment.size == 0
-                    || last_entry.is_some_and(|entry| segment.time_entry_is_sound(entry, max_batch_bytes));
+                    || last_entry
+                        .is_some_and(|entry| segment.time_entry_is_sound(entry, max_batch_bytes));
                 if trusted {
                     if let Some(entry) = last_entry {
                         segment.max_timestamp_offset = entry.relative_offset;
@@ -148,7 +154,11 @@ impl Segment {
     /// Rebuilds the indexes of a sealed segment whose index files cannot be
     /// trusted. On a corrupt batch the segment keeps its full extent, so
     /// reads reach the batch and report it instead of skipping it.
-    fn rebuild_from_scan(mut self, next_offset: Offset, max_batch_bytes: usize) -> Result<(Segment, SealedOpen), LogError> {
+    fn rebuild_from_scan(
+        mut self,
+        next_offset: Offset,
+        max_batch_bytes: usize,
+    ) -> Result<(Segment, SealedOpen), LogError> {
         let file_len = self.size;
         let fault = self.rebuild_indexes(max_batch_bytes)?;
         match fault {
@@ -228,12 +238,17 @@ impl Segment {
                 relative_offset,
                 position: position as u32,
             });
-            self.time_index.observe(header.max_timestamp, relative_offset);
+            self.time_index
+                .observe(header.max_timestamp, relative_offset);
             self.bytes_since_index_entry = 0;
         }
         self.bytes_since_index_entry += header.total_len() as u64;
-        self.first_batch_timestamp.get_or_insert(header.max_timestamp);
-        if self.max_timestamp.is_none_or(|max| header.max_timestamp > max) {
+        self.first_batch_timestamp
+            .get_or_insert(header.max_timestamp);
+        if self
+            .max_timestamp
+            .is_none_or(|max| header.max_timestamp > max)
+        {
             self.max_timestamp = Some(header.max_timestamp);
             self.max_timestamp_offset = relative_offset;
         }
@@ -285,7 +300,8 @@ impl Segment {
         self.file
             .read_exact_at(&mut bytes, position)
             .map_err(LogError::io("reading batch header of", &self.path))?;
-        let header = BatchHeader::parse(&bytes).map_err(|error| corrupt(FaultKind::BadHeader(error)))?;
+        let header =
+            BatchHeader::parse(&bytes).map_err(|error| corrupt(FaultKind::BadHeader(error)))?;
         if header.total_len() as u64 > available {
             return Err(corrupt(FaultKind::Truncated {
                 needed: header.total_len() as u64,
@@ -297,11 +313,18 @@ impl Segment {
 
     /// The position and header of the batch holding `offset`, or `None` if
     /// the segment ends before it.
-    pub fn locate(&mut self, offset: Offset, max_batch_bytes: usize) -> Result<Option<(u64, BatchHeader)>, LogError> {
+    pub fn locate(
+        &mut self,
+        offset: Offset,
+        max_batch_bytes: usize,
+    ) -> Result<Option<(u64, BatchHeader)>, LogError> {
         if offset >= self.next_offset {
             return Ok(None);
         }
-        let relative = offset.0.saturating_sub(self.base.0).min(i64::from(u32::MAX)) as u32;
+        let relative = offset
+            .0
+            .saturating_sub(self.base.0)
+            .min(i64::from(u32::MAX)) as u32;
         let position = self.seek(relative, max_batch_bytes)?;
         self.locate_from(position, offset).map(Some)
     }
@@ -323,10 +346,17 @@ impl Segment {
             return Ok(position);
         }
         self.rebuild_indexes_keeping_extent(max_batch_bytes)?;
-        Ok(self.index.floor(relative).map_or(0, |entry| u64::from(entry.position)))
+        Ok(self
+            .index
+            .floor(relative)
+            .map_or(0, |entry| u64::from(entry.position)))
     }
 
-    fn locate_from(&self, mut position: u64, offset: Offset) -> Result<(u64, BatchHeader), LogError> {
+    fn locate_from(
+        &self,
+        mut position: u64,
+        offset: Offset,
+    ) -> Result<(u64, BatchHeader), LogError> {
         loop {
             let header = self.read_header_at(position)?;
             if header.last_offset() >= offset || position + header.total_len() as u64 >= self.size {
@@ -369,7 +399,11 @@ impl Segment {
     }
 
     /// The first batch whose max timestamp is at or after `timestamp`.
-    pub fn locate_timestamp(&mut self, timestamp: i64, max_batch_bytes: usize) -> Result<Option<(u64, BatchHeader)>, LogError> {
+    pub fn locate_timestamp(
+        &mut self,
+        timestamp: i64,
+        max_batch_bytes: usize,
+    ) -> Result<Option<(u64, BatchHeader)>, LogError> {
         if self.max_timestamp.is_none_or(|max| max < timestamp) {
             return Ok(None);
         }
@@ -414,9 +448,21 @@ impl Segment {
         if let Some(max) = self.max_timestamp {
             self.time_index.observe(max, self.max_timestamp_offset);
         }
-        let dir = self.path.parent().expect("segments live in a directory").to_path_buf();
-        write_atomically(&segment_path(&dir, self.base, INDEX_SUFFIX), &self.index.encode(), sync)?;
-        write_atomically(&segment_path(&dir, self.base, TIME_INDEX_SUFFIX), &self.time_index.encode(), sync)
+        let dir = self
+            .path
+            .parent()
+            .expect("segments live in a directory")
+            .to_path_buf();
+        write_atomically(
+            &segment_path(&dir, self.base, INDEX_SUFFIX),
+            &self.index.encode(),
+            sync,
+        )?;
+        write_atomically(
+            &segment_path(&dir, self.base, TIME_INDEX_SUFFIX),
+            &self.time_index.encode(),
+            sync,
+        )
     }
 
     pub fn sync(&self) -> Result<(), LogError> {
@@ -487,9 +533,11 @@ fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> Result<(), LogErro
     name.push(".tmp");
     let temporary = path.with_file_name(name);
     let mut file = File::create(&temporary).map_err(LogError::io("creating", &temporary))?;
-    file.write_all(bytes).map_err(LogError::io("writing", &temporary))?;
+    file.write_all(bytes)
+        .map_err(LogError::io("writing", &temporary))?;
     if sync {
-        file.sync_data().map_err(LogError::io("syncing", &temporary))?;
+        file.sync_data()
+            .map_err(LogError::io("syncing", &temporary))?;
     }
     fs::rename(&temporary, path).map_err(LogError::io("renaming into", path))?;
     if sync {

@@ -83,7 +83,7 @@ impl fmt::Display for ByteSize {
             ("MiB", 1 << 20),
             ("KiB", 1 << 10),
         ] {
-            if self.0 >= factor && self.0 % factor == 0 {
+            if self.0 >= factor && self.0.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", self.0 / factor);
             }
         }
@@ -166,7 +166,7 @@ impl fmt::Display for Duration {
             ("m", 60_000),
             ("s", 1_000),
         ] {
-            if self.millis >= factor && self.millis % factor == 0 {
+            if self.millis >= factor && self.millis.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", self.millis / factor);
             }
         }

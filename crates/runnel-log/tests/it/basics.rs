@@ -18,16 +18,33 @@ fn leader_append_assigns_offsets_and_epoch() {
     assert_eq!(log.log_end_offset(), Offset(15));
 
     let batches = read_all(&log);
-    let bases: Vec<i64> = batches.iter().map(|batch| batch.header.base_offset).collect();
+    let bases: Vec<i64> = batches
+        .iter()
+        .map(|batch| batch.header.base_offset)
+        .collect();
     assert_eq!(bases, [0, 5, 10]);
-    assert!(batches.iter().all(|batch| batch.header.partition_leader_epoch == 1));
+    assert!(
+        batches
+            .iter()
+            .all(|batch| batch.header.partition_leader_epoch == 1)
+    );
 
     let slice = log.read(Offset(7), 1).unwrap().unwrap();
-    assert_eq!((slice.first_offset, slice.next_offset), (Offset(5), Offset(10)), "at least one whole batch");
-    assert!(log.read(Offset(15), 1 << 20).unwrap().is_none(), "the log end has nothing yet");
+    assert_eq!(
+        (slice.first_offset, slice.next_offset),
+        (Offset(5), Offset(10)),
+        "at least one whole batch"
+    );
+    assert!(
+        log.read(Offset(15), 1 << 20).unwrap().is_none(),
+        "the log end has nothing yet"
+    );
     assert!(matches!(
         log.read(Offset(16), 1 << 20),
-        Err(LogError::OffsetOutOfRange { log_end: Offset(15), .. })
+        Err(LogError::OffsetOutOfRange {
+            log_end: Offset(15),
+            ..
+        })
     ));
 }
 
@@ -41,7 +58,10 @@ fn segments_roll_by_size_and_reads_cross_them() {
     }
     assert!(log.segment_count() >= 4, "{} segments", log.segment_count());
     let offsets = |batches: Vec<runnel_wire::RecordBatch>| -> Vec<i64> {
-        batches.iter().map(|batch| batch.header.base_offset).collect()
+        batches
+            .iter()
+            .map(|batch| batch.header.base_offset)
+            .collect()
     };
     let expected: Vec<i64> = (0..40).map(|round| round * 3).collect();
     assert_eq!(offsets(read_all(&log)), expected);
@@ -91,16 +111,27 @@ fn epoch_cache_follows_appends_truncation_and_reopen() {
     let log = open(dir.path(), &small_config());
     let append_at = |epoch| {
         let mut bytes = batch(2, 10, 0);
-        log.append_as_leader(&mut bytes, LeaderEpoch(epoch), 0).unwrap()
+        log.append_as_leader(&mut bytes, LeaderEpoch(epoch), 0)
+            .unwrap()
     };
     append_at(1);
     append_at(1);
     append_at(3);
     append_at(4);
-    let expected = vec![(LeaderEpoch(1), Offset(0)), (LeaderEpoch(3), Offset(4)), (LeaderEpoch(4), Offset(6))];
+    let expected = vec![
+        (LeaderEpoch(1), Offset(0)),
+        (LeaderEpoch(3), Offset(4)),
+        (LeaderEpoch(4), Offset(6)),
+    ];
     assert_eq!(log.epochs(), expected);
-    assert_eq!(log.epoch_end_offset(LeaderEpoch(2)), Some((LeaderEpoch(1), Offset(4))));
-    assert_eq!(log.epoch_end_offset(LeaderEpoch(4)), Some((LeaderEpoch(4), Offset(8))));
+    assert_eq!(
+        log.epoch_end_offset(LeaderEpoch(2)),
+        Some((LeaderEpoch(1), Offset(4)))
+    );
+    assert_eq!(
+        log.epoch_end_offset(LeaderEpoch(4)),
+        Some((LeaderEpoch(4), Offset(8)))
+    );
     assert_eq!(log.epoch_end_offset(LeaderEpoch(0)), None);
 
     let mut stale = batch(1, 10, 0);
@@ -109,7 +140,11 @@ fn epoch_cache_follows_appends_truncation_and_reopen() {
         Err(LogError::EpochRegression { .. })
     ));
 
-    assert_eq!(log.truncate_to(Offset(5)).unwrap(), Offset(4), "the batch holding 5 goes whole");
+    assert_eq!(
+        log.truncate_to(Offset(5)).unwrap(),
+        Offset(4),
+        "the batch holding 5 goes whole"
+    );
     assert_eq!(log.epochs(), expected[..1]);
     drop(log);
     let log = open(dir.path(), &small_config());
@@ -125,17 +160,25 @@ fn replicated_appends_keep_offsets_and_must_be_contiguous() {
     let follower = open(follower_dir.path(), &small_config());
     for epoch in [1, 1, 2] {
         let mut bytes = batch(3, 50, 7);
-        leader.append_as_leader(&mut bytes, LeaderEpoch(epoch), 7).unwrap();
+        leader
+            .append_as_leader(&mut bytes, LeaderEpoch(epoch), 7)
+            .unwrap();
     }
     let (slice, bytes) = leader.read_verified(Offset(0), 1 << 20).unwrap().unwrap();
     assert_eq!(slice.next_offset, Offset(9));
     let info = follower.append_replicated(&bytes, 7).unwrap();
-    assert_eq!((info.first_offset, info.log_end, info.batch_count), (Offset(0), Offset(9), 3));
+    assert_eq!(
+        (info.first_offset, info.log_end, info.batch_count),
+        (Offset(0), Offset(9), 3)
+    );
     assert_eq!(follower.epochs(), leader.epochs());
     assert_eq!(read_all(&follower), read_all(&leader));
     assert!(matches!(
         follower.append_replicated(&bytes, 7),
-        Err(LogError::NonContiguousBatch { log_end: Offset(9), .. })
+        Err(LogError::NonContiguousBatch {
+            log_end: Offset(9),
+            ..
+        })
     ));
 }
 
@@ -155,10 +198,16 @@ fn invalid_batches_are_refused_and_change_nothing() {
 
     let mut torn = batch(2, 10, 0);
     torn.truncate(torn.len() - 3);
-    assert!(matches!(log.append_as_leader(&mut torn, LeaderEpoch(1), 0), Err(LogError::InvalidBatch { .. })));
+    assert!(matches!(
+        log.append_as_leader(&mut torn, LeaderEpoch(1), 0),
+        Err(LogError::InvalidBatch { .. })
+    ));
 
     let mut garbage = vec![0xAB; 100];
-    assert!(log.append_as_leader(&mut garbage, LeaderEpoch(1), 0).is_err());
+    assert!(
+        log.append_as_leader(&mut garbage, LeaderEpoch(1), 0)
+            .is_err()
+    );
     assert!(log.append_as_leader(&mut [], LeaderEpoch(1), 0).is_err());
 
     let mut huge = batch(1, 5_000, 0);
@@ -188,9 +237,15 @@ fn several_batches_in_one_append_get_consecutive_offsets() {
     let mut bytes = batch(2, 10, 0);
     bytes.extend(batch(3, 10, 0));
     let info = log.append_as_leader(&mut bytes, LeaderEpoch(0), 0).unwrap();
-    assert_eq!((info.first_offset, info.last_offset, info.batch_count), (Offset(0), Offset(4), 2));
+    assert_eq!(
+        (info.first_offset, info.last_offset, info.batch_count),
+        (Offset(0), Offset(4), 2)
+    );
     let second = BatchHeader::parse(&bytes[batch(2, 10, 0).len()..]).unwrap();
-    assert_eq!(second.base_offset, 2, "the caller's bytes carry the assigned offsets");
+    assert_eq!(
+        second.base_offset, 2,
+        "the caller's bytes carry the assigned offsets"
+    );
 }
 
 #[test]
@@ -199,7 +254,12 @@ fn flush_always_is_durable_when_append_returns_and_os_is_not() {
     let log = open(dir.path(), &LogConfig::default());
     append(&log, 1, 10, 0);
     assert_eq!(log.durable_offset(), Offset(1));
-    assert!(log.stats().fsyncs.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(
+        log.stats()
+            .fsyncs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
 
     let dir = temp_dir();
     let config = LogConfig {
@@ -209,7 +269,12 @@ fn flush_always_is_durable_when_append_returns_and_os_is_not() {
     let log = open(dir.path(), &config);
     append(&log, 1, 10, 0);
     assert_eq!(log.durable_offset(), Offset(0));
-    assert_eq!(log.stats().fsyncs.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        log.stats()
+            .fsyncs
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     log.flush().unwrap();
     assert_eq!(log.durable_offset(), Offset(1));
 }
@@ -250,10 +315,15 @@ fn concurrent_appenders_share_fsyncs() {
         thread.join().unwrap();
     }
     let stats = log.stats();
-    let batches = stats.batches_appended.load(std::sync::atomic::Ordering::Relaxed);
+    let batches = stats
+        .batches_appended
+        .load(std::sync::atomic::Ordering::Relaxed);
     let fsyncs = stats.fsyncs.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(batches, 400);
-    assert!(fsyncs < batches, "group commit: {fsyncs} fsyncs for {batches} batches");
+    assert!(
+        fsyncs < batches,
+        "group commit: {fsyncs} fsyncs for {batches} batches"
+    );
     assert_eq!(log.log_end_offset(), Offset(1600));
     assert_eq!(read_all(&log).len(), 400);
 }
@@ -272,20 +342,40 @@ fn truncation_and_log_start() {
     assert_eq!(log.advance_log_start(Offset(21)).unwrap(), Offset(21));
     assert!(matches!(
         log.read(Offset(20), 100),
-        Err(LogError::OffsetOutOfRange { log_start: Offset(21), .. })
+        Err(LogError::OffsetOutOfRange {
+            log_start: Offset(21),
+            ..
+        })
     ));
     let slice = log.read(Offset(21), 1).unwrap().unwrap();
-    assert_eq!(slice.first_offset, Offset(20), "the batch holding the log start is served whole");
+    assert_eq!(
+        slice.first_offset,
+        Offset(20),
+        "the batch holding the log start is served whole"
+    );
     log.close().unwrap();
 
     let log = open(dir.path(), &config);
-    assert_eq!((log.log_start_offset(), log.log_end_offset()), (Offset(21), Offset(42)));
-    assert_eq!(log.truncate_to(Offset(10)).unwrap(), Offset(10), "below the log start: start over");
-    assert_eq!((log.log_start_offset(), log.log_end_offset()), (Offset(10), Offset(10)));
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (Offset(21), Offset(42))
+    );
+    assert_eq!(
+        log.truncate_to(Offset(10)).unwrap(),
+        Offset(10),
+        "below the log start: start over"
+    );
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (Offset(10), Offset(10))
+    );
     assert_eq!(append(&log, 1, 10, 0), Offset(10));
     drop(log);
     let log = open(dir.path(), &config);
-    assert_eq!((log.log_start_offset(), log.log_end_offset()), (Offset(10), Offset(11)));
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (Offset(10), Offset(11))
+    );
 }
 
 #[test]
@@ -295,5 +385,8 @@ fn invalid_configuration_is_refused() {
         segment_max_bytes: 1 << 33,
         ..LogConfig::default()
     };
-    assert!(matches!(Log::open(dir.path(), config), Err(LogError::InvalidConfig(_))));
+    assert!(matches!(
+        Log::open(dir.path(), config),
+        Err(LogError::InvalidConfig(_))
+    ));
 }

@@ -15,7 +15,12 @@ use crate::support::{append, copy_dir, open, read_all, segment_logs, small_confi
 fn build(dir: &Path, config: &LogConfig, batches: usize) -> Vec<RecordBatch> {
     let log = open(dir, config);
     for round in 0..batches {
-        append(&log, 1 + round % 3, 40 + round * 7 % 90, 1_000 + round as i64);
+        append(
+            &log,
+            1 + round % 3,
+            40 + round * 7 % 90,
+            1_000 + round as i64,
+        );
     }
     let written = read_all(&log);
     log.close().unwrap();
@@ -32,7 +37,10 @@ fn a_torn_tail_is_cut_at_every_byte_of_the_last_batch() {
     let last = written.last().unwrap();
     let last_len = last.encode().unwrap().len() as u64;
     let last_start = active_len - last_len;
-    assert!(last_start > 0, "the active segment holds more than the last batch");
+    assert!(
+        last_start > 0,
+        "the active segment holds more than the last batch"
+    );
 
     for cut in last_start..active_len {
         let scratch = temp_dir();
@@ -47,7 +55,11 @@ fn a_torn_tail_is_cut_at_every_byte_of_the_last_batch() {
         let (log, report) = runnel_log::Log::open(scratch.path(), config.clone()).unwrap();
         assert_eq!(report.truncated.is_some(), cut > last_start, "cut at {cut}");
         assert_eq!(report.bytes_truncated, cut - last_start);
-        assert_eq!(log.log_end_offset(), Offset(last.header.base_offset), "cut at {cut}");
+        assert_eq!(
+            log.log_end_offset(),
+            Offset(last.header.base_offset),
+            "cut at {cut}"
+        );
         assert_eq!(read_all(&log), written[..written.len() - 1], "cut at {cut}");
         assert_eq!(append(&log, 2, 10, 5), Offset(last.header.base_offset));
         drop(log);
@@ -100,14 +112,25 @@ fn missing_or_corrupt_indexes_are_rebuilt_and_reads_are_identical() {
 
     type Damage = fn(&Path);
     let damages: [(&str, Damage); 6] = [
-        ("deleted index", |log| std::fs::remove_file(log.with_extension("index")).unwrap()),
-        ("deleted time index", |log| std::fs::remove_file(log.with_extension("timeindex")).unwrap()),
+        ("deleted index", |log| {
+            std::fs::remove_file(log.with_extension("index")).unwrap()
+        }),
+        ("deleted time index", |log| {
+            std::fs::remove_file(log.with_extension("timeindex")).unwrap()
+        }),
         ("torn index", |log| {
             let path = log.with_extension("index");
             let len = std::fs::metadata(&path).unwrap().len();
-            OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(len - 3)
+                .unwrap();
         }),
-        ("garbage index", |log| std::fs::write(log.with_extension("index"), [0xFF; 64]).unwrap()),
+        ("garbage index", |log| {
+            std::fs::write(log.with_extension("index"), [0xFF; 64]).unwrap()
+        }),
         ("well-formed but wrong index", |log| {
             // Increasing entries that point between batches: only checking
             // the batch at the position catches this.
@@ -118,7 +141,9 @@ fn missing_or_corrupt_indexes_are_rebuilt_and_reads_are_identical() {
             }
             std::fs::write(log.with_extension("index"), bytes).unwrap();
         }),
-        ("garbage time index", |log| std::fs::write(log.with_extension("timeindex"), [0x01; 24]).unwrap()),
+        ("garbage time index", |log| {
+            std::fs::write(log.with_extension("timeindex"), [0x01; 24]).unwrap()
+        }),
     ];
     for (name, damage) in damages {
         let scratch = temp_dir();
@@ -126,13 +151,20 @@ fn missing_or_corrupt_indexes_are_rebuilt_and_reads_are_identical() {
         for log in sealed {
             damage(&scratch.path().join(log.file_name().unwrap()));
         }
-        assert_eq!(read_every_offset(scratch.path(), &config), expected_reads, "{name}");
+        assert_eq!(
+            read_every_offset(scratch.path(), &config),
+            expected_reads,
+            "{name}"
+        );
         assert_eq!(times(scratch.path(), &config), expected_times, "{name}");
         let log = open(scratch.path(), &config);
         assert_eq!(read_all(&log), written, "{name}");
         drop(log);
         let report = inspect::verify(scratch.path()).unwrap();
-        assert!(report.fault.is_none(), "{name}: indexes rewritten after the rebuild: {report:?}");
+        assert!(
+            report.fault.is_none(),
+            "{name}: indexes rewritten after the rebuild: {report:?}"
+        );
     }
 }
 
@@ -149,7 +181,9 @@ fn read_every_offset(dir: &Path, config: &LogConfig) -> Vec<(Offset, Offset)> {
 
 fn times(dir: &Path, config: &LogConfig) -> Vec<Option<Offset>> {
     let log = open(dir, config);
-    (990..1_070).map(|timestamp| log.offset_for_timestamp(timestamp).unwrap()).collect()
+    (990..1_070)
+        .map(|timestamp| log.offset_for_timestamp(timestamp).unwrap())
+        .collect()
 }
 
 #[test]
@@ -189,7 +223,8 @@ fn every_single_bit_flip_in_a_sealed_segment_is_reported() {
             matches!(outcome, Err(LogError::Corrupt { .. })),
             "reads served a flip of bit {bit}: {outcome:?}"
         );
-        file.write_all_at(&pristine[bit / 8..bit / 8 + 1], position).unwrap();
+        file.write_all_at(&pristine[bit / 8..bit / 8 + 1], position)
+            .unwrap();
     }
     assert!(log.corruption().is_some(), "the log knows it is corrupt");
     assert!(inspect::verify(dir.path()).unwrap().fault.is_none());
@@ -210,8 +245,15 @@ fn a_corrupt_sealed_segment_found_at_open_is_kept_and_reported() {
     let (log, report) = runnel_log::Log::open(dir.path(), config).unwrap();
     assert_eq!(report.corrupt_segments.len(), 1);
     assert!(log.corruption().is_some());
-    assert_eq!(std::fs::metadata(&target).unwrap().len(), size_before, "sealed data is never cut");
-    assert_eq!(log.log_end_offset().0, written.last().unwrap().header.next_offset().0);
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().len(),
+        size_before,
+        "sealed data is never cut"
+    );
+    assert_eq!(
+        log.log_end_offset().0,
+        written.last().unwrap().header.next_offset().0
+    );
     let error = (0..log.log_end_offset().0)
         .find_map(|offset| log.read_verified(Offset(offset), 1).err())
         .expect("a read reaches the corrupt batch");

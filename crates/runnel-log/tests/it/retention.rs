@@ -19,9 +19,18 @@ fn time_retention_deletes_by_record_timestamp() {
     assert_eq!(log.segment_count(), 5);
     // Files were written just now; only the record timestamps are old.
     let outcome = log.enforce_retention(4_000).unwrap();
-    assert_eq!(outcome.deleted_segments, 2, "segments with newest record before 2500");
+    assert_eq!(
+        outcome.deleted_segments, 2,
+        "segments with newest record before 2500"
+    );
     assert_eq!(outcome.log_start, Offset(2));
-    assert!(matches!(log.read(Offset(1), 100), Err(LogError::OffsetOutOfRange { log_start: Offset(2), .. })));
+    assert!(matches!(
+        log.read(Offset(1), 100),
+        Err(LogError::OffsetOutOfRange {
+            log_start: Offset(2),
+            ..
+        })
+    ));
     assert_eq!(read_all(&log).len(), 3);
     log.close().unwrap();
     let log = open(dir.path(), &config);
@@ -39,7 +48,10 @@ fn an_expired_active_segment_is_sealed_and_deleted() {
     append(&log, 10, 10, 5_000);
     let outcome = log.enforce_retention(100_000).unwrap();
     assert_eq!(outcome.deleted_segments, 1);
-    assert_eq!((log.log_start_offset(), log.log_end_offset()), (Offset(10), Offset(10)));
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (Offset(10), Offset(10))
+    );
     assert_eq!(append(&log, 1, 10, 100_000), Offset(10));
     assert!(log.enforce_retention(100_500).unwrap().deleted_segments == 0);
 }
@@ -58,10 +70,17 @@ fn size_retention_keeps_the_log_under_the_limit() {
     let before = log.size_bytes();
     let outcome = log.enforce_retention(0).unwrap();
     assert!(outcome.deleted_segments > 0);
-    assert!(log.size_bytes() <= 10_000, "{} bytes left", log.size_bytes());
+    assert!(
+        log.size_bytes() <= 10_000,
+        "{} bytes left",
+        log.size_bytes()
+    );
     assert_eq!(before - outcome.deleted_bytes, log.size_bytes());
     assert_eq!(log.log_end_offset(), Offset(20));
-    assert_eq!(read_all(&log).first().unwrap().header.base_offset, outcome.log_start.0);
+    assert_eq!(
+        read_all(&log).first().unwrap().header.base_offset,
+        outcome.log_start.0
+    );
 }
 
 #[test]

@@ -13,7 +13,12 @@ pub fn batch(records: usize, value_len: usize, timestamp: i64) -> Vec<u8> {
     let mut builder = BatchBuilder::new(Compression::None);
     for index in 0..records {
         let value = vec![(index % 251) as u8; value_len];
-        builder.push(timestamp, Some(format!("k{index}").into_bytes()), Some(value), Vec::new());
+        builder.push(
+            timestamp,
+            Some(format!("k{index}").into_bytes()),
+            Some(value),
+            Vec::new(),
+        );
     }
     builder.build().encode().expect("encodable")
 }
@@ -53,7 +58,8 @@ pub fn read_all(log: &Log) -> Vec<RecordBatch> {
     while let Some((slice, bytes)) = log.read_verified(offset, 1 << 20).expect("read") {
         let mut at = 0;
         while at < bytes.len() {
-            let (batch, used) = RecordBatch::decode(&bytes[at..], Default::default()).expect("decodes");
+            let (batch, used) =
+                RecordBatch::decode(&bytes[at..], Default::default()).expect("decodes");
             batches.push(batch);
             at += used;
         }
