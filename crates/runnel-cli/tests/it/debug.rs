@@ -1,0 +1,182 @@
+//! `runnel debug verify-log | dump-log | write-log` on real partition
+//! directories.
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn runnel(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runnel starts");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A partition directory of several segments holding "line 0" .. "line N-1".
+fn write_lines(dir: &Path, lines: usize) {
+    let input: String = (0..lines).map(|line| format!("line {line}\n")).collect();
+    let dir = dir.to_str().unwrap();
+    let output = runnel(
+        &[
+            "debug",
+            "write-log",
+            dir,
+            "--batch-records",
+            "7",
+            "--segment-size",
+            "2KiB",
+        ],
+        input.as_bytes(),
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains(&format!("the log ends at {lines}")));
+}
+
+#[test]
+fn a_sound_log_verifies_and_dumps_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    write_lines(dir.path(), 500);
+    let path = dir.path().to_str().unwrap();
+
+    let output = runnel(&["debug", "verify-log", path], b"");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stdout));
+    assert!(text(&output.stdout).starts_with("ok: "));
+    assert!(text(&output.stdout).contains("500 records"));
+
+    let output = runnel(&["debug", "dump-log", path, "--records", "-O", "json"], b"");
+    assert!(output.status.success());
+    let records: Vec<serde_json::Value> = text(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(records.len(), 500);
+    for (index, record) in records.iter().enumerate() {
+        assert_eq!(record["offset"], index);
+        assert_eq!(record["value"], format!("line {index}"));
+    }
+
+    let output = runnel(&["debug", "dump-log", path, "-O", "json"], b"");
+    let batches: Vec<serde_json::Value> = text(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(batches.len(), 500usize.div_ceil(7));
+    assert_eq!(batches[1]["base_offset"], 7);
+    assert_eq!(batches[1]["records"], 7);
+}
+
+#[test]
+fn a_flipped_bit_is_reported_with_file_position_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    write_lines(dir.path(), 300);
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 2);
+    let target = &segments[1];
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(target)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, 500).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], 500).unwrap();
+
+    let path = dir.path().to_str().unwrap();
+    let output = runnel(&["debug", "verify-log", path, "-O", "json"], b"");
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_str(text(&output.stdout).trim()).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["fault"]["file"], target.display().to_string());
+    let position = report["fault"]["position"].as_u64().unwrap();
+    assert!(
+        position <= 500,
+        "the fault is in the batch holding byte 500, found at {position}"
+    );
+    assert!(report["fault"]["reason"].as_str().unwrap().contains("CRC"));
+
+    let output = runnel(&["debug", "dump-log", path, "--records"], b"");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains(&format!("at byte {position}")));
+}
+
+#[test]
+fn a_torn_tail_is_a_fault_until_the_log_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    write_lines(dir.path(), 50);
+    let segment = dir.path().join("00000000000000000000.log");
+    let len = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let path = dir.path().to_str().unwrap();
+
+    let output = runnel(&["debug", "verify-log", path], b"");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stdout).contains("file ends inside a batch"),
+        "{}",
+        text(&output.stdout)
+    );
+
+    // Opening the log (here to append) recovers it: the torn batch is cut.
+    let output = runnel(&["debug", "write-log", path], b"after\n");
+    assert!(output.status.success());
+    assert!(text(&output.stderr).contains("recovered: cut"));
+    assert!(
+        text(&output.stdout).contains("at offsets 49 to 49; the log ends at 50"),
+        "{}",
+        text(&output.stdout)
+    );
+    assert_eq!(
+        runnel(&["debug", "verify-log", path], b"").status.code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn bad_arguments_get_clear_errors() {
+    let output = runnel(
+        &["debug", "verify-log", "/nonexistent/runnel/partition"],
+        b"",
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("/nonexistent/runnel/partition"));
+
+    let output = runnel(
+        &["debug", "write-log", "/tmp/x", "--compression", "brotli"],
+        b"",
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("use none, gzip, snappy, lz4 or zstd"));
+
+    let output = runnel(
+        &[
+            "debug",
+            "write-log",
+            "/tmp/x",
+            "--segment-size",
+            "12parsecs",
+        ],
+        b"",
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("unknown unit"));
+}

@@ -1,0 +1,3 @@
+//! Tests of the `runnel` binary, run as a real process.
+
+mod debug;
