@@ -27,6 +27,10 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::enum_variant_names,
+    reason = "the variants become the subcommands verify-log, dump-log and write-log"
+)]
 enum DebugCommand {
     /// Check every batch of a partition directory or segment file: lengths,
     /// CRC, offsets strictly increasing, index consistency. Exits 0 with a
