@@ -286,10 +286,8 @@ impl Record {
         body = after;
         let timestamp_delta = get_varlong(&mut body)?;
         let offset_delta = get_varint(&mut body)?;
-        let key =
-            take_nullable(&mut body).map_err(|_| malformed("key length runs past the record"))?;
-        let value =
-            take_nullable(&mut body).map_err(|_| malformed("value length runs past the record"))?;
+        let key = take_nullable(&mut body, Field::Key).map_err(malformed)?;
+        let value = take_nullable(&mut body, Field::Value).map_err(malformed)?;
         let header_count = get_varint(&mut body)?;
         let header_count =
             usize::try_from(header_count).map_err(|_| malformed("negative header count"))?;
@@ -300,11 +298,10 @@ impl Record {
         }
         let mut headers = Vec::with_capacity(header_count);
         for _ in 0..header_count {
-            let key = take_nullable(&mut body)
-                .map_err(|_| malformed("header key length runs past the record"))?
+            let key = take_nullable(&mut body, Field::HeaderKey)
+                .map_err(malformed)?
                 .ok_or(malformed("header key is null"))?;
-            let value = take_nullable(&mut body)
-                .map_err(|_| malformed("header value length runs past the record"))?;
+            let value = take_nullable(&mut body, Field::HeaderValue).map_err(malformed)?;
             headers.push(RecordHeader { key, value });
         }
         if !body.is_empty() {
@@ -321,18 +318,61 @@ impl Record {
     }
 }
 
-/// A varint length (-1 for null) followed by that many bytes.
-fn take_nullable(input: &mut &[u8]) -> Result<Option<Vec<u8>>, WireError> {
-    let length = get_varint(input)?;
-    if length < 0 {
+/// The length-prefixed fields of a record, named in errors.
+#[derive(Clone, Copy, Debug)]
+enum Field {
+    Key,
+    Value,
+    HeaderKey,
+    HeaderValue,
+}
+
+impl Field {
+    fn length_too_long(self) -> &'static str {
+        match self {
+            Field::Key => "key length varint is too long",
+            Field::Value => "value length varint is too long",
+            Field::HeaderKey => "header key length varint is too long",
+            Field::HeaderValue => "header value length varint is too long",
+        }
+    }
+
+    fn length_negative(self) -> &'static str {
+        match self {
+            Field::Key => "key length is negative but not -1 (null)",
+            Field::Value => "value length is negative but not -1 (null)",
+            Field::HeaderKey => "header key length is negative but not -1 (null)",
+            Field::HeaderValue => "header value length is negative but not -1 (null)",
+        }
+    }
+
+    fn past_end(self) -> &'static str {
+        match self {
+            Field::Key => "key length runs past the record",
+            Field::Value => "value length runs past the record",
+            Field::HeaderKey => "header key length runs past the record",
+            Field::HeaderValue => "header value length runs past the record",
+        }
+    }
+}
+
+/// Length that marks a null key, value or header value.
+const NULL_LENGTH: i32 = -1;
+
+/// A varint length (-1 for null) followed by that many bytes. Kafka's
+/// writers use no other negative length, so any other one means the record
+/// is corrupt, and rejecting it gives every accepted batch one meaning.
+fn take_nullable(input: &mut &[u8], field: Field) -> Result<Option<Vec<u8>>, &'static str> {
+    let length = get_varint(input).map_err(|error| match error {
+        WireError::Truncated { .. } => field.past_end(),
+        _ => field.length_too_long(),
+    })?;
+    if length == NULL_LENGTH {
         return Ok(None);
     }
-    let length = length as usize;
+    let length = usize::try_from(length).map_err(|_| field.length_negative())?;
     if length > input.len() {
-        return Err(WireError::Truncated {
-            needed: length,
-            available: input.len(),
-        });
+        return Err(field.past_end());
     }
     let (bytes, rest) = input.split_at(length);
     *input = rest;

@@ -1,11 +1,17 @@
 //! The four Kafka compression codecs, with a hard cap on decompressed size.
 //!
-//! A batch's records section is compressed as a whole. Decompression never
-//! allocates more than the caller's limit (plus one read buffer), so a small
-//! "decompression bomb" batch gets an error instead of our memory.
+//! A batch's records section is compressed as a whole. The decompressed
+//! output never grows past the caller's limit, not even in spare capacity,
+//! so a small "decompression bomb" batch gets an error instead of our
+//! memory. Apart from the output, each codec works in memory of a fixed
+//! bound that no input can raise: a 32 KiB read buffer, gzip's 32 KiB
+//! window, zstd's decoding context (its window is the output itself), and
+//! for lz4 the buffers for the block size the frame declares: at most
+//! 256 KiB for the 64 KiB blocks Kafka's clients write, and 16 MiB for the
+//! largest blocks any frame can declare (a legacy frame's 8 MiB).
 
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 
 use crate::WireError;
 
@@ -112,7 +118,14 @@ pub fn compress(codec: Compression, input: &[u8]) -> Vec<u8> {
             out
         }
         Compression::Lz4 => {
-            let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            // Independent 64 KiB blocks, as Java's KafkaLZ4BlockOutputStream
+            // writes them: its reader cannot follow linked blocks, and
+            // readers size their buffers by the declared block size, which
+            // lz4_flex would otherwise raise to 4 MiB for large inputs.
+            let frame = lz4_flex::frame::FrameInfo::new()
+                .block_size(lz4_flex::frame::BlockSize::Max64KB)
+                .block_mode(lz4_flex::frame::BlockMode::Independent);
+            let mut encoder = lz4_flex::frame::FrameEncoder::with_frame_info(frame, Vec::new());
             encoder
                 .write_all(input)
                 .expect("writing to a Vec cannot fail");
@@ -132,36 +145,113 @@ pub fn decompress(codec: Compression, input: &[u8], limit: usize) -> Result<Vec<
             }
             Ok(input.to_vec())
         }
-        Compression::Gzip => read_capped(codec, flate2::read::GzDecoder::new(input), limit),
+        // Java's GZIPInputStream reads every member of a multi-member
+        // stream, so a reader that stopped after the first would drop
+        // records another Kafka reader sees.
+        Compression::Gzip => read_capped(codec, flate2::read::MultiGzDecoder::new(input), limit),
         Compression::Snappy => decompress_snappy(input, limit),
         Compression::Lz4 => read_capped(codec, lz4_flex::frame::FrameDecoder::new(input), limit),
-        Compression::Zstd => {
-            let decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(|error| {
-                WireError::Decompress {
+        Compression::Zstd => decompress_zstd(input, limit),
+    }
+}
+
+/// Size of the buffer a streaming decoder fills before we copy its output.
+const READ_CHUNK_LEN: usize = 32 * 1024;
+
+/// Reads a streaming decoder to its end. The output vector's capacity never
+/// passes `limit`: `read_to_end` would double it past the limit on the way.
+fn read_capped(
+    codec: Compression,
+    mut decoder: impl Read,
+    limit: usize,
+) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::new();
+    let mut chunk = vec![0; READ_CHUNK_LEN];
+    loop {
+        let read = match decoder.read(&mut chunk) {
+            Ok(0) => return Ok(out),
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                return Err(WireError::Decompress {
                     codec,
                     reason: error.to_string(),
+                });
+            }
+        };
+        if read > limit - out.len() {
+            return Err(WireError::DecompressedTooLarge { codec, limit });
+        }
+        reserve_within(&mut out, read, limit);
+        out.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Makes room for `additional` more bytes without letting the capacity pass
+/// `limit`. Growth still doubles, so filling the vector stays linear.
+fn reserve_within(out: &mut Vec<u8>, additional: usize, limit: usize) {
+    let needed = out.len() + additional;
+    assert!(needed <= limit, "caller checks the limit before reserving");
+    if needed > out.capacity() {
+        let target = needed.max(out.capacity().saturating_mul(2)).min(limit);
+        out.reserve_exact(target - out.len());
+    }
+}
+
+/// First output buffer for a zstd frame that does not state its size (Java
+/// clients stream and never do): a typical Kafka batch fits in one try.
+const ZSTD_FIRST_GUESS_LEN: usize = 256 * 1024;
+
+/// Decodes zstd in one pass straight into an output buffer of our choosing.
+/// The streaming decoder would allocate the window the frame asks for, up to
+/// 128 MiB whatever our limit; decoding in one pass uses the output as the
+/// window, so memory is the output plus a fixed-size context. A frame that
+/// states its content size is decoded once into exactly that much; one that
+/// does not starts from a guess that doubles up to `limit`, decoding again
+/// each time, which at most doubles the work.
+fn decompress_zstd(input: &[u8], limit: usize) -> Result<Vec<u8>, WireError> {
+    use zstd::zstd_safe;
+
+    let codec = Compression::Zstd;
+    let corrupt = |reason: &str| WireError::Decompress {
+        codec,
+        reason: reason.to_string(),
+    };
+    let declared = zstd_safe::get_frame_content_size(input)
+        .map_err(|_| corrupt("the zstd frame header is missing or invalid"))?;
+    let mut capacity = match declared {
+        Some(size) if size > limit as u64 => {
+            return Err(WireError::DecompressedTooLarge { codec, limit });
+        }
+        Some(size) => size as usize,
+        None => ZSTD_FIRST_GUESS_LEN.min(limit),
+    };
+    let mut context = zstd_safe::DCtx::create();
+    loop {
+        let mut out = Vec::with_capacity(capacity);
+        match context.decompress(&mut out, input) {
+            Ok(_) => return Ok(out),
+            Err(code) if is_zstd_output_too_small(code) => {
+                if capacity >= limit {
+                    return Err(WireError::DecompressedTooLarge { codec, limit });
                 }
-            })?;
-            read_capped(codec, decoder, limit)
+                // More frames may follow a first frame whose stated size
+                // fitted, so a stated size is a floor, not the answer.
+                capacity = capacity
+                    .saturating_mul(2)
+                    .max(ZSTD_FIRST_GUESS_LEN)
+                    .min(limit);
+            }
+            Err(code) => return Err(corrupt(zstd_safe::get_error_name(code))),
         }
     }
 }
 
-/// Reads a streaming decoder to its end, never holding more than `limit`
-/// bytes of output.
-fn read_capped(codec: Compression, decoder: impl Read, limit: usize) -> Result<Vec<u8>, WireError> {
-    let mut out = Vec::new();
-    let read = decoder
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|error| WireError::Decompress {
-            codec,
-            reason: error.to_string(),
-        })?;
-    if read > limit {
-        return Err(WireError::DecompressedTooLarge { codec, limit });
-    }
-    Ok(out)
+/// zstd reports an error as its error enum's value negated, and promises
+/// those values stay fixed across versions.
+fn is_zstd_output_too_small(code: zstd::zstd_safe::ErrorCode) -> bool {
+    use zstd::zstd_safe::zstd_sys::ZSTD_ErrorCode;
+    code == 0usize.wrapping_sub(ZSTD_ErrorCode::ZSTD_error_dstSize_tooSmall as usize)
 }
 
 /// Snappy as Kafka clients write it: the xerial framing (Java, librdkafka,
@@ -201,10 +291,11 @@ fn decompress_snappy_block(block: &[u8], limit: usize, out: &mut Vec<u8>) -> Res
         reason: error.to_string(),
     };
     let length = snap::raw::decompress_len(block).map_err(corrupt)?;
-    if out.len() + length > limit {
+    if length > limit - out.len() {
         return Err(WireError::DecompressedTooLarge { codec, limit });
     }
     let start = out.len();
+    reserve_within(out, length, limit);
     out.resize(start + length, 0);
     let written = snap::raw::Decoder::new()
         .decompress(block, &mut out[start..])

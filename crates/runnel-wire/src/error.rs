@@ -19,7 +19,7 @@ pub enum WireError {
     DecompressedTooLarge { codec: Compression, limit: usize },
     #[error("{codec} payload is corrupt: {reason}")]
     Decompress { codec: Compression, reason: String },
-    #[error("record count is {0}; it must be at least 1")]
+    #[error("record count is {0}; it must not be negative")]
     BadRecordCount(i32),
     #[error("batch header says {header} records but {actual} were found")]
     RecordCountMismatch { header: i32, actual: i32 },

@@ -10,6 +10,6 @@ pub mod compression;
 mod error;
 mod varint;
 
-pub use batch::{BatchHeader, Record, RecordBatch, RecordHeader};
+pub use batch::{BatchBuilder, BatchHeader, DecodeLimits, Record, RecordBatch, RecordHeader};
 pub use compression::Compression;
 pub use error::WireError;

@@ -1,0 +1,13 @@
+//! Integration tests of runnel-wire, through its public API only: golden
+//! vectors from another Kafka implementation, round-trip properties, and
+//! hostile input.
+
+mod bad_input;
+mod golden;
+mod round_trip;
+mod support;
+
+/// Counts what each test thread allocates, so the decompression-bomb tests
+/// can assert how much memory a decode really took.
+#[global_allocator]
+static ALLOCATOR: support::CountingAllocator = support::CountingAllocator;
