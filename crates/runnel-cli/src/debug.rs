@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use runnel_log::inspect::{self, MAX_INSPECT_BATCH_BYTES, VerifyReport};
-use runnel_log::scan::Scanner;
+use runnel_log::scan::{Offsets, Scanner};
 use runnel_log::{FlushPolicy, Log, LogConfig};
 use runnel_types::{ByteSize, LeaderEpoch, Offset};
 use runnel_wire::batch::{BatchBuilder, BatchHeader, DecodeLimits};
@@ -100,7 +100,14 @@ pub fn dump_log(path: &Path, records: bool, output: Output) -> CommandResult {
         let start = expected
             .or(inspect::base_offset_of(&file_path))
             .unwrap_or(Offset(i64::MIN));
-        let mut scanner = Scanner::new(&file, file_len, 0, start, MAX_INSPECT_BATCH_BYTES);
+        let mut scanner = Scanner::new(
+            &file,
+            file_len,
+            0,
+            start,
+            MAX_INSPECT_BATCH_BYTES,
+            Offsets::Increasing,
+        );
         loop {
             let (position, header) = match scanner.next_batch() {
                 Ok(Some(batch)) => batch,

@@ -10,7 +10,7 @@ use runnel_types::Offset;
 
 use crate::LogError;
 use crate::index::{OffsetIndex, TimeIndex};
-use crate::scan::Scanner;
+use crate::scan::{Offsets, Scanner};
 use crate::segment::{self, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 
 /// Largest batch the offline tools will read; larger length fields are
@@ -82,6 +82,12 @@ pub fn verify(path: &Path) -> Result<VerifyReport, LogError> {
         None
     };
     let mut previous_epoch = None;
+    // A directory with our checkpoints is a Runnel log, whose offsets are
+    // contiguous; anything else may be a compacted Kafka log with gaps.
+    let offsets = match path.is_dir() && path.join(crate::log::LOG_START_FILE).exists() {
+        true => Offsets::Contiguous,
+        false => Offsets::Increasing,
+    };
     for file_path in segment_files(path)? {
         report.segments += 1;
         let file = File::open(&file_path).map_err(LogError::io("opening", &file_path))?;
@@ -103,8 +109,25 @@ pub fn verify(path: &Path) -> Result<VerifyReport, LogError> {
             });
             return Ok(report);
         }
-        let start = expected.or(base).unwrap_or(Offset(i64::MIN));
-        let mut scanner = Scanner::new(&file, file_len, 0, start, MAX_INSPECT_BATCH_BYTES);
+        let start = match offsets {
+            Offsets::Contiguous => base.or(expected),
+            Offsets::Increasing => expected.or(base),
+        };
+        if let (Offsets::Contiguous, Some(base), Some(expected)) = (offsets, base, expected)
+            && base != expected
+        {
+            report.fault = Some(VerifyFault {
+                file: file_path,
+                position: 0,
+                offset: base,
+                reason: format!(
+                    "segment base offset {base} does not continue the previous segment, which ends at {expected}"
+                ),
+            });
+            return Ok(report);
+        }
+        let start = start.unwrap_or(Offset(i64::MIN));
+        let mut scanner = Scanner::new(&file, file_len, 0, start, MAX_INSPECT_BATCH_BYTES, offsets);
         let mut batch_starts = BTreeMap::new();
         let mut max_timestamp = None::<i64>;
         loop {

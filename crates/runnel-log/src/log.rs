@@ -18,12 +18,12 @@ use runnel_wire::batch::{self, BatchHeader};
 
 use crate::checkpoint;
 use crate::epoch::EpochCache;
-use crate::scan::{Fault, FaultKind, Scanner};
+use crate::scan::{Fault, FaultKind, Offsets, Scanner};
 use crate::segment::{self, LOG_SUFFIX, Segment, WriteFailure};
 use crate::{FlushPolicy, LogConfig, LogError};
 
 const RECOVERY_POINT_FILE: &str = "recovery-point.checkpoint";
-const LOG_START_FILE: &str = "log-start-offset.checkpoint";
+pub(crate) const LOG_START_FILE: &str = "log-start-offset.checkpoint";
 const EPOCHS_FILE: &str = "leader-epochs.checkpoint";
 const HIGH_WATERMARK_FILE: &str = "high-watermark.checkpoint";
 
@@ -194,6 +194,9 @@ impl Log {
         let checkpointed_start = read_single(dir, LOG_START_FILE)?;
         let sync = config.flush != FlushPolicy::Os;
 
+        let checkpointed_epochs = read_epochs(dir)?;
+        let epochs_checkpointed = checkpointed_epochs.is_some();
+        let mut epochs = checkpointed_epochs.unwrap_or_default();
         let mut segments = BTreeMap::new();
         let recovery_base = bases
             .iter()
@@ -212,15 +215,17 @@ impl Log {
                 .values()
                 .next_back()
                 .map(|segment: &Segment| segment.next_offset);
+            // Our offsets are contiguous across segments too: a segment that
+            // does not start where the previous one ends follows a hole.
             if let Some(previous_end) = previous_end
-                && base < previous_end
+                && base != previous_end
             {
                 report.truncated = Some(Fault {
                     position: 0,
                     offset: previous_end,
-                    kind: FaultKind::OffsetNotIncreasing {
+                    kind: FaultKind::OffsetGap {
                         base_offset: base,
-                        expected_at_least: previous_end,
+                        expected: previous_end,
                     },
                 });
                 cut = true;
@@ -242,15 +247,35 @@ impl Log {
                 if let Some(fault) = opened.fault {
                     report.corrupt_segments.push((path, fault));
                 }
+                if !epochs_checkpointed {
+                    learn_epochs(&segment, &mut epochs, config.max_batch_bytes);
+                }
                 segments.insert(base.0, segment);
                 continue;
             }
             report.scanned_segments += 1;
+            // Epochs never decrease along the log, and a batch may carry an
+            // epoch the checkpoint missed (a crash between the append and
+            // the checkpoint write): it is learned here.
+            let mut check_epoch = |header: &BatchHeader| {
+                let epoch = header.leader_epoch();
+                match epochs.epoch_at(header.base_offset()) {
+                    Some(known) if epoch < known => Err(FaultKind::EpochMismatch {
+                        found: epoch,
+                        expected: known,
+                    }),
+                    _ => {
+                        epochs.assign(epoch, header.base_offset());
+                        Ok(())
+                    }
+                }
+            };
             let (mut segment, fault) = Segment::open_scanning(
                 dir,
                 base,
                 config.index_interval_bytes,
                 config.max_batch_bytes,
+                &mut check_epoch,
             )?;
             if let Some(fault) = fault {
                 if let FaultKind::Io(reason) = &fault.kind {
@@ -298,7 +323,7 @@ impl Log {
             segments,
             log_start: first_base,
             recovery_point,
-            epochs: EpochCache::default(),
+            epochs,
             last_flush_ms: None,
             failed: false,
             corruption: report.corrupt_segments.first().cloned(),
@@ -308,10 +333,6 @@ impl Log {
             .map_or(first_base, |start| start.max(first_base))
             .min(log_end);
 
-        state.epochs = match read_epochs(dir)? {
-            Some(epochs) => epochs,
-            None => rebuild_epochs(&state, config.max_batch_bytes)?,
-        };
         state.epochs.truncate_from_end(log_end);
         state.epochs.truncate_from_start(state.log_start);
 
@@ -1130,21 +1151,19 @@ fn write_epochs(dir: &Path, epochs: &EpochCache) -> Result<(), LogError> {
     checkpoint::write(&dir.join(EPOCHS_FILE), "leader-epochs", &entries)
 }
 
-/// Rebuilds the epoch cache from the leader epochs stamped in the batches,
-/// when its checkpoint is missing or damaged.
-fn rebuild_epochs(state: &State, max_batch_bytes: usize) -> Result<EpochCache, LogError> {
-    let mut epochs = EpochCache::default();
-    for segment in state.segments.values() {
-        let mut scanner = Scanner::new(
-            &segment.file,
-            segment.size,
-            0,
-            segment.base,
-            max_batch_bytes,
-        );
-        while let Ok(Some((_, header))) = scanner.next_batch() {
-            epochs.assign(header.leader_epoch(), header.base_offset());
-        }
+/// Learns the epochs stamped in a sealed segment's batches, when the epoch
+/// checkpoint is missing or damaged. A batch with a lower epoch than the
+/// cache is left for reads to report as corrupt.
+fn learn_epochs(segment: &Segment, epochs: &mut EpochCache, max_batch_bytes: usize) {
+    let mut scanner = Scanner::new(
+        &segment.file,
+        segment.size,
+        0,
+        segment.base,
+        max_batch_bytes,
+        Offsets::Contiguous,
+    );
+    while let Ok(Some((_, header))) = scanner.next_batch() {
+        epochs.assign(header.leader_epoch(), header.base_offset());
     }
-    Ok(epochs)
 }

@@ -27,6 +27,13 @@ pub enum FaultKind {
         base_offset: Offset,
         expected_at_least: Offset,
     },
+    /// The base offset leaves a gap after the previous batch (or the segment
+    /// base) in a log that has none: Runnel never compacts, so its offsets
+    /// are contiguous.
+    OffsetGap {
+        base_offset: Offset,
+        expected: Offset,
+    },
     /// The header's counts are inconsistent.
     BadCounts {
         record_count: i32,
@@ -73,6 +80,13 @@ impl std::fmt::Display for FaultKind {
                 f,
                 "base offset {base_offset} does not follow the previous batch (expected at least {expected_at_least})"
             ),
+            FaultKind::OffsetGap {
+                base_offset,
+                expected,
+            } => write!(
+                f,
+                "base offset {base_offset} leaves a gap: expected {expected}"
+            ),
             FaultKind::BadCounts {
                 record_count,
                 last_offset_delta,
@@ -93,6 +107,16 @@ pub struct Fault {
     pub kind: FaultKind,
 }
 
+/// Which offset sequences a scan accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offsets {
+    /// Each batch starts exactly where the previous one ended: Runnel's own
+    /// logs.
+    Contiguous,
+    /// Gaps allowed, as in segments of compacted Kafka topics.
+    Increasing,
+}
+
 /// Walks the batches of one segment file from a starting position, checking
 /// framing, CRC and offset order, reading in large chunks.
 #[derive(Debug)]
@@ -100,6 +124,7 @@ pub struct Scanner<'a> {
     file: &'a File,
     file_len: u64,
     max_batch_bytes: usize,
+    offsets: Offsets,
     /// Position in the file of `buffer[0]`.
     buffer_position: u64,
     buffer: Vec<u8>,
@@ -112,18 +137,20 @@ pub struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     /// Scans from `position`, expecting the first batch there to start at
-    /// `next_offset` or later.
+    /// `next_offset` (or later, with [`Offsets::Increasing`]).
     pub fn new(
         file: &'a File,
         file_len: u64,
         position: u64,
         next_offset: Offset,
         max_batch_bytes: usize,
+        offsets: Offsets,
     ) -> Scanner<'a> {
         Scanner {
             file,
             file_len,
             max_batch_bytes,
+            offsets,
             buffer_position: position,
             buffer: Vec::new(),
             position,
@@ -203,6 +230,15 @@ impl<'a> Scanner<'a> {
                 FaultKind::OffsetNotIncreasing {
                     base_offset: header.base_offset(),
                     expected_at_least: self.next_offset,
+                },
+            ));
+        }
+        if self.offsets == Offsets::Contiguous && header.base_offset() != self.next_offset {
+            return Err(fault(
+                self,
+                FaultKind::OffsetGap {
+                    base_offset: header.base_offset(),
+                    expected: self.next_offset,
                 },
             ));
         }

@@ -13,11 +13,14 @@ use runnel_wire::batch::{BATCH_HEADER_LEN, BatchHeader};
 use crate::LogError;
 use crate::checkpoint::sync_parent;
 use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
-use crate::scan::{Fault, FaultKind, Scanner};
+use crate::scan::{Fault, FaultKind, Offsets, Scanner};
 
 pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";
 pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+
+/// A check of each batch a scan finds, beyond framing and CRC.
+pub type BatchCheck<'a> = &'a mut dyn FnMut(&BatchHeader) -> Result<(), FaultKind>;
 
 /// `<dir>/<base offset, 20 digits>.<suffix>`.
 pub fn segment_path(dir: &Path, base: Offset, suffix: &str) -> PathBuf {
@@ -87,17 +90,18 @@ impl Segment {
         })
     }
 
-    /// Opens a segment and scans all of it, stopping at the first fault.
-    /// Returns the segment holding only the sound prefix (the file itself is
-    /// not changed) and the fault, if any.
+    /// Opens a segment and scans all of it, stopping at the first fault or
+    /// the first batch `check` refuses. Returns the segment holding only the
+    /// sound prefix (the file itself is not changed) and the fault, if any.
     pub fn open_scanning(
         dir: &Path,
         base: Offset,
         index_interval_bytes: u64,
         max_batch_bytes: usize,
+        check: BatchCheck<'_>,
     ) -> Result<(Segment, Option<Fault>), LogError> {
         let mut segment = Segment::open_file(dir, base, index_interval_bytes)?;
-        let fault = segment.rebuild_indexes(max_batch_bytes)?;
+        let fault = segment.scan(max_batch_bytes, check)?;
         Ok((segment, fault))
     }
 
@@ -205,6 +209,16 @@ impl Segment {
     /// Rebuilds both indexes by scanning the whole file. On a fault, the
     /// segment describes the sound prefix before it.
     pub fn rebuild_indexes(&mut self, max_batch_bytes: usize) -> Result<Option<Fault>, LogError> {
+        self.scan(max_batch_bytes, &mut |_| Ok(()))
+    }
+
+    /// Rebuilds the in-memory state from the file, batch by batch, stopping
+    /// at the first fault or the first batch `check` refuses.
+    fn scan(
+        &mut self,
+        max_batch_bytes: usize,
+        check: BatchCheck<'_>,
+    ) -> Result<Option<Fault>, LogError> {
         let file_len = self
             .file
             .metadata()
@@ -219,10 +233,26 @@ impl Segment {
         self.size = 0;
         self.next_offset = self.base;
         let file = Arc::clone(&self.file);
-        let mut scanner = Scanner::new(&file, file_len, 0, self.base, max_batch_bytes);
+        let mut scanner = Scanner::new(
+            &file,
+            file_len,
+            0,
+            self.base,
+            max_batch_bytes,
+            Offsets::Contiguous,
+        );
         let fault = loop {
             match scanner.next_batch() {
-                Ok(Some((position, header))) => self.track(position, &header),
+                Ok(Some((position, header))) => {
+                    if let Err(kind) = check(&header) {
+                        break Some(Fault {
+                            position,
+                            offset: header.base_offset(),
+                            kind,
+                        });
+                    }
+                    self.track(position, &header);
+                }
                 Ok(None) => break None,
                 Err(fault) => break Some(fault),
             }
