@@ -192,7 +192,6 @@ impl Log {
 
         let recovery_point = read_single(dir, RECOVERY_POINT_FILE)?.unwrap_or(Offset::ZERO);
         let checkpointed_start = read_single(dir, LOG_START_FILE)?;
-        let sync = config.flush != FlushPolicy::Os;
 
         let checkpointed_epochs = read_epochs(dir)?;
         let epochs_checkpointed = checkpointed_epochs.is_some();
@@ -298,10 +297,10 @@ impl Log {
                 report.truncated = Some(fault);
                 cut = true;
             }
-            segment.write_indexes(sync)?;
-            if sync {
-                segment.sync()?;
-            }
+            // Synced under every policy: the recovery point moves past it
+            // below, and it will not be scanned again.
+            segment.write_indexes(true)?;
+            segment.sync()?;
             segments.insert(base.0, segment);
         }
         if segments.is_empty() {
@@ -724,6 +723,20 @@ impl Log {
     /// Forces everything appended so far to stable storage and moves the
     /// recovery point to the log end.
     pub fn flush(&self) -> Result<(), LogError> {
+        // Under `os`, rolls do not sync: sealed segments past the recovery
+        // point (and their indexes, which retention trusts once the point
+        // has moved over them) are synced here first.
+        {
+            let mut state = self.lock();
+            let (recovery_point, active_base) = (state.recovery_point, state.active().base);
+            for segment in state.segments.values_mut() {
+                if segment.next_offset > recovery_point && segment.base != active_base {
+                    segment.sync()?;
+                    segment.write_indexes(true)?;
+                    self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
         let log_end = self.log_end_offset();
         self.wait_durable(log_end)?;
         let mut state = self.lock();

@@ -390,3 +390,26 @@ fn invalid_configuration_is_refused() {
         Err(LogError::InvalidConfig(_))
     ));
 }
+
+#[test]
+fn flush_under_os_syncs_the_sealed_segments_too() {
+    let dir = temp_dir();
+    let config = LogConfig {
+        flush: FlushPolicy::Os,
+        ..small_config()
+    };
+    let log = open(dir.path(), &config);
+    for round in 0..20 {
+        append(&log, 3, 300, round);
+    }
+    let fsyncs = || {
+        log.stats()
+            .fsyncs
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(log.segment_count() >= 4);
+    assert_eq!(fsyncs(), 0, "rolls under os do not sync");
+    log.flush().unwrap();
+    assert_eq!(fsyncs(), log.segment_count() as u64, "every segment once");
+    assert_eq!(log.durable_offset(), log.log_end_offset());
+}
