@@ -40,7 +40,9 @@ pub enum LogError {
         record_count: i32,
         last_offset_delta: i32,
     },
-    #[error("replicated batch starts at offset {base_offset} but the log ends at {log_end}")]
+    #[error(
+        "replicated batch starts at offset {base_offset} but must start at {log_end}, where the log ends"
+    )]
     NonContiguousBatch {
         base_offset: Offset,
         log_end: Offset,

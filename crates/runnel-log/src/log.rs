@@ -426,58 +426,15 @@ impl Log {
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
         let headers = self.validate(batches, true)?;
-        self.append(batches, headers, now_ms, |state, batches, headers| {
-            if let Some((latest, _)) = state.epochs.latest()
-                && epoch < latest
-            {
-                return Err(LogError::EpochRegression {
-                    found: epoch,
-                    latest,
-                });
-            }
-            let mut next = state.log_end();
-            let mut at = 0;
-            for header in headers.iter_mut() {
-                let bytes = &mut batches[at..at + header.total_len()];
-                batch::set_base_offset(bytes, next);
-                batch::set_leader_epoch(bytes, epoch);
-                header.base_offset = next.0;
-                header.partition_leader_epoch = epoch.0;
-                next = header.next_offset();
-                at += header.total_len();
-            }
-            Ok(())
-        })
+        self.append(Incoming::Producer { batches, epoch }, headers, now_ms)
     }
 
     /// Appends batches copied from the leader, offsets and epochs unchanged.
-    /// They must start at or after the log end and increase.
+    /// The first must start at the log end, each next one where the previous
+    /// ended, and epochs may not decrease.
     pub fn append_replicated(&self, batches: &[u8], now_ms: i64) -> Result<AppendInfo, LogError> {
         let headers = self.validate(batches, false)?;
-        let mut owned = batches.to_vec();
-        self.append(&mut owned, headers, now_ms, |state, _, headers| {
-            let mut expected = state.log_end();
-            let mut latest_epoch = state.epochs.latest().map(|(epoch, _)| epoch);
-            for header in headers.iter() {
-                if header.base_offset() < expected {
-                    return Err(LogError::NonContiguousBatch {
-                        base_offset: header.base_offset(),
-                        log_end: expected,
-                    });
-                }
-                if let Some(latest) = latest_epoch
-                    && header.leader_epoch() < latest
-                {
-                    return Err(LogError::EpochRegression {
-                        found: header.leader_epoch(),
-                        latest,
-                    });
-                }
-                expected = header.next_offset();
-                latest_epoch = Some(header.leader_epoch());
-            }
-            Ok(())
-        })
+        self.append(Incoming::Replica(batches), headers, now_ms)
     }
 
     /// Checks framing, size and CRC of each batch in `bytes`.
@@ -539,17 +496,25 @@ impl Log {
 
     fn append(
         &self,
-        batches: &mut [u8],
+        incoming: Incoming<'_>,
         mut headers: Vec<BatchHeader>,
         now_ms: i64,
-        assign: impl FnOnce(&State, &mut [u8], &mut [BatchHeader]) -> Result<(), LogError>,
     ) -> Result<AppendInfo, LogError> {
         let info = {
             let mut state = self.lock();
             if state.failed {
                 return Err(LogError::Failed(self.dir.clone()));
             }
-            assign(&state, batches, &mut headers)?;
+            let batches: &[u8] = match incoming {
+                Incoming::Producer { batches, epoch } => {
+                    assign_offsets(&state, batches, &mut headers, epoch)?;
+                    batches
+                }
+                Incoming::Replica(batches) => {
+                    check_replicated(&state, &headers)?;
+                    batches
+                }
+            };
             let first = headers.first().expect("validated: at least one batch");
             let last = headers.last().expect("validated: at least one batch");
             let max_timestamp = headers
@@ -1083,6 +1048,70 @@ impl Log {
     fn lock_sync(&self) -> MutexGuard<'_, SyncState> {
         self.sync.lock().expect("sync lock is never poisoned")
     }
+}
+
+/// Batches to append: a producer's, which the leader stamps with offsets and
+/// its epoch in place, or a replica's, stored unchanged.
+enum Incoming<'a> {
+    Producer {
+        batches: &'a mut [u8],
+        epoch: LeaderEpoch,
+    },
+    Replica(&'a [u8]),
+}
+
+/// Writes the next offsets and `epoch` into a producer's batches.
+fn assign_offsets(
+    state: &State,
+    batches: &mut [u8],
+    headers: &mut [BatchHeader],
+    epoch: LeaderEpoch,
+) -> Result<(), LogError> {
+    if let Some((latest, _)) = state.epochs.latest()
+        && epoch < latest
+    {
+        return Err(LogError::EpochRegression {
+            found: epoch,
+            latest,
+        });
+    }
+    let mut next = state.log_end();
+    let mut at = 0;
+    for header in headers {
+        let bytes = &mut batches[at..at + header.total_len()];
+        batch::set_base_offset(bytes, next);
+        batch::set_leader_epoch(bytes, epoch);
+        header.base_offset = next.0;
+        header.partition_leader_epoch = epoch.0;
+        next = header.next_offset();
+        at += header.total_len();
+    }
+    Ok(())
+}
+
+/// Checks that replicated batches continue the log exactly.
+fn check_replicated(state: &State, headers: &[BatchHeader]) -> Result<(), LogError> {
+    let mut expected = state.log_end();
+    let mut latest_epoch = state.epochs.latest().map(|(epoch, _)| epoch);
+    for header in headers {
+        if header.base_offset() != expected {
+            return Err(LogError::NonContiguousBatch {
+                base_offset: header.base_offset(),
+                log_end: expected,
+            });
+        }
+        if let Some(latest) = latest_epoch
+            && header.leader_epoch() < latest
+        {
+            return Err(LogError::EpochRegression {
+                found: header.leader_epoch(),
+                latest,
+            });
+        }
+        expected = header.next_offset();
+        latest_epoch = Some(header.leader_epoch());
+    }
+    Ok(())
 }
 
 /// Base offsets of the segment files in `dir`, ascending. Removes leftovers
