@@ -209,8 +209,8 @@ fn check_indexes(
 ) -> Result<Option<VerifyFault>, LogError> {
     let index_path = log_path.with_extension(INDEX_SUFFIX);
     let time_index_path = log_path.with_extension(TIME_INDEX_SUFFIX);
-    let index_bytes = read_if_exists(&index_path)?;
-    let time_index_bytes = read_if_exists(&time_index_path)?;
+    let index_bytes = segment::read_optional(&index_path)?;
+    let time_index_bytes = segment::read_optional(&time_index_path)?;
     if index_bytes.is_none() || time_index_bytes.is_none() {
         report.missing_indexes.push(log_path.to_path_buf());
     }
@@ -265,16 +265,4 @@ fn check_indexes(
         }
     }
     Ok(None)
-}
-
-fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, LogError> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(LogError::Io {
-            context: "reading",
-            path: path.to_path_buf(),
-            source: error,
-        }),
-    }
 }

@@ -338,16 +338,8 @@ impl Log {
         // What recovery kept is now forced to disk, so the recovery point can
         // move to the end and the next open scans only what comes after.
         state.recovery_point = log_end;
-        checkpoint::write(
-            &dir.join(RECOVERY_POINT_FILE),
-            "recovery-point",
-            &[(log_end.0, 0)],
-        )?;
-        checkpoint::write(
-            &dir.join(LOG_START_FILE),
-            "log-start-offset",
-            &[(state.log_start.0, 0)],
-        )?;
+        write_single(dir, RECOVERY_POINT_FILE, log_end)?;
+        write_single(dir, LOG_START_FILE, state.log_start)?;
         write_epochs(dir, &state.epochs)?;
         report.log_start = state.log_start;
         report.log_end = log_end;
@@ -597,11 +589,7 @@ impl Log {
         if sync {
             checkpoint::sync_dir(&self.dir)?;
             state.recovery_point = log_end;
-            checkpoint::write(
-                &self.dir.join(RECOVERY_POINT_FILE),
-                "recovery-point",
-                &[(log_end.0, 0)],
-            )?;
+            write_single(&self.dir, RECOVERY_POINT_FILE, log_end)?;
             let mut sync_state = self.lock_sync();
             sync_state.durable = sync_state.durable.max(log_end);
         }
@@ -709,11 +697,7 @@ impl Log {
             let sync = true;
             state.active_mut().write_indexes(sync)?;
             state.recovery_point = log_end;
-            checkpoint::write(
-                &self.dir.join(RECOVERY_POINT_FILE),
-                "recovery-point",
-                &[(log_end.0, 0)],
-            )?;
+            write_single(&self.dir, RECOVERY_POINT_FILE, log_end)?;
         }
         Ok(())
     }
@@ -922,22 +906,14 @@ impl Log {
         let log_start = state.log_start.min(log_end);
         if log_start != state.log_start || offset <= state.log_start {
             state.log_start = log_start.min(offset);
-            checkpoint::write(
-                &self.dir.join(LOG_START_FILE),
-                "log-start-offset",
-                &[(state.log_start.0, 0)],
-            )?;
+            write_single(&self.dir, LOG_START_FILE, state.log_start)?;
         }
         if state.epochs.truncate_from_end(log_end) {
             write_epochs(&self.dir, &state.epochs)?;
         }
         if state.recovery_point > log_end {
             state.recovery_point = log_end;
-            checkpoint::write(
-                &self.dir.join(RECOVERY_POINT_FILE),
-                "recovery-point",
-                &[(log_end.0, 0)],
-            )?;
+            write_single(&self.dir, RECOVERY_POINT_FILE, log_end)?;
         }
         let mut sync = self.lock_sync();
         sync.durable = sync.durable.min(log_end);
@@ -1016,11 +992,7 @@ impl Log {
         let log_start = state.log_start.max(first_base);
         state.log_start = log_start;
         if log_start != previous_start {
-            checkpoint::write(
-                &self.dir.join(LOG_START_FILE),
-                "log-start-offset",
-                &[(log_start.0, 0)],
-            )?;
+            write_single(&self.dir, LOG_START_FILE, log_start)?;
             if state.epochs.truncate_from_start(log_start) {
                 write_epochs(&self.dir, &state.epochs)?;
             }
@@ -1030,11 +1002,7 @@ impl Log {
 
     /// Persists the high watermark the owner computed (replication).
     pub fn write_high_watermark(&self, high_watermark: Offset) -> Result<(), LogError> {
-        checkpoint::write(
-            &self.dir.join(HIGH_WATERMARK_FILE),
-            "high-watermark",
-            &[(high_watermark.0, 0)],
-        )
+        write_single(&self.dir, HIGH_WATERMARK_FILE, high_watermark)
     }
 
     pub fn read_high_watermark(&self) -> Result<Option<Offset>, LogError> {
@@ -1156,6 +1124,12 @@ fn list_segments(dir: &Path) -> Result<Vec<Offset>, LogError> {
     }
     bases.sort();
     Ok(bases)
+}
+
+/// Writes a checkpoint of one offset; the kind is the file name's stem.
+fn write_single(dir: &Path, file: &str, offset: Offset) -> Result<(), LogError> {
+    let kind = file.trim_end_matches(".checkpoint");
+    checkpoint::write(&dir.join(file), kind, &[(offset.0, 0)])
 }
 
 fn read_single(dir: &Path, file: &str) -> Result<Option<Offset>, LogError> {

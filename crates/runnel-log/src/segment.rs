@@ -74,20 +74,7 @@ impl Segment {
         for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
             remove_if_exists(&segment_path(dir, base, suffix))?;
         }
-        Ok(Segment {
-            base,
-            path,
-            file: Arc::new(file),
-            size: 0,
-            next_offset: base,
-            max_timestamp: None,
-            first_batch_timestamp: None,
-            max_timestamp_offset: 0,
-            index: OffsetIndex::default(),
-            time_index: TimeIndex::default(),
-            bytes_since_index_entry: 0,
-            index_interval_bytes,
-        })
+        Ok(Segment::empty(base, path, file, 0, index_interval_bytes))
     }
 
     /// Opens a segment and scans all of it, stopping at the first fault or
@@ -190,7 +177,19 @@ impl Segment {
             .metadata()
             .map_err(LogError::io("reading size of segment", &path))?
             .len();
-        Ok(Segment {
+        Ok(Segment::empty(base, path, file, size, index_interval_bytes))
+    }
+
+    /// A segment whose state is not known yet: scanning or loading its
+    /// indexes fills it in.
+    fn empty(
+        base: Offset,
+        path: PathBuf,
+        file: File,
+        size: u64,
+        index_interval_bytes: u64,
+    ) -> Segment {
+        Segment {
             base,
             path,
             file: Arc::new(file),
@@ -203,7 +202,7 @@ impl Segment {
             time_index: TimeIndex::default(),
             bytes_since_index_entry: 0,
             index_interval_bytes,
-        })
+        }
     }
 
     /// Rebuilds both indexes by scanning the whole file. On a fault, the
@@ -534,12 +533,12 @@ pub enum WriteFailure {
     Unrecoverable(LogError),
 }
 
-fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, LogError> {
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, LogError> {
     match fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(LogError::Io {
-            context: "reading index",
+            context: "reading",
             path: path.to_path_buf(),
             source: error,
         }),
