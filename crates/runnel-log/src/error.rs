@@ -40,6 +40,12 @@ pub enum LogError {
         record_count: i32,
         last_offset_delta: i32,
     },
+    #[error("the append covers {offsets} offsets; at most 2^31 fit in one segment")]
+    OffsetSpan { offsets: i64 },
+    #[error(
+        "the log was truncated below offset {offset} before the append was durable; it is not acknowledged, retry it"
+    )]
+    TruncatedBeforeDurable { offset: Offset },
     #[error(
         "replicated batch starts at offset {base_offset} but must start at {log_end}, where the log ends"
     )]

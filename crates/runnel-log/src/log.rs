@@ -19,13 +19,19 @@ use runnel_wire::batch::{self, BatchHeader};
 use crate::checkpoint;
 use crate::epoch::EpochCache;
 use crate::scan::{Fault, FaultKind, Offsets, Scanner};
-use crate::segment::{self, LOG_SUFFIX, Segment, WriteFailure};
+use crate::segment::{self, LOG_SUFFIX, MAX_SEGMENT_SPAN, Segment, WriteFailure};
 use crate::{FlushPolicy, LogConfig, LogError};
 
 const RECOVERY_POINT_FILE: &str = "recovery-point.checkpoint";
 pub(crate) const LOG_START_FILE: &str = "log-start-offset.checkpoint";
 const EPOCHS_FILE: &str = "leader-epochs.checkpoint";
 const HIGH_WATERMARK_FILE: &str = "high-watermark.checkpoint";
+
+/// Largest batch a scan of our own files accepts. Deliberately not the
+/// configured `max_batch_bytes`: lowering that must not turn batches that
+/// were accepted before into faults. A length must still fit in the file
+/// before anything is allocated for it.
+const SCAN_BATCH_LIMIT: usize = 1 << 31;
 
 /// What an append wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +171,9 @@ struct SyncState {
     durable: Offset,
     syncing: bool,
     failed: bool,
+    /// Bumped by every truncation: an fsync that started before one may
+    /// not cover what the log holds after it.
+    generation: u64,
 }
 
 #[derive(Debug)]
@@ -190,7 +199,15 @@ impl Log {
             ..RecoveryReport::default()
         };
 
-        let recovery_point = read_single(dir, RECOVERY_POINT_FILE)?.unwrap_or(Offset::ZERO);
+        let checkpointed_recovery_point = read_single(dir, RECOVERY_POINT_FILE)?;
+        let recovery_point = checkpointed_recovery_point.unwrap_or(Offset::ZERO);
+        // Below this offset, data was fsynced: a fault there is damage to
+        // report and keep, never a torn tail to cut. Without a recovery
+        // point, only the last segment may have a torn tail.
+        let durable_until = match checkpointed_recovery_point {
+            Some(point) => point,
+            None => bases.last().copied().unwrap_or(Offset::ZERO),
+        };
         let checkpointed_start = read_single(dir, LOG_START_FILE)?;
 
         let checkpointed_epochs = read_epochs(dir)?;
@@ -210,6 +227,7 @@ impl Log {
                 report.deleted_segments.push(path);
                 continue;
             }
+            let next_base = bases.get(index + 1).copied();
             let previous_end = segments
                 .values()
                 .next_back()
@@ -219,26 +237,32 @@ impl Log {
             if let Some(previous_end) = previous_end
                 && base != previous_end
             {
-                report.truncated = Some(Fault {
+                let fault = Fault {
                     position: 0,
                     offset: previous_end,
                     kind: FaultKind::OffsetGap {
                         base_offset: base,
                         expected: previous_end,
                     },
-                });
-                cut = true;
-                report.deleted_segments.push(path);
-                continue;
+                };
+                if previous_end < durable_until {
+                    report.corrupt_segments.push((path.clone(), fault));
+                } else {
+                    report.truncated = Some(fault);
+                    cut = true;
+                    report.deleted_segments.push(path);
+                    continue;
+                }
             }
             if base < recovery_base {
-                let next_offset = bases[index + 1];
+                let next_offset =
+                    next_base.expect("a segment before the recovery base has a successor");
                 let (segment, opened) = Segment::open_sealed(
                     dir,
                     base,
                     next_offset,
                     config.index_interval_bytes,
-                    config.max_batch_bytes,
+                    SCAN_BATCH_LIMIT,
                 )?;
                 if opened.rebuilt_indexes {
                     report.rebuilt_indexes.push(path.clone());
@@ -247,7 +271,7 @@ impl Log {
                     report.corrupt_segments.push((path, fault));
                 }
                 if !epochs_checkpointed {
-                    learn_epochs(&segment, &mut epochs, config.max_batch_bytes);
+                    learn_epochs(&segment, &mut epochs);
                 }
                 segments.insert(base.0, segment);
                 continue;
@@ -273,33 +297,55 @@ impl Log {
                 dir,
                 base,
                 config.index_interval_bytes,
-                config.max_batch_bytes,
+                SCAN_BATCH_LIMIT,
                 &mut check_epoch,
             )?;
-            if let Some(fault) = fault {
-                if let FaultKind::Io(reason) = &fault.kind {
+            let file_len = segment
+                .file
+                .metadata()
+                .map_err(LogError::io("reading size of segment", &path))?
+                .len();
+            match fault {
+                None => segment.write_indexes(true)?,
+                Some(fault) if matches!(fault.kind, FaultKind::Io(_)) => {
                     return Err(LogError::Io {
                         context: "reading during recovery",
                         path,
-                        source: std::io::Error::other(reason.clone()),
+                        source: std::io::Error::other(fault.kind.to_string()),
                     });
                 }
-                let file_len = segment
-                    .file
-                    .metadata()
-                    .map_err(LogError::io("reading size of segment", &path))?
-                    .len();
-                segment
-                    .file
-                    .set_len(fault.position)
-                    .map_err(LogError::io("truncating torn segment", &path))?;
-                report.bytes_truncated += file_len - fault.position;
-                report.truncated = Some(fault);
-                cut = true;
+                Some(fault) if fault.offset < durable_until => match next_base {
+                    // Damaged durable data is kept whole: reads that reach
+                    // it report it, and the replica is repaired from a peer.
+                    Some(next_base) => {
+                        segment.size = file_len;
+                        segment.next_offset = next_base;
+                        segment::remove_index_files(&path)?;
+                        report.corrupt_segments.push((path, fault));
+                    }
+                    // Where the log ends cannot be known past the damage.
+                    None => {
+                        return Err(LogError::Corrupt {
+                            path,
+                            position: fault.position,
+                            offset: fault.offset,
+                            fault: fault.kind,
+                        });
+                    }
+                },
+                Some(fault) => {
+                    segment
+                        .file
+                        .set_len(fault.position)
+                        .map_err(LogError::io("truncating torn segment", &path))?;
+                    report.bytes_truncated += file_len - fault.position;
+                    report.truncated = Some(fault);
+                    cut = true;
+                    segment.write_indexes(true)?;
+                }
             }
             // Synced under every policy: the recovery point moves past it
             // below, and it will not be scanned again.
-            segment.write_indexes(true)?;
             segment.sync()?;
             segments.insert(base.0, segment);
         }
@@ -352,6 +398,7 @@ impl Log {
                 durable: log_end,
                 syncing: false,
                 failed: false,
+                generation: 0,
             }),
             synced: Condvar::new(),
             stats: LogStats::default(),
@@ -492,7 +539,7 @@ impl Log {
         mut headers: Vec<BatchHeader>,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
-        let info = {
+        let (info, generation) = {
             let mut state = self.lock();
             if state.failed {
                 return Err(LogError::Failed(self.dir.clone()));
@@ -509,20 +556,24 @@ impl Log {
             };
             let first = headers.first().expect("validated: at least one batch");
             let last = headers.last().expect("validated: at least one batch");
+            let offsets = last.next_offset().0 - first.base_offset().0;
+            if offsets > MAX_SEGMENT_SPAN {
+                return Err(LogError::OffsetSpan { offsets });
+            }
             let max_timestamp = headers
                 .iter()
                 .map(|header| header.max_timestamp)
                 .max()
                 .unwrap_or(first.max_timestamp);
             if self.should_roll(state.active(), batches.len() as u64, last, max_timestamp) {
-                self.roll_locked(&mut state)?;
+                let rolled = self.roll_locked(&mut state);
+                self.fail_on_error(&mut state, rolled)?;
             }
             match state.active_mut().append(batches, &headers) {
                 Ok(()) => {}
                 Err(WriteFailure::RolledBack(error)) => return Err(error),
                 Err(WriteFailure::Unrecoverable(error)) => {
-                    state.failed = true;
-                    return Err(error);
+                    return self.fail_on_error(&mut state, Err(error));
                 }
             }
             let mut epochs_changed = false;
@@ -532,21 +583,25 @@ impl Log {
                     .assign(header.leader_epoch(), header.base_offset());
             }
             if epochs_changed {
-                write_epochs(&self.dir, &state.epochs)?;
+                // The batch is written but its epoch not persisted: failing
+                // the log keeps a retry from duplicating it.
+                let written = write_epochs(&self.dir, &state.epochs);
+                self.fail_on_error(&mut state, written)?;
             }
             self.stats
                 .batches_appended
                 .fetch_add(headers.len() as u64, Ordering::Relaxed);
-            AppendInfo {
+            let info = AppendInfo {
                 first_offset: first.base_offset(),
                 last_offset: last.last_offset(),
                 log_end: state.log_end(),
                 max_timestamp,
                 batch_count: headers.len() as u32,
-            }
+            };
+            (info, self.lock_sync().generation)
         };
         match self.config.flush {
-            FlushPolicy::Always => self.wait_durable(info.log_end)?,
+            FlushPolicy::Always => self.wait_durable(info.log_end, generation)?,
             FlushPolicy::Interval { .. } => self.tick(now_ms)?,
             FlushPolicy::Os => {}
         }
@@ -568,14 +623,14 @@ impl Log {
             (Some(max_age), Some(first)) => max_timestamp.saturating_sub(first) >= max_age as i64,
             _ => false,
         };
-        let offsets_overflow = last.last_offset().0 - active.base.0 > i64::from(i32::MAX);
+        let offsets_overflow = last.last_offset().0 - active.base.0 > MAX_SEGMENT_SPAN;
         too_big || too_old || offsets_overflow
     }
 
     /// Seals the active segment and starts a new one at the log end. Under
     /// any policy but `os`, the sealed segment is synced and the recovery
     /// point moves past it.
-    fn roll_locked(&self, state: &mut MutexGuard<'_, State>) -> Result<(), LogError> {
+    fn roll_locked(&self, state: &mut State) -> Result<(), LogError> {
         let sync = self.config.flush != FlushPolicy::Os;
         let log_end = state.log_end();
         let active = state.active_mut();
@@ -596,15 +651,37 @@ impl Log {
         Ok(())
     }
 
+    /// Marks the log failed if `result` is an error. For errors after which
+    /// the files' state is unknown: a failed fsync (the kernel may have
+    /// dropped the dirty pages, so a later fsync could succeed without
+    /// them) or a half-done multi-step change. The log refuses writes until
+    /// it is reopened and recovered.
+    fn fail_on_error<T>(
+        &self,
+        state: &mut State,
+        result: Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        if result.is_err() {
+            state.failed = true;
+            self.lock_sync().failed = true;
+            self.synced.notify_all();
+        }
+        result
+    }
+
     /// Blocks until every offset below `target` is on stable storage. The
     /// first waiter runs the fsync; those who arrive meanwhile wait for it
     /// and, if it did not cover them, one of them runs the next (group
-    /// commit).
-    fn wait_durable(&self, target: Offset) -> Result<(), LogError> {
+    /// commit). `generation` is the truncation generation the caller's
+    /// data was written in: a truncation since means the data may be gone.
+    fn wait_durable(&self, target: Offset, generation: u64) -> Result<(), LogError> {
         let mut sync = self.lock_sync();
         loop {
             if sync.failed {
                 return Err(LogError::Failed(self.dir.clone()));
+            }
+            if sync.generation != generation {
+                return Err(LogError::TruncatedBeforeDurable { offset: target });
             }
             if sync.durable >= target {
                 return Ok(());
@@ -618,36 +695,42 @@ impl Log {
             let result = self.sync_active();
             sync = self.lock_sync();
             sync.syncing = false;
-            match result {
-                Ok(covered) => sync.durable = sync.durable.max(covered),
+            match &result {
+                // What was synced is what the log holds only if no
+                // truncation happened while the fsync ran.
+                Ok((covered, synced_generation)) if *synced_generation == sync.generation => {
+                    sync.durable = sync.durable.max(*covered);
+                }
+                Ok(_) => {}
                 Err(_) => sync.failed = true,
             }
             self.synced.notify_all();
             if let Err(error) = result {
-                // After a failed fsync the kernel may have dropped the dirty
-                // pages, so a later fsync could succeed without them: the
-                // log stays failed until reopened and recovered.
+                drop(sync);
                 self.lock().failed = true;
                 return Err(error);
             }
         }
     }
 
-    /// fsyncs the active segment and returns the log end it covered.
-    fn sync_active(&self) -> Result<Offset, LogError> {
-        let (file, path, log_end) = {
+    /// fsyncs the active segment; returns the log end it covered and the
+    /// truncation generation it saw.
+    fn sync_active(&self) -> Result<(Offset, u64), LogError> {
+        let (file, path, log_end, generation) = {
             let state = self.lock();
             let active = state.active();
+            let generation = self.lock_sync().generation;
             (
                 Arc::clone(&active.file),
                 active.path.clone(),
                 state.log_end(),
+                generation,
             )
         };
         file.sync_data()
             .map_err(LogError::io("syncing segment", &path))?;
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        Ok(log_end)
+        Ok((log_end, generation))
     }
 
     /// For the `interval` policy: syncs if the interval has passed since the
@@ -657,18 +740,16 @@ impl Log {
         let FlushPolicy::Interval { interval_ms } = self.config.flush else {
             return Ok(());
         };
-        let (log_end, due) = {
+        let (log_end, generation, due) = {
             let mut state = self.lock();
             let last = *state.last_flush_ms.get_or_insert(now_ms);
-            (
-                state.log_end(),
-                now_ms.saturating_sub(last) >= interval_ms as i64,
-            )
+            let due = now_ms.saturating_sub(last) >= interval_ms as i64;
+            (state.log_end(), self.lock_sync().generation, due)
         };
         if !due || self.durable_offset() >= log_end {
             return Ok(());
         }
-        self.wait_durable(log_end)?;
+        self.wait_durable(log_end, generation)?;
         self.lock().last_flush_ms = Some(now_ms);
         Ok(())
     }
@@ -676,40 +757,56 @@ impl Log {
     /// Forces everything appended so far to stable storage and moves the
     /// recovery point to the log end.
     pub fn flush(&self) -> Result<(), LogError> {
-        // Under `os`, rolls do not sync: sealed segments past the recovery
-        // point (and their indexes, which retention trusts once the point
-        // has moved over them) are synced here first.
-        {
-            let mut state = self.lock();
-            let (recovery_point, active_base) = (state.recovery_point, state.active().base);
-            for segment in state.segments.values_mut() {
-                if segment.next_offset > recovery_point && segment.base != active_base {
-                    segment.sync()?;
-                    segment.write_indexes(true)?;
-                    self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-                }
+        let mut state = self.lock();
+        if state.failed {
+            return Err(LogError::Failed(self.dir.clone()));
+        }
+        let flushed = self.flush_locked(&mut state);
+        let log_end = self.fail_on_error(&mut state, flushed)?;
+        let mut sync = self.lock_sync();
+        sync.durable = sync.durable.max(log_end);
+        self.synced.notify_all();
+        Ok(())
+    }
+
+    /// Syncs every segment past the recovery point, under the state lock so
+    /// that no roll slips an unsynced segment in meanwhile. Under `os`,
+    /// rolls do not sync, so sealed segments (and their indexes, which
+    /// retention trusts once the recovery point has moved over them) are
+    /// synced here too.
+    fn flush_locked(&self, state: &mut State) -> Result<Offset, LogError> {
+        let recovery_point = state.recovery_point;
+        let active_base = state.active().base;
+        for segment in state.segments.values_mut() {
+            if segment.next_offset > recovery_point && segment.base != active_base {
+                segment.sync()?;
+                segment.write_indexes(true)?;
+                self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let log_end = self.log_end_offset();
-        self.wait_durable(log_end)?;
-        let mut state = self.lock();
+        state.active().sync()?;
+        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        let log_end = state.log_end();
         if state.recovery_point < log_end {
-            let sync = true;
-            state.active_mut().write_indexes(sync)?;
+            state.active_mut().write_indexes(true)?;
             state.recovery_point = log_end;
             write_single(&self.dir, RECOVERY_POINT_FILE, log_end)?;
         }
-        Ok(())
+        Ok(log_end)
     }
 
     /// Seals the active segment now and starts a new one (if the active one
     /// holds anything).
     pub fn roll(&self) -> Result<(), LogError> {
         let mut state = self.lock();
+        if state.failed {
+            return Err(LogError::Failed(self.dir.clone()));
+        }
         if state.active().size == 0 {
             return Ok(());
         }
-        self.roll_locked(&mut state)
+        let rolled = self.roll_locked(&mut state);
+        self.fail_on_error(&mut state, rolled)
     }
 
     /// Flushes and closes the log; the next open scans nothing.
@@ -730,7 +827,6 @@ impl Log {
                 log_end,
             });
         }
-        let max_batch_bytes = self.config.max_batch_bytes;
         let start_base = state
             .segments
             .range(..=offset.0)
@@ -739,7 +835,7 @@ impl Log {
             .expect("offset >= log start >= first segment base");
         // An offset in a gap between segments is served from the next one.
         for (_, segment) in state.segments.range_mut(start_base..) {
-            let Some((position, first)) = segment.locate(offset, max_batch_bytes)? else {
+            let Some((position, first)) = segment.locate(offset, SCAN_BATCH_LIMIT)? else {
                 continue;
             };
             let mut end = position + first.total_len() as u64;
@@ -774,35 +870,31 @@ impl Log {
         offset: Offset,
         max_bytes: u64,
     ) -> Result<Option<(FileSlice, Vec<u8>)>, LogError> {
-        let Some(slice) = self.read(offset, max_bytes)? else {
-            return Ok(None);
-        };
-        let checked = slice.read_verified().and_then(|bytes| {
-            self.check_sequence(&slice, offset, &bytes)?;
-            Ok(bytes)
-        });
-        match checked {
-            Ok(bytes) => Ok(Some((slice, bytes))),
-            Err(error) => {
-                if let LogError::Corrupt {
-                    path,
-                    position,
-                    offset,
-                    fault,
-                } = &error
-                {
-                    self.lock().corruption.get_or_insert_with(|| {
-                        let fault = Fault {
-                            position: *position,
-                            offset: *offset,
-                            kind: fault.clone(),
-                        };
-                        (path.clone(), fault)
-                    });
-                }
-                Err(error)
+        let checked = self.read(offset, max_bytes).and_then(|slice| match slice {
+            None => Ok(None),
+            Some(slice) => {
+                let bytes = slice.read_verified()?;
+                self.check_sequence(&slice, offset, &bytes)?;
+                Ok(Some((slice, bytes)))
             }
+        });
+        if let Err(LogError::Corrupt {
+            path,
+            position,
+            offset,
+            fault,
+        }) = &checked
+        {
+            self.lock().corruption.get_or_insert_with(|| {
+                let fault = Fault {
+                    position: *position,
+                    offset: *offset,
+                    kind: fault.clone(),
+                };
+                (path.clone(), fault)
+            });
         }
+        checked
     }
 
     /// Checks the fields of CRC-verified batches that the CRC does not cover.
@@ -854,9 +946,7 @@ impl Log {
         let mut state = self.lock();
         let log_start = state.log_start;
         for segment in state.segments.values_mut() {
-            if let Some((_, header)) =
-                segment.locate_timestamp(timestamp, self.config.max_batch_bytes)?
-            {
+            if let Some((_, header)) = segment.locate_timestamp(timestamp, SCAN_BATCH_LIMIT)? {
                 return Ok(Some(header.base_offset().max(log_start)));
             }
         }
@@ -867,54 +957,77 @@ impl Log {
     /// removed whole). Returns the new log end.
     pub fn truncate_to(&self, offset: Offset) -> Result<Offset, LogError> {
         let mut state = self.lock();
+        if state.failed {
+            return Err(LogError::Failed(self.dir.clone()));
+        }
         if offset >= state.log_end() {
             return Ok(state.log_end());
         }
-        // Segments go highest first, so a crash midway leaves a prefix.
-        if offset <= state.log_start {
-            let bases: Vec<i64> = state.segments.keys().rev().copied().collect();
-            for base in bases {
-                state
-                    .segments
-                    .remove(&base)
-                    .expect("key from the map")
-                    .delete()?;
-            }
-            let fresh = Segment::create(&self.dir, offset, self.config.index_interval_bytes)?;
-            state.segments.insert(offset.0, fresh);
-        } else {
-            let doomed: Vec<i64> = state
+        let truncated = self.truncate_locked(&mut state, offset);
+        self.fail_on_error(&mut state, truncated)
+    }
+
+    /// The steps of a truncation, ordered so that a crash between any two
+    /// leaves a log that recovery turns into a prefix of the old one.
+    fn truncate_locked(&self, state: &mut State, offset: Offset) -> Result<Offset, LogError> {
+        // First the recovery point, so that a crash midway has the next open
+        // rescan (and cut at the hole) instead of trusting a shortened
+        // segment as sealed.
+        if state.recovery_point > offset {
+            state.recovery_point = offset;
+            write_single(&self.dir, RECOVERY_POINT_FILE, offset)?;
+        }
+        {
+            // Waiters for data at or past `offset` must not be acknowledged,
+            // and an fsync already running may not cover what follows.
+            let mut sync = self.lock_sync();
+            sync.generation += 1;
+            sync.durable = sync.durable.min(offset);
+            self.synced.notify_all();
+        }
+        // Segments go highest first, so a crash midway leaves a prefix; the
+        // directory is synced before the kept segment is shortened.
+        let start_over = offset <= state.log_start;
+        let doomed: Vec<i64> = match start_over {
+            true => state.segments.keys().rev().copied().collect(),
+            false => state
                 .segments
                 .range(offset.0..)
                 .map(|(base, _)| *base)
                 .rev()
-                .collect();
-            for base in doomed {
-                state
-                    .segments
-                    .remove(&base)
-                    .expect("key from the map")
-                    .delete()?;
-            }
-            let max_batch_bytes = self.config.max_batch_bytes;
-            state.active_mut().truncate_to(offset, max_batch_bytes)?;
-            state.active().sync()?;
+                .collect(),
+        };
+        for base in doomed {
+            state
+                .segments
+                .remove(&base)
+                .expect("key from the map")
+                .delete()?;
         }
         checkpoint::sync_dir(&self.dir)?;
+        if start_over {
+            let fresh = Segment::create(&self.dir, offset, self.config.index_interval_bytes)?;
+            state.segments.insert(offset.0, fresh);
+            checkpoint::sync_dir(&self.dir)?;
+        } else {
+            state.active_mut().truncate_to(offset, SCAN_BATCH_LIMIT)?;
+            state.active().sync()?;
+        }
         let log_end = state.log_end();
         state.active_mut().write_indexes(true)?;
-        let log_start = state.log_start.min(log_end);
-        if log_start != state.log_start || offset <= state.log_start {
-            state.log_start = log_start.min(offset);
-            write_single(&self.dir, LOG_START_FILE, state.log_start)?;
+        let log_start = match start_over {
+            true => offset,
+            false => state.log_start.min(log_end),
+        };
+        if log_start != state.log_start || start_over {
+            state.log_start = log_start;
+            write_single(&self.dir, LOG_START_FILE, log_start)?;
         }
         if state.epochs.truncate_from_end(log_end) {
             write_epochs(&self.dir, &state.epochs)?;
         }
-        if state.recovery_point > log_end {
-            state.recovery_point = log_end;
-            write_single(&self.dir, RECOVERY_POINT_FILE, log_end)?;
-        }
+        state.recovery_point = log_end;
+        write_single(&self.dir, RECOVERY_POINT_FILE, log_end)?;
         let mut sync = self.lock_sync();
         sync.durable = sync.durable.min(log_end);
         Ok(log_end)
@@ -928,11 +1041,11 @@ impl Log {
         if target <= state.log_start {
             return Ok(state.log_start);
         }
-        let previous_start = state.log_start;
+        // The new start is persisted before anything is deleted, so a crash
+        // cannot make records below it readable again.
+        write_single(&self.dir, LOG_START_FILE, target)?;
         state.log_start = target;
-        self.delete_segments_below(&mut state, previous_start, |segment| {
-            segment.next_offset <= target
-        })?;
+        self.delete_segments_below(&mut state, target, |segment| segment.next_offset <= target)?;
         Ok(state.log_start)
     }
 
@@ -1170,13 +1283,13 @@ fn write_epochs(dir: &Path, epochs: &EpochCache) -> Result<(), LogError> {
 /// Learns the epochs stamped in a sealed segment's batches, when the epoch
 /// checkpoint is missing or damaged. A batch with a lower epoch than the
 /// cache is left for reads to report as corrupt.
-fn learn_epochs(segment: &Segment, epochs: &mut EpochCache, max_batch_bytes: usize) {
+fn learn_epochs(segment: &Segment, epochs: &mut EpochCache) {
     let mut scanner = Scanner::new(
         &segment.file,
         segment.size,
         0,
         segment.base,
-        max_batch_bytes,
+        SCAN_BATCH_LIMIT,
         Offsets::Contiguous,
     );
     while let Ok(Some((_, header))) = scanner.next_batch() {

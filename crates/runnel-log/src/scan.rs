@@ -34,6 +34,9 @@ pub enum FaultKind {
         base_offset: Offset,
         expected: Offset,
     },
+    /// The batch's offsets lie further past the segment base than a segment
+    /// may cover.
+    SegmentSpan { last_offset: Offset, base: Offset },
     /// The header's counts are inconsistent.
     BadCounts {
         record_count: i32,
@@ -86,6 +89,10 @@ impl std::fmt::Display for FaultKind {
             } => write!(
                 f,
                 "base offset {base_offset} leaves a gap: expected {expected}"
+            ),
+            FaultKind::SegmentSpan { last_offset, base } => write!(
+                f,
+                "offset {last_offset} is more than 2^31 past the segment base {base}"
             ),
             FaultKind::BadCounts {
                 record_count,

@@ -19,6 +19,10 @@ pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";
 pub const TIME_INDEX_SUFFIX: &str = "timeindex";
 
+/// Most offsets one segment may cover: relative offsets in the index are
+/// 32-bit, and a segment rolls well before they could wrap.
+pub const MAX_SEGMENT_SPAN: i64 = i32::MAX as i64;
+
 /// A check of each batch a scan finds, beyond framing and CRC.
 pub type BatchCheck<'a> = &'a mut dyn FnMut(&BatchHeader) -> Result<(), FaultKind>;
 
@@ -117,19 +121,25 @@ impl Segment {
                 segment.index = index;
                 segment.time_index = time_index;
                 let last_entry = segment.time_index.entries().last().copied();
-                // Retention trusts the last entry as the segment's max
-                // timestamp, so it is checked against its batch.
+                // Retention trusts the last time entry as the segment's max
+                // timestamp, and the segment must end exactly where the next
+                // begins (a crash in a truncation could leave it shorter):
+                // both are checked against the batches.
                 let trusted = segment.size == 0
-                    || last_entry
-                        .is_some_and(|entry| segment.time_entry_is_sound(entry, max_batch_bytes));
-                if trusted {
+                    || (last_entry
+                        .is_some_and(|entry| segment.time_entry_is_sound(entry, max_batch_bytes))
+                        && segment.ends_at(next_offset));
+                let first_batch_timestamp = match segment.size {
+                    0 => Ok(None),
+                    _ => segment
+                        .read_header_at(0)
+                        .map(|header| Some(header.max_timestamp)),
+                };
+                if trusted && let Ok(first_batch_timestamp) = first_batch_timestamp {
                     if let Some(entry) = last_entry {
                         segment.max_timestamp_offset = entry.relative_offset;
                     }
-                    segment.first_batch_timestamp = match segment.size {
-                        0 => None,
-                        _ => Some(segment.read_header_at(0)?.max_timestamp),
-                    };
+                    segment.first_batch_timestamp = first_batch_timestamp;
                     let opened = SealedOpen {
                         rebuilt_indexes: false,
                         fault: None,
@@ -140,6 +150,25 @@ impl Segment {
             }
             _ => segment.rebuild_from_scan(next_offset, max_batch_bytes),
         }
+    }
+
+    /// Whether the batches from the last index entry on end exactly at the
+    /// end of the file, with `next_offset` as the offset after the last.
+    fn ends_at(&self, next_offset: Offset) -> bool {
+        let mut position = self
+            .index
+            .entries()
+            .last()
+            .map_or(0, |entry| u64::from(entry.position));
+        let mut end = None;
+        while position < self.size {
+            let Ok(header) = self.read_header_at(position) else {
+                return false;
+            };
+            position += header.total_len() as u64;
+            end = Some(header.next_offset());
+        }
+        position == self.size && end == Some(next_offset)
     }
 
     /// Rebuilds the indexes of a sealed segment whose index files cannot be
@@ -243,7 +272,16 @@ impl Segment {
         let fault = loop {
             match scanner.next_batch() {
                 Ok(Some((position, header))) => {
-                    if let Err(kind) = check(&header) {
+                    let span = header.last_offset().0 - self.base.0;
+                    let within_span = if span > MAX_SEGMENT_SPAN {
+                        Err(FaultKind::SegmentSpan {
+                            last_offset: header.last_offset(),
+                            base: self.base,
+                        })
+                    } else {
+                        Ok(())
+                    };
+                    if let Err(kind) = within_span.and_then(|()| check(&header)) {
                         break Some(Fault {
                             position,
                             offset: header.base_offset(),
@@ -259,21 +297,11 @@ impl Segment {
         Ok(fault)
     }
 
-    /// Updates the in-memory state for a batch written at `position`.
+    /// Updates the in-memory state for a batch written at `position`. The
+    /// caller has checked that the batch lies within [`MAX_SEGMENT_SPAN`].
     fn track(&mut self, position: u64, header: &BatchHeader) {
-        let relative_offset = (header.base_offset - self.base.0) as u32;
-        if self.index.is_empty() || self.bytes_since_index_entry >= self.index_interval_bytes {
-            self.index.push(OffsetEntry {
-                relative_offset,
-                position: position as u32,
-            });
-            self.time_index
-                .observe(header.max_timestamp, relative_offset);
-            self.bytes_since_index_entry = 0;
-        }
-        self.bytes_since_index_entry += header.total_len() as u64;
-        self.first_batch_timestamp
-            .get_or_insert(header.max_timestamp);
+        let relative_offset = u32::try_from(header.base_offset - self.base.0)
+            .expect("batch offsets checked against the segment span");
         if self
             .max_timestamp
             .is_none_or(|max| header.max_timestamp > max)
@@ -281,6 +309,21 @@ impl Segment {
             self.max_timestamp = Some(header.max_timestamp);
             self.max_timestamp_offset = relative_offset;
         }
+        if self.index.is_empty() || self.bytes_since_index_entry >= self.index_interval_bytes {
+            self.index.push(OffsetEntry {
+                relative_offset,
+                position: u32::try_from(position).expect("segments are at most 2 GiB"),
+            });
+            // The running maximum, so that every batch before an entry is
+            // known to be older than it.
+            if let Some(max) = self.max_timestamp {
+                self.time_index.observe(max, self.max_timestamp_offset);
+            }
+            self.bytes_since_index_entry = 0;
+        }
+        self.bytes_since_index_entry += header.total_len() as u64;
+        self.first_batch_timestamp
+            .get_or_insert(header.max_timestamp);
         self.size = position + header.total_len() as u64;
         self.next_offset = header.next_offset();
     }
@@ -518,10 +561,17 @@ pub struct SealedOpen {
 /// Removes the files of the segment whose log file is `log_path`, the log
 /// file last.
 pub fn delete_files(log_path: &Path) -> Result<(), LogError> {
+    remove_index_files(log_path)?;
+    remove_if_exists(log_path)
+}
+
+/// Removes the index files of the segment whose log file is `log_path`, so
+/// the next open rebuilds them.
+pub fn remove_index_files(log_path: &Path) -> Result<(), LogError> {
     for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
         remove_if_exists(&log_path.with_extension(suffix))?;
     }
-    remove_if_exists(log_path)
+    Ok(())
 }
 
 /// Outcome of a failed append.

@@ -117,7 +117,18 @@ fn a_flipped_bit_is_reported_with_file_position_and_offset() {
 #[test]
 fn a_torn_tail_is_a_fault_until_the_log_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    write_lines(dir.path(), 50);
+    write_lines(dir.path(), 49);
+    // As a crash right after the 50th record leaves the log: the record is
+    // written past the recovery point, and its batch is torn.
+    let recovery_point = dir.path().join("recovery-point.checkpoint");
+    let before = std::fs::read(&recovery_point).unwrap();
+    let path = dir.path().to_str().unwrap();
+    assert!(
+        runnel(&["debug", "write-log", path], b"line 49\n")
+            .status
+            .success()
+    );
+    std::fs::write(&recovery_point, before).unwrap();
     let segment = dir.path().join("00000000000000000000.log");
     let len = std::fs::metadata(&segment).unwrap().len();
     std::fs::OpenOptions::new()
@@ -126,7 +137,6 @@ fn a_torn_tail_is_a_fault_until_the_log_recovers() {
         .unwrap()
         .set_len(len - 5)
         .unwrap();
-    let path = dir.path().to_str().unwrap();
 
     let output = runnel(&["debug", "verify-log", path], b"");
     assert_eq!(output.status.code(), Some(1));
@@ -138,7 +148,7 @@ fn a_torn_tail_is_a_fault_until_the_log_recovers() {
 
     // Opening the log (here to append) recovers it: the torn batch is cut.
     let output = runnel(&["debug", "write-log", path], b"after\n");
-    assert!(output.status.success());
+    assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(text(&output.stderr).contains("recovered: cut"));
     assert!(
         text(&output.stdout).contains("at offsets 49 to 49; the log ends at 50"),

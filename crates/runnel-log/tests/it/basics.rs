@@ -413,3 +413,56 @@ fn flush_under_os_syncs_the_sealed_segments_too() {
     assert_eq!(fsyncs(), log.segment_count() as u64, "every segment once");
     assert_eq!(log.durable_offset(), log.log_end_offset());
 }
+
+#[test]
+fn the_time_index_keeps_the_running_maximum() {
+    let dir = temp_dir();
+    let config = LogConfig {
+        index_interval_bytes: 1,
+        ..small_config()
+    };
+    let log = open(dir.path(), &config);
+    // With an entry per batch, the 500 batch must not hide behind the later
+    // 200 one: the first batch at or after 300 is offset 1.
+    for timestamp in [100, 500, 200, 600] {
+        append(&log, 1, 10, timestamp);
+    }
+    assert_eq!(log.offset_for_timestamp(300).unwrap(), Some(Offset(1)));
+    log.roll().unwrap();
+    log.close().unwrap();
+    let (log, report) = Log::open(dir.path(), config).unwrap();
+    assert!(
+        report.rebuilt_indexes.is_empty(),
+        "the written indexes pass their checks"
+    );
+    assert_eq!(log.offset_for_timestamp(300).unwrap(), Some(Offset(1)));
+    assert_eq!(log.offset_for_timestamp(550).unwrap(), Some(Offset(3)));
+    assert!(
+        runnel_log::inspect::verify(dir.path())
+            .unwrap()
+            .fault
+            .is_none()
+    );
+}
+
+#[test]
+fn an_append_spanning_too_many_offsets_is_refused() {
+    let dir = temp_dir();
+    let log = open(dir.path(), &LogConfig::default());
+    // A header may claim any record count; the offsets it would take must
+    // still fit in one segment's 32-bit index.
+    let mut bytes = Vec::new();
+    for _ in 0..2 {
+        let mut lying = batch(1, 10, 0);
+        lying[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
+        lying[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        let crc = batch::compute_crc(&lying);
+        lying[17..21].copy_from_slice(&crc.to_be_bytes());
+        bytes.extend(lying);
+    }
+    assert!(matches!(
+        log.append_as_leader(&mut bytes, LeaderEpoch(0), 0),
+        Err(LogError::OffsetSpan { .. })
+    ));
+    assert_eq!(append(&log, 1, 10, 0), Offset(0), "the log still works");
+}

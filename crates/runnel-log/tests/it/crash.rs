@@ -11,19 +11,30 @@ use runnel_wire::RecordBatch;
 
 use crate::support::{append, copy_dir, open, read_all, segment_logs, small_config, temp_dir};
 
-/// A closed log of several segments; returns its batches.
+/// A log of several segments as a crash right after its last append leaves
+/// it: the recovery point is where it was before that append. Returns the
+/// batches.
 fn build(dir: &Path, config: &LogConfig, batches: usize) -> Vec<RecordBatch> {
     let log = open(dir, config);
-    for round in 0..batches {
+    let append_round = |log: &runnel_log::Log, round: usize| {
         append(
-            &log,
+            log,
             1 + round % 3,
             40 + round * 7 % 90,
             1_000 + round as i64,
         );
+    };
+    for round in 0..batches - 1 {
+        append_round(&log, round);
     }
+    log.close().unwrap();
+    let recovery_point = dir.join("recovery-point.checkpoint");
+    let before_last = std::fs::read(&recovery_point).unwrap();
+    let log = open(dir, config);
+    append_round(&log, batches - 1);
     let written = read_all(&log);
     log.close().unwrap();
+    std::fs::write(&recovery_point, before_last).unwrap();
     written
 }
 
@@ -329,4 +340,92 @@ fn recovery_cuts_at_an_offset_gap_or_a_decreasing_epoch() {
         assert_eq!(log.log_end_offset(), Offset(kept), "{name}");
         assert_eq!(read_all(&log).len() as i64, kept / 2, "{name}");
     }
+}
+
+#[test]
+fn damage_below_the_recovery_point_is_never_cut() {
+    let dir = temp_dir();
+    let config = small_config();
+    let log = open(dir.path(), &config);
+    for round in 0..4 {
+        append(&log, 2, 50, round);
+    }
+    log.close().unwrap();
+    let active = segment_logs(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&active).unwrap().len();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&active)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, 70).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x01], 70).unwrap();
+
+    // Where the log ends cannot be known past damaged durable data: the open
+    // fails with the place of the damage, and nothing is deleted.
+    let error = runnel_log::Log::open(dir.path(), config).unwrap_err();
+    assert!(
+        matches!(error, LogError::Corrupt { position: 0, .. }),
+        "{error}"
+    );
+    assert_eq!(std::fs::metadata(&active).unwrap().len(), len);
+}
+
+#[test]
+fn lowering_max_batch_bytes_keeps_larger_batches() {
+    let dir = temp_dir();
+    let config = LogConfig {
+        max_batch_bytes: 4096,
+        ..small_config()
+    };
+    let log = open(dir.path(), &config);
+    append(&log, 3, 1_000, 0);
+    append(&log, 3, 1_000, 0);
+    log.close().unwrap();
+    let smaller = LogConfig {
+        max_batch_bytes: 1024,
+        ..config
+    };
+    let (log, report) = runnel_log::Log::open(dir.path(), smaller).unwrap();
+    assert!(report.truncated.is_none());
+    assert_eq!(log.log_end_offset(), Offset(6));
+    assert_eq!(read_all(&log).len(), 2);
+}
+
+#[test]
+fn a_damaged_first_header_of_a_sealed_segment_is_reported_not_fatal() {
+    let dir = temp_dir();
+    let config = small_config();
+    build(dir.path(), &config, 60);
+    let target = segment_logs(dir.path())[1].clone();
+    let file = OpenOptions::new().write(true).open(&target).unwrap();
+    file.write_all_at(&[7], 16).unwrap();
+
+    let (log, report) = runnel_log::Log::open(dir.path(), config).unwrap();
+    assert_eq!(report.corrupt_segments.len(), 1, "{report:?}");
+    assert!(log.corruption().is_some());
+}
+
+#[test]
+fn corruption_met_while_locating_a_batch_marks_the_log() {
+    let dir = temp_dir();
+    let config = small_config();
+    build(dir.path(), &config, 60);
+    let log = open(dir.path(), &config);
+    assert!(log.corruption().is_none());
+    let target = segment_logs(dir.path())[1].clone();
+    let base: i64 = target
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let file = OpenOptions::new().write(true).open(&target).unwrap();
+    file.write_all_at(&[7], 16).unwrap();
+
+    let error = log.read_verified(Offset(base), 1).unwrap_err();
+    assert!(matches!(error, LogError::Corrupt { .. }), "{error}");
+    assert!(log.corruption().is_some());
 }

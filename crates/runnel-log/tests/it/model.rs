@@ -73,6 +73,10 @@ impl Model {
 }
 
 fn check(log: &Log, model: &Model) {
+    assert!(
+        log.durable_offset() <= log.log_end_offset(),
+        "durable past the end"
+    );
     assert_eq!(log.log_start_offset(), Offset(model.log_start));
     assert_eq!(log.log_end_offset(), Offset(model.log_end));
     let mut offset = Offset(model.log_start);
