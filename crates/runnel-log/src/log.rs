@@ -1044,8 +1044,10 @@ impl Log {
         // The new start is persisted before anything is deleted, so a crash
         // cannot make records below it readable again.
         write_single(&self.dir, LOG_START_FILE, target)?;
-        state.log_start = target;
-        self.delete_segments_below(&mut state, target, |segment| segment.next_offset <= target)?;
+        let previous_start = std::mem::replace(&mut state.log_start, target);
+        self.delete_segments_below(&mut state, previous_start, |segment| {
+            segment.next_offset <= target
+        })?;
         Ok(state.log_start)
     }
 

@@ -339,7 +339,16 @@ fn truncation_and_log_start() {
     assert_eq!(log.truncate_to(Offset(41)).unwrap(), Offset(40));
     assert_eq!(append(&log, 2, 100, 99), Offset(40));
 
+    let mut bumped = batch(2, 100, 99);
+    log.append_as_leader(&mut bumped, LeaderEpoch(2), 99)
+        .unwrap();
+    assert_eq!(log.truncate_to(Offset(42)).unwrap(), Offset(42));
     assert_eq!(log.advance_log_start(Offset(21)).unwrap(), Offset(21));
+    assert_eq!(
+        log.epochs(),
+        [(LeaderEpoch(1), Offset(21))],
+        "epochs before the start are gone"
+    );
     assert!(matches!(
         log.read(Offset(20), 100),
         Err(LogError::OffsetOutOfRange {
