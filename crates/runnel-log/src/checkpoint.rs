@@ -26,7 +26,7 @@ pub fn write(path: &Path, kind: &str, entries: &[(i64, i64)]) -> Result<(), LogE
     for (first, second) in entries {
         text.push_str(&format!("{first} {second}\n"));
     }
-    let crc = crc32c::crc32c(text.as_bytes());
+    let crc = runnel_wire::batch::crc32c(text.as_bytes());
     text.push_str(&format!("crc32c {crc:08x}\n"));
 
     let temporary = temporary_path(path);
@@ -71,7 +71,7 @@ fn parse(text: &str, kind: &str) -> Result<Vec<(i64, i64)>, String> {
         .strip_prefix("crc32c ")
         .and_then(|hex| u32::from_str_radix(hex, 16).ok())
         .ok_or_else(|| format!("bad crc32c line {crc_line:?}"))?;
-    let computed = crc32c::crc32c(body.as_bytes());
+    let computed = runnel_wire::batch::crc32c(body.as_bytes());
     if stored != computed {
         return Err(format!(
             "CRC mismatch: stored {stored:08x}, computed {computed:08x}"

@@ -174,6 +174,13 @@ struct SyncState {
     /// Bumped by every truncation: an fsync that started before one may
     /// not cover what the log holds after it.
     generation: u64,
+    /// Appenders that entered `append` and have not finished writing yet.
+    writers: usize,
+    /// Bytes appended since the log opened, and how many of them the last
+    /// completed fsync covered: their difference is what a sync would
+    /// write back.
+    written_bytes: u64,
+    covered_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -399,6 +406,9 @@ impl Log {
                 syncing: false,
                 failed: false,
                 generation: 0,
+                writers: 0,
+                written_bytes: 0,
+                covered_bytes: 0,
             }),
             synced: Condvar::new(),
             stats: LogStats::default(),
@@ -539,6 +549,7 @@ impl Log {
         mut headers: Vec<BatchHeader>,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
+        let mut writer = Writer::enter(self);
         let (info, generation) = {
             let mut state = self.lock();
             if state.failed {
@@ -598,7 +609,7 @@ impl Log {
                 max_timestamp,
                 batch_count: headers.len() as u32,
             };
-            (info, self.lock_sync().generation)
+            (info, writer.written(batches.len() as u64))
         };
         match self.config.flush {
             FlushPolicy::Always => self.wait_durable(info.log_end, generation)?,
@@ -691,6 +702,16 @@ impl Log {
                 continue;
             }
             sync.syncing = true;
+            // Group commit: appenders that are writing right now will want
+            // this fsync too, so it waits for them, unless enough is already
+            // unsynced to make the fsync worth it on its own. Writers never
+            // wait for the sync lock while holding it up, so this ends.
+            while sync.writers > 0
+                && sync.written_bytes - sync.covered_bytes < GROUP_COMMIT_WAIT_BYTES
+                && !sync.failed
+            {
+                sync = self.synced.wait(sync).expect("sync lock is never poisoned");
+            }
             drop(sync);
             let result = self.sync_active();
             sync = self.lock_sync();
@@ -698,8 +719,11 @@ impl Log {
             match &result {
                 // What was synced is what the log holds only if no
                 // truncation happened while the fsync ran.
-                Ok((covered, synced_generation)) if *synced_generation == sync.generation => {
+                Ok((covered, synced_generation, covered_bytes))
+                    if *synced_generation == sync.generation =>
+                {
                     sync.durable = sync.durable.max(*covered);
+                    sync.covered_bytes = sync.covered_bytes.max(*covered_bytes);
                 }
                 Ok(_) => {}
                 Err(_) => sync.failed = true,
@@ -713,24 +737,25 @@ impl Log {
         }
     }
 
-    /// fsyncs the active segment; returns the log end it covered and the
-    /// truncation generation it saw.
-    fn sync_active(&self) -> Result<(Offset, u64), LogError> {
-        let (file, path, log_end, generation) = {
+    /// fsyncs the active segment; returns the log end it covered, the
+    /// truncation generation it saw and the bytes written until then.
+    fn sync_active(&self) -> Result<(Offset, u64, u64), LogError> {
+        let (file, path, log_end, generation, written_bytes) = {
             let state = self.lock();
             let active = state.active();
-            let generation = self.lock_sync().generation;
+            let sync = self.lock_sync();
             (
                 Arc::clone(&active.file),
                 active.path.clone(),
                 state.log_end(),
-                generation,
+                sync.generation,
+                sync.written_bytes,
             )
         };
         file.sync_data()
             .map_err(LogError::io("syncing segment", &path))?;
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        Ok((log_end, generation))
+        Ok((log_end, generation, written_bytes))
     }
 
     /// For the `interval` policy: syncs if the interval has passed since the
@@ -740,18 +765,21 @@ impl Log {
         let FlushPolicy::Interval { interval_ms } = self.config.flush else {
             return Ok(());
         };
-        let (log_end, generation, due) = {
+        let (log_end, generation) = {
             let mut state = self.lock();
             let last = *state.last_flush_ms.get_or_insert(now_ms);
             let due = now_ms.saturating_sub(last) >= interval_ms as i64;
-            (state.log_end(), self.lock_sync().generation, due)
+            let log_end = state.log_end();
+            let sync = self.lock_sync();
+            if !due || sync.durable >= log_end {
+                return Ok(());
+            }
+            // Claimed now, so that appenders ticking while this sync runs
+            // do not find the interval due and sync again.
+            state.last_flush_ms = Some(now_ms);
+            (log_end, sync.generation)
         };
-        if !due || self.durable_offset() >= log_end {
-            return Ok(());
-        }
-        self.wait_durable(log_end, generation)?;
-        self.lock().last_flush_ms = Some(now_ms);
-        Ok(())
+        self.wait_durable(log_end, generation)
     }
 
     /// Forces everything appended so far to stable storage and moves the
@@ -1130,6 +1158,45 @@ impl Log {
 
     fn lock_sync(&self) -> MutexGuard<'_, SyncState> {
         self.sync.lock().expect("sync lock is never poisoned")
+    }
+}
+
+/// While a syncer waits for appenders still writing, it stops waiting once
+/// this much is unsynced: a larger fsync gains little from more company.
+const GROUP_COMMIT_WAIT_BYTES: u64 = 1 << 20;
+
+/// An appender between entering `append` and finishing its write, counted
+/// so that a syncer can wait for it (group commit). Leaving early, on an
+/// error, uncounts it too.
+struct Writer<'a> {
+    log: &'a Log,
+    writing: bool,
+}
+
+impl<'a> Writer<'a> {
+    fn enter(log: &'a Log) -> Writer<'a> {
+        log.lock_sync().writers += 1;
+        Writer { log, writing: true }
+    }
+
+    /// Records the write of `bytes`; returns the truncation generation it
+    /// happened in.
+    fn written(&mut self, bytes: u64) -> u64 {
+        self.writing = false;
+        let mut sync = self.log.lock_sync();
+        sync.writers -= 1;
+        sync.written_bytes += bytes;
+        self.log.synced.notify_all();
+        sync.generation
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        if self.writing {
+            self.log.lock_sync().writers -= 1;
+            self.log.synced.notify_all();
+        }
     }
 }
 

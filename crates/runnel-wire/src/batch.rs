@@ -178,7 +178,17 @@ pub fn peek_total_len(bytes: &[u8]) -> Option<Result<usize, WireError>> {
 
 /// CRC-32C over the covered part of a whole batch.
 pub fn compute_crc(batch: &[u8]) -> u32 {
-    crc32c::crc32c(&batch[CRC_START..])
+    crc32c(&batch[CRC_START..])
+}
+
+/// CRC-32C (Castagnoli), the checksum of Kafka's batches, which Runnel also
+/// uses for its own files.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    // crc-fast folds with carry-less multiplication, about four times the
+    // speed of the SSE4.2 `crc32` instruction loop here: on the append path
+    // the check would otherwise cost as much as a fifth of a page-cache
+    // write (docs/benchmarks.md).
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
 }
 
 /// Checks the stored CRC of a whole batch (exactly one batch, header

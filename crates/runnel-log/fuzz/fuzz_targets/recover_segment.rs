@@ -93,7 +93,7 @@ fn read_sealed(bytes: &[u8]) {
     fs::write(path("00000000000000000000.timeindex"), time_index).unwrap();
     fs::write(path(&format!("{NEXT_BASE:020}.log")), b"").unwrap();
     let checkpoint = format!("runnel-checkpoint 1 recovery-point\n1\n{NEXT_BASE} 0\n");
-    let crc = crc32c::crc32c(checkpoint.as_bytes());
+    let crc = runnel_wire::batch::crc32c(checkpoint.as_bytes());
     fs::write(path("recovery-point.checkpoint"), format!("{checkpoint}crc32c {crc:08x}\n")).unwrap();
 
     let (log, _) = Log::open(dir.path(), config()).expect("opens");
