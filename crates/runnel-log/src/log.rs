@@ -1163,7 +1163,7 @@ impl Log {
 
 /// While a syncer waits for appenders still writing, it stops waiting once
 /// this much is unsynced: a larger fsync gains little from more company.
-const GROUP_COMMIT_WAIT_BYTES: u64 = 1 << 20;
+const GROUP_COMMIT_WAIT_BYTES: u64 = 4 << 20;
 
 /// An appender between entering `append` and finishing its write, counted
 /// so that a syncer can wait for it (group commit). Leaving early, on an
