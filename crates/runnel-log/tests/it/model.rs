@@ -8,7 +8,7 @@ use runnel_wire::Compression;
 use runnel_wire::RecordBatch;
 use runnel_wire::batch::BatchBuilder;
 
-use crate::support::temp_dir;
+use crate::support::{read_all, temp_dir};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -79,19 +79,7 @@ fn check(log: &Log, model: &Model) {
     );
     assert_eq!(log.log_start_offset(), Offset(model.log_start));
     assert_eq!(log.log_end_offset(), Offset(model.log_end));
-    let mut offset = Offset(model.log_start);
-    let mut found = Vec::new();
-    while let Some((slice, bytes)) = log.read_verified(offset, 1 << 16).expect("sound log") {
-        let mut at = 0;
-        while at < bytes.len() {
-            let (batch, used) =
-                RecordBatch::decode(&bytes[at..], Default::default()).expect("decodes");
-            found.push(batch);
-            at += used;
-        }
-        offset = slice.next_offset;
-    }
-    assert_eq!(found, model.batches);
+    assert_eq!(read_all(log), model.batches);
 }
 
 fn run(ops: Vec<Op>, config: LogConfig) {
