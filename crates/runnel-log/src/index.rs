@@ -129,10 +129,6 @@ impl TimeIndex {
         &self.entries
     }
 
-    pub fn max_timestamp(&self) -> Option<i64> {
-        self.entries.last().map(|entry| entry.timestamp)
-    }
-
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.entries.len() * TIME_ENTRY_LEN);
         for entry in &self.entries {
@@ -208,7 +204,10 @@ mod tests {
         index.observe(100, 0);
         index.observe(90, 3);
         index.observe(200, 5);
-        assert_eq!(index.max_timestamp(), Some(200));
+        assert_eq!(
+            index.entries().last().map(|entry| entry.timestamp),
+            Some(200)
+        );
         assert_eq!(index.last_below(150).unwrap().relative_offset, 0);
         assert_eq!(index.last_below(100), None);
         assert_eq!(TimeIndex::decode(&index.encode()), Some(index.clone()));

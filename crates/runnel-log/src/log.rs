@@ -283,6 +283,25 @@ impl Log {
                 segments.insert(base.0, segment);
                 continue;
             }
+            // After a clean close the recovery point is the end of the last
+            // segment, and its indexes were written: checked, they spare a
+            // scan of the whole segment.
+            if next_base.is_none()
+                && checkpointed_recovery_point.is_some()
+                && let Some(segment) = Segment::open_trusted(
+                    dir,
+                    base,
+                    recovery_point,
+                    config.index_interval_bytes,
+                    SCAN_BATCH_LIMIT,
+                )?
+            {
+                if !epochs_checkpointed {
+                    learn_epochs(&segment, &mut epochs);
+                }
+                segments.insert(base.0, segment);
+                continue;
+            }
             report.scanned_segments += 1;
             // Epochs never decrease along the log, and a batch may carry an
             // epoch the checkpoint missed (a crash between the append and

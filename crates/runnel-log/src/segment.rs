@@ -106,50 +106,70 @@ impl Segment {
         index_interval_bytes: u64,
         max_batch_bytes: usize,
     ) -> Result<(Segment, SealedOpen), LogError> {
+        let trusted = Segment::open_trusted(
+            dir,
+            base,
+            next_offset,
+            index_interval_bytes,
+            max_batch_bytes,
+        )?;
+        if let Some(segment) = trusted {
+            let opened = SealedOpen {
+                rebuilt_indexes: false,
+                fault: None,
+            };
+            return Ok((segment, opened));
+        }
+        Segment::open_file(dir, base, index_interval_bytes)?
+            .rebuild_from_scan(next_offset, max_batch_bytes)
+    }
+
+    /// Opens a segment from its index files without scanning it, if they
+    /// pass every check: well-formed; the last time entry names a batch with
+    /// that timestamp (retention trusts it as the segment's newest record);
+    /// and the batches after the last index entry end exactly at the end of
+    /// the file, the last one just before `next_offset` (a crash in a
+    /// truncation or an append could leave the file shorter or longer).
+    /// `None` if any check fails.
+    pub fn open_trusted(
+        dir: &Path,
+        base: Offset,
+        next_offset: Offset,
+        index_interval_bytes: u64,
+        max_batch_bytes: usize,
+    ) -> Result<Option<Segment>, LogError> {
         let mut segment = Segment::open_file(dir, base, index_interval_bytes)?;
         segment.next_offset = next_offset;
+        if segment.size == 0 {
+            return Ok((next_offset == base).then_some(segment));
+        }
         let index = read_optional(&segment_path(dir, base, INDEX_SUFFIX))?
             .and_then(|bytes| OffsetIndex::decode(&bytes, segment.size));
         let time_index = read_optional(&segment_path(dir, base, TIME_INDEX_SUFFIX))?
             .and_then(|bytes| TimeIndex::decode(&bytes));
-        match (index, time_index) {
-            (Some(index), Some(time_index))
-                if segment.size == 0
-                    || (!index.is_empty() && time_index.max_timestamp().is_some()) =>
-            {
-                segment.max_timestamp = time_index.max_timestamp();
-                segment.index = index;
-                segment.time_index = time_index;
-                let last_entry = segment.time_index.entries().last().copied();
-                // Retention trusts the last time entry as the segment's max
-                // timestamp, and the segment must end exactly where the next
-                // begins (a crash in a truncation could leave it shorter):
-                // both are checked against the batches.
-                let trusted = segment.size == 0
-                    || (last_entry
-                        .is_some_and(|entry| segment.time_entry_is_sound(entry, max_batch_bytes))
-                        && segment.ends_at(next_offset));
-                let first_batch_timestamp = match segment.size {
-                    0 => Ok(None),
-                    _ => segment
-                        .read_header_at(0)
-                        .map(|header| Some(header.max_timestamp)),
-                };
-                if trusted && let Ok(first_batch_timestamp) = first_batch_timestamp {
-                    if let Some(entry) = last_entry {
-                        segment.max_timestamp_offset = entry.relative_offset;
-                    }
-                    segment.first_batch_timestamp = first_batch_timestamp;
-                    let opened = SealedOpen {
-                        rebuilt_indexes: false,
-                        fault: None,
-                    };
-                    return Ok((segment, opened));
-                }
-                segment.rebuild_from_scan(next_offset, max_batch_bytes)
-            }
-            _ => segment.rebuild_from_scan(next_offset, max_batch_bytes),
+        let (Some(index), Some(time_index)) = (index, time_index) else {
+            return Ok(None);
+        };
+        let Some(last_entry) = time_index.entries().last().copied() else {
+            return Ok(None);
+        };
+        if index.is_empty() {
+            return Ok(None);
         }
+        segment.max_timestamp = Some(last_entry.timestamp);
+        segment.max_timestamp_offset = last_entry.relative_offset;
+        segment.index = index;
+        segment.time_index = time_index;
+        if !segment.time_entry_is_sound(last_entry, max_batch_bytes)
+            || !segment.ends_at(next_offset)
+        {
+            return Ok(None);
+        }
+        let Ok(first) = segment.read_header_at(0) else {
+            return Ok(None);
+        };
+        segment.first_batch_timestamp = Some(first.max_timestamp);
+        Ok(Some(segment))
     }
 
     /// Whether the batches from the last index entry on end exactly at the

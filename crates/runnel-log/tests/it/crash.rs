@@ -362,8 +362,18 @@ fn damage_below_the_recovery_point_is_never_cut() {
     file.read_exact_at(&mut byte, 70).unwrap();
     file.write_all_at(&[byte[0] ^ 0x01], 70).unwrap();
 
-    // Where the log ends cannot be known past damaged durable data: the open
-    // fails with the place of the damage, and nothing is deleted.
+    // Opened from its checked indexes after the clean close, the segment
+    // is not scanned: the damage is found by the read that reaches it.
+    let (log, _) = runnel_log::Log::open(dir.path(), config.clone()).unwrap();
+    let error = log.read_verified(Offset(0), 1).unwrap_err();
+    assert!(matches!(error, LogError::Corrupt { .. }), "{error}");
+    assert!(log.corruption().is_some());
+    drop(log);
+
+    // Scanned (its indexes gone), the last segment's end cannot be known past
+    // damaged durable data: the open fails naming the damage, and nothing is
+    // deleted.
+    std::fs::remove_file(active.with_extension("index")).unwrap();
     let error = runnel_log::Log::open(dir.path(), config).unwrap_err();
     assert!(
         matches!(error, LogError::Corrupt { position: 0, .. }),
@@ -428,4 +438,27 @@ fn corruption_met_while_locating_a_batch_marks_the_log() {
     let error = log.read_verified(Offset(base), 1).unwrap_err();
     assert!(matches!(error, LogError::Corrupt { .. }), "{error}");
     assert!(log.corruption().is_some());
+}
+
+#[test]
+fn a_clean_close_spares_the_next_open_a_scan() {
+    let dir = temp_dir();
+    let config = small_config();
+    let log = open(dir.path(), &config);
+    for round in 0..30 {
+        append(&log, 2, 100, round);
+    }
+    let written = read_all(&log);
+    log.close().unwrap();
+    let (log, report) = runnel_log::Log::open(dir.path(), config.clone()).unwrap();
+    assert_eq!(report.scanned_segments, 0, "{report:?}");
+    assert_eq!(read_all(&log), written);
+    assert_eq!(append(&log, 1, 10, 99), Offset(60));
+    drop(log);
+
+    // Appended after the last close: the tail no longer ends at the
+    // recovery point, so the last segment is scanned.
+    let (log, report) = runnel_log::Log::open(dir.path(), config).unwrap();
+    assert_eq!(report.scanned_segments, 1);
+    assert_eq!(log.log_end_offset(), Offset(61));
 }
