@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use runnel_types::Offset;
 
 use crate::LogError;
-use crate::index::{OffsetIndex, TimeIndex};
+use crate::index::{OFFSET_ENTRY_LEN, OffsetIndex, TIME_ENTRY_LEN, TimeIndex};
 use crate::scan::{Offsets, Scanner};
-use crate::segment::{self, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use crate::segment::{self, INDEX_SUFFIX, IndexFile, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 
 /// Largest batch the offline tools will read; larger length fields are
 /// reported as faults instead of allocated.
@@ -209,11 +209,6 @@ fn check_indexes(
 ) -> Result<Option<VerifyFault>, LogError> {
     let index_path = log_path.with_extension(INDEX_SUFFIX);
     let time_index_path = log_path.with_extension(TIME_INDEX_SUFFIX);
-    let index_bytes = segment::read_optional(&index_path)?;
-    let time_index_bytes = segment::read_optional(&time_index_path)?;
-    if index_bytes.is_none() || time_index_bytes.is_none() {
-        report.missing_indexes.push(log_path.to_path_buf());
-    }
     let fault = |file: &Path, position: u64, offset: Offset, reason: String| {
         Some(VerifyFault {
             file: file.to_path_buf(),
@@ -222,6 +217,33 @@ fn check_indexes(
             reason,
         })
     };
+    let read = |path: &Path,
+                entry_len|
+     -> Result<Result<Option<Vec<u8>>, Option<VerifyFault>>, LogError> {
+        Ok(match segment::read_index_file(path, file_len, entry_len)? {
+            IndexFile::Missing => Ok(None),
+            IndexFile::Bytes(bytes) => Ok(Some(bytes)),
+            IndexFile::TooLarge { len, limit } => Err(fault(
+                path,
+                limit,
+                base,
+                format!(
+                    "index file is {len} bytes; a segment of {file_len} bytes needs at most {limit}"
+                ),
+            )),
+        })
+    };
+    let index_bytes = match read(&index_path, OFFSET_ENTRY_LEN)? {
+        Ok(bytes) => bytes,
+        Err(too_large) => return Ok(too_large),
+    };
+    let time_index_bytes = match read(&time_index_path, TIME_ENTRY_LEN)? {
+        Ok(bytes) => bytes,
+        Err(too_large) => return Ok(too_large),
+    };
+    if index_bytes.is_none() || time_index_bytes.is_none() {
+        report.missing_indexes.push(log_path.to_path_buf());
+    }
     if let Some(bytes) = index_bytes {
         let Some(index) = OffsetIndex::decode(&bytes, file_len.max(1)) else {
             return Ok(fault(&index_path, 0, base, "offset index is malformed (partial entry, not increasing, or past the segment end)".to_string()));
@@ -231,7 +253,7 @@ fn check_indexes(
             if batch_starts.get(&u64::from(entry.position)) != Some(&offset) {
                 return Ok(fault(
                     &index_path,
-                    (number * crate::index::OFFSET_ENTRY_LEN) as u64,
+                    (number * OFFSET_ENTRY_LEN) as u64,
                     offset,
                     format!(
                         "index entry {number} maps offset {offset} to byte {}, where no batch with that base offset starts",
@@ -254,7 +276,7 @@ fn check_indexes(
             if max_timestamp.is_none_or(|max| entry.timestamp > max) {
                 return Ok(fault(
                     &time_index_path,
-                    (number * crate::index::TIME_ENTRY_LEN) as u64,
+                    (number * TIME_ENTRY_LEN) as u64,
                     base.plus(i64::from(entry.relative_offset)),
                     format!(
                         "time index entry {number} has timestamp {}, newer than any record in the segment",

@@ -45,7 +45,7 @@ pub struct AppendInfo {
 }
 
 /// Whole batches of one segment file, located for sending without copying
-/// (`sendfile`) or for reading with [`FileSlice::read_verified`].
+/// (`sendfile`). [`Log::read_verified`] reads and checks them instead.
 #[derive(Debug, Clone)]
 pub struct FileSlice {
     pub file: Arc<File>,
@@ -56,38 +56,6 @@ pub struct FileSlice {
     pub first_offset: Offset,
     /// Offset after the last batch in the slice.
     pub next_offset: Offset,
-}
-
-impl FileSlice {
-    /// Reads the slice and checks every batch's framing and CRC, so corrupt
-    /// bytes are reported instead of served.
-    pub fn read_verified(&self) -> Result<Vec<u8>, LogError> {
-        let mut bytes = vec![0; self.len as usize];
-        self.file
-            .read_exact_at(&mut bytes, self.position)
-            .map_err(LogError::io("reading", &self.path))?;
-        let mut at = 0usize;
-        while at < bytes.len() {
-            let corrupt = |fault| LogError::Corrupt {
-                path: self.path.clone(),
-                position: self.position + at as u64,
-                offset: self.first_offset,
-                fault,
-            };
-            let header = BatchHeader::parse(&bytes[at..])
-                .map_err(|error| corrupt(FaultKind::BadHeader(error)))?;
-            let end = at + header.total_len();
-            let batch_bytes = bytes.get(at..end).ok_or_else(|| {
-                corrupt(FaultKind::Truncated {
-                    needed: header.total_len() as u64,
-                    available: (bytes.len() - at) as u64,
-                })
-            })?;
-            batch::verify_crc(batch_bytes).map_err(|error| corrupt(FaultKind::Crc(error)))?;
-            at = end;
-        }
-        Ok(bytes)
-    }
 }
 
 /// What opening a log found and repaired.
@@ -920,8 +888,12 @@ impl Log {
         let checked = self.read(offset, max_bytes).and_then(|slice| match slice {
             None => Ok(None),
             Some(slice) => {
-                let bytes = slice.read_verified()?;
-                self.check_sequence(&slice, offset, &bytes)?;
+                let mut bytes = vec![0; slice.len as usize];
+                slice
+                    .file
+                    .read_exact_at(&mut bytes, slice.position)
+                    .map_err(LogError::io("reading", &slice.path))?;
+                self.verify_batches(&slice, offset, &bytes)?;
                 Ok(Some((slice, bytes)))
             }
         });
@@ -944,8 +916,11 @@ impl Log {
         checked
     }
 
-    /// Checks the fields of CRC-verified batches that the CRC does not cover.
-    fn check_sequence(
+    /// Checks every batch read for `offset`, in one pass: framing and CRC,
+    /// then the two fields the CRC does not cover (the first batch holds
+    /// `offset` and base offsets follow each other; leader epochs agree
+    /// with the epoch cache).
+    fn verify_batches(
         &self,
         slice: &FileSlice,
         offset: Offset,
@@ -955,13 +930,21 @@ impl Log {
         let mut at = 0usize;
         let mut expected_base = None::<Offset>;
         while at < bytes.len() {
-            let header = BatchHeader::parse(&bytes[at..]).expect("verified by read_verified");
             let corrupt = |fault| LogError::Corrupt {
                 path: slice.path.clone(),
                 position: slice.position + at as u64,
                 offset: expected_base.unwrap_or(offset),
                 fault,
             };
+            let header = BatchHeader::parse(&bytes[at..])
+                .map_err(|error| corrupt(FaultKind::BadHeader(error)))?;
+            let batch_bytes = bytes.get(at..at + header.total_len()).ok_or_else(|| {
+                corrupt(FaultKind::Truncated {
+                    needed: header.total_len() as u64,
+                    available: (bytes.len() - at) as u64,
+                })
+            })?;
+            batch::verify_crc(batch_bytes).map_err(|error| corrupt(FaultKind::Crc(error)))?;
             let base = header.base_offset();
             let sound_position = match expected_base {
                 None => base <= offset && header.last_offset() >= offset,

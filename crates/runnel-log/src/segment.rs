@@ -2,7 +2,7 @@
 //! its two sparse indexes.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +12,9 @@ use runnel_wire::batch::{BATCH_HEADER_LEN, BatchHeader};
 
 use crate::LogError;
 use crate::checkpoint::sync_parent;
-use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+use crate::index::{
+    OFFSET_ENTRY_LEN, OffsetEntry, OffsetIndex, TIME_ENTRY_LEN, TimeEntry, TimeIndex,
+};
 use crate::scan::{Fault, FaultKind, Offsets, Scanner};
 
 pub const LOG_SUFFIX: &str = "log";
@@ -143,11 +145,23 @@ impl Segment {
         if segment.size == 0 {
             return Ok((next_offset == base).then_some(segment));
         }
-        let index = read_optional(&segment_path(dir, base, INDEX_SUFFIX))?
-            .and_then(|bytes| OffsetIndex::decode(&bytes, segment.size));
-        let time_index = read_optional(&segment_path(dir, base, TIME_INDEX_SUFFIX))?
-            .and_then(|bytes| TimeIndex::decode(&bytes));
-        let (Some(index), Some(time_index)) = (index, time_index) else {
+        let index = read_index_file(
+            &segment_path(dir, base, INDEX_SUFFIX),
+            segment.size,
+            OFFSET_ENTRY_LEN,
+        )?;
+        let time_index = read_index_file(
+            &segment_path(dir, base, TIME_INDEX_SUFFIX),
+            segment.size,
+            TIME_ENTRY_LEN,
+        )?;
+        let (IndexFile::Bytes(index), IndexFile::Bytes(time_index)) = (index, time_index) else {
+            return Ok(None);
+        };
+        let (Some(index), Some(time_index)) = (
+            OffsetIndex::decode(&index, segment.size),
+            TimeIndex::decode(&time_index),
+        ) else {
             return Ok(None);
         };
         let Some(last_entry) = time_index.entries().last().copied() else {
@@ -603,16 +617,53 @@ pub enum WriteFailure {
     Unrecoverable(LogError),
 }
 
-pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, LogError> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(LogError::Io {
-            context: "reading",
-            path: path.to_path_buf(),
-            source: error,
-        }),
+/// An index file as found on disk.
+#[derive(Debug)]
+pub enum IndexFile {
+    Missing,
+    /// Longer than any index of its segment can be: damaged, and not read.
+    TooLarge {
+        len: u64,
+        limit: u64,
+    },
+    Bytes(Vec<u8>),
+}
+
+/// Reads an index file of a segment of `segment_len` bytes. An index holds
+/// at most one entry per batch (plus the time index's final entry), so a
+/// longer file is damaged and is not read into memory.
+pub fn read_index_file(
+    path: &Path,
+    segment_len: u64,
+    entry_len: usize,
+) -> Result<IndexFile, LogError> {
+    let limit = (segment_len / BATCH_HEADER_LEN as u64 + 2) * entry_len as u64;
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(IndexFile::Missing);
+        }
+        Err(error) => {
+            return Err(LogError::Io {
+                context: "opening",
+                path: path.to_path_buf(),
+                source: error,
+            });
+        }
+    };
+    let len = file
+        .metadata()
+        .map_err(LogError::io("reading size of", path))?
+        .len();
+    if len > limit {
+        return Ok(IndexFile::TooLarge { len, limit });
     }
+    let mut bytes = Vec::with_capacity(len as usize);
+    (&file)
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(LogError::io("reading", path))?;
+    Ok(IndexFile::Bytes(bytes))
 }
 
 pub fn remove_if_exists(path: &Path) -> Result<(), LogError> {

@@ -242,3 +242,18 @@ fn the_tools_read_segments_written_by_another_kafka_implementation() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert_eq!(text(&output.stdout).lines().count(), records);
 }
+
+#[test]
+fn an_index_longer_than_its_segment_allows_is_a_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    write_lines(dir.path(), 50);
+    let index = dir.path().join("00000000000000000000.index");
+    std::fs::write(&index, vec![0; 1 << 20]).unwrap();
+    let output = runnel(&["debug", "verify-log", dir.path().to_str().unwrap()], b"");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stdout).contains("index file is 1048576 bytes"),
+        "{}",
+        text(&output.stdout)
+    );
+}

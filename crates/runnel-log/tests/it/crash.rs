@@ -122,7 +122,7 @@ fn missing_or_corrupt_indexes_are_rebuilt_and_reads_are_identical() {
     assert!(sealed.len() >= 3);
 
     type Damage = fn(&Path);
-    let damages: [(&str, Damage); 6] = [
+    let damages: [(&str, Damage); 7] = [
         ("deleted index", |log| {
             std::fs::remove_file(log.with_extension("index")).unwrap()
         }),
@@ -151,6 +151,10 @@ fn missing_or_corrupt_indexes_are_rebuilt_and_reads_are_identical() {
                 bytes.extend_from_slice(&(entry * 50 + 1).to_be_bytes());
             }
             std::fs::write(log.with_extension("index"), bytes).unwrap();
+        }),
+        ("oversized index", |log| {
+            // Longer than any index of the segment could be: not even read.
+            std::fs::write(log.with_extension("index"), vec![0; 1 << 20]).unwrap()
         }),
         ("garbage time index", |log| {
             std::fs::write(log.with_extension("timeindex"), [0x01; 24]).unwrap()
