@@ -2,11 +2,14 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// Position of a record in a partition log. Offsets start at 0 and only grow.
 ///
 /// `i64` because Kafka's RecordBatch stores base offsets as signed 64-bit
 /// integers and we store its bytes unchanged.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Offset(pub i64);
 
 impl Offset {
@@ -26,7 +29,8 @@ impl fmt::Display for Offset {
 
 /// Generation number of a partition's leadership. Bumped by the controller on
 /// every leader change and stamped into every batch the leader appends.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct LeaderEpoch(pub i32);
 
 impl fmt::Display for LeaderEpoch {
@@ -36,7 +40,8 @@ impl fmt::Display for LeaderEpoch {
 }
 
 /// Index of a partition within its topic.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct PartitionId(pub u32);
 
 impl fmt::Display for PartitionId {
@@ -46,7 +51,8 @@ impl fmt::Display for PartitionId {
 }
 
 /// Identity of a Streaming Processing Unit, chosen by the operator.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct SpuId(pub u32);
 
 impl fmt::Display for SpuId {

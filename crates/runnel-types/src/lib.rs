@@ -4,10 +4,12 @@
 //! written to disk and sent on the wire: offsets are `i64` as in Kafka,
 //! epochs `i32`, partition ids `u32`.
 
+mod flush;
 mod ids;
 mod topic;
 mod units;
 
+pub use flush::FlushPolicy;
 pub use ids::{LeaderEpoch, Offset, PartitionId, SpuId};
 pub use topic::{TopicName, TopicNameError};
 pub use units::{ByteSize, Duration, UnitError};

@@ -4,13 +4,16 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
 /// Longest topic name Kafka accepts; it leaves room for `-<partition>` in a
 /// 255-byte file name.
 pub const TOPIC_NAME_MAX_LEN: usize = 249;
 
 /// A topic name made only of `[a-zA-Z0-9._-]`, 1 to 249 characters, and not
 /// `.` or `..`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct TopicName(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +59,20 @@ impl FromStr for TopicName {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         TopicName::new(s)
+    }
+}
+
+impl TryFrom<String> for TopicName {
+    type Error = TopicNameError;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        TopicName::new(name)
+    }
+}
+
+impl From<TopicName> for String {
+    fn from(name: TopicName) -> String {
+        name.0
     }
 }
 

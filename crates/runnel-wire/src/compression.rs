@@ -16,7 +16,8 @@ use std::io::{self, Read, Write};
 use crate::WireError;
 
 /// Codec of a batch, from the low three bits of its attributes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Compression {
     #[default]
     None,
@@ -83,6 +84,20 @@ impl std::str::FromStr for Compression {
             .ok_or_else(|| {
                 format!("unknown compression {s:?}; use none, gzip, snappy, lz4 or zstd")
             })
+    }
+}
+
+impl TryFrom<String> for Compression {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse()
+    }
+}
+
+impl From<Compression> for String {
+    fn from(codec: Compression) -> String {
+        codec.name().to_string()
     }
 }
 

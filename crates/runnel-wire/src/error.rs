@@ -31,4 +31,14 @@ pub enum WireError {
     TrailingBytes(usize),
     #[error("batch too large to encode: {0} bytes")]
     TooLarge(usize),
+    #[error("frame length {length} is outside {min}..={max} bytes")]
+    FrameLength { length: u64, min: usize, max: usize },
+    #[error("client id is {0} bytes long; the limit is 255")]
+    ClientIdTooLong(usize),
+    #[error("client id is not UTF-8")]
+    ClientIdNotUtf8,
+    #[error("unknown response kind {0}")]
+    UnknownResponseKind(u8),
+    #[error("message body is malformed: {0}")]
+    MalformedBody(String),
 }

@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod compression;
 mod error;
+pub mod frame;
 mod varint;
 
 pub use batch::{BatchBuilder, BatchHeader, DecodeLimits, Record, RecordBatch, RecordHeader};

@@ -1,0 +1,210 @@
+//! Cluster metadata as plain data: what the user asked for (spec) and what
+//! is true now (status), for topics, partitions and SPUs.
+//!
+//! No I/O and no behaviour beyond small derivations: the SC persists and
+//! reconciles these objects, the SPU and clients receive them as a stream
+//! (full snapshot, then deltas) and keep a [`MetadataView`].
+
+mod view;
+
+use std::fmt;
+
+use runnel_types::{ByteSize, Duration, FlushPolicy, LeaderEpoch, Offset, PartitionId, SpuId, TopicName};
+use runnel_wire::Compression;
+use serde::{Deserialize, Serialize};
+
+pub use view::MetadataView;
+
+/// Largest partition count of one topic: bounds placement work and the
+/// size of metadata messages.
+pub const MAX_PARTITIONS: u32 = 10_000;
+/// Largest replication factor accepted in a spec.
+pub const MAX_REPLICATION_FACTOR: u16 = 16;
+
+/// Settings of a topic that its partition logs follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    /// Records older than this are deleted (by sealed segment); `None`
+    /// keeps them forever.
+    pub retention_time: Option<Duration>,
+    /// Oldest segments are deleted while a partition is larger than this.
+    pub max_partition_size: Option<ByteSize>,
+    pub segment_size: ByteSize,
+    /// Codec the producers of this topic use unless they choose one.
+    pub compression: Compression,
+    pub flush: FlushPolicy,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            retention_time: Some(Duration::from_millis(7 * 24 * 3_600_000)),
+            max_partition_size: None,
+            segment_size: ByteSize(1 << 30),
+            compression: Compression::None,
+            flush: FlushPolicy::Always,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSpec {
+    pub name: TopicName,
+    pub partitions: u32,
+    pub replication_factor: u16,
+    pub config: TopicConfig,
+}
+
+/// Where a topic is on its way to being served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TopicState {
+    /// Every partition has a replica set and a leader.
+    Provisioned,
+    /// Not all partitions could be placed yet; the reason says what is
+    /// missing (for example "3 replicas requested but 2 SPUs are online").
+    Pending { reason: String },
+    /// Being removed from every SPU.
+    Deleting,
+}
+
+impl fmt::Display for TopicState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TopicState::Provisioned => f.write_str("provisioned"),
+            TopicState::Pending { reason } => write!(f, "pending: {reason}"),
+            TopicState::Deleting => f.write_str("deleting"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topic {
+    pub spec: TopicSpec,
+    pub state: TopicState,
+}
+
+/// A partition's identity: topic and index.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PartitionKey {
+    pub topic: TopicName,
+    pub partition: PartitionId,
+}
+
+impl fmt::Display for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// Placement of a partition, owned by the SC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionSpec {
+    pub key: PartitionKey,
+    /// SPUs holding a replica; the first is the preferred leader. Never
+    /// two replicas on one SPU.
+    pub replicas: Vec<SpuId>,
+}
+
+/// What one replica reported in its SPU's last heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub spu: SpuId,
+    pub log_start_offset: Offset,
+    pub log_end_offset: Offset,
+    pub high_watermark: Offset,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    /// `None` while no replica can lead (its SPUs are offline).
+    pub leader: Option<SpuId>,
+    /// Bumped on every leader change; stamped in every batch the leader
+    /// appends.
+    pub leader_epoch: LeaderEpoch,
+    /// Replicas in sync with the leader.
+    pub in_sync_replicas: Vec<SpuId>,
+    /// The latest report of each replica.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    pub spec: PartitionSpec,
+    pub status: PartitionStatus,
+}
+
+impl Partition {
+    /// The leader's last report.
+    pub fn leader_status(&self) -> Option<&ReplicaStatus> {
+        let leader = self.status.leader?;
+        self.status.replicas.iter().find(|replica| replica.spu == leader)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpuSpec {
+    pub id: SpuId,
+    /// Address clients connect to (produce, consume).
+    pub public_addr: String,
+    /// Address peers connect to (replication).
+    pub private_addr: String,
+    pub rack: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spu {
+    pub spec: SpuSpec,
+    /// Connected to the SC and heartbeating within the session timeout.
+    pub online: bool,
+}
+
+/// One object of any kind, as it travels in snapshots and deltas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Object {
+    Topic(Topic),
+    Partition(Partition),
+    Spu(Spu),
+}
+
+/// The identity of an object, for deletions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectKey {
+    Topic(TopicName),
+    Partition(PartitionKey),
+    Spu(SpuId),
+}
+
+/// A change to the metadata, numbered by the SC's store version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    Upsert(Object),
+    Delete(ObjectKey),
+}
+
+/// One message of a metadata watch: first a snapshot, then deltas, each
+/// with the version it brings the receiver to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataUpdate {
+    Snapshot { version: u64, objects: Vec<Object> },
+    Delta { version: u64, changes: Vec<Change> },
+}
+
+/// A replica the SC asks an SPU to hold, with what it needs to serve it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaAssignment {
+    pub key: PartitionKey,
+    pub config: TopicConfig,
+    pub replicas: Vec<SpuId>,
+    pub leader: Option<SpuId>,
+    pub leader_epoch: LeaderEpoch,
+}
+
+/// One message of an SPU's assignment stream: the full set first, then
+/// changes. A removed replica's data is deleted by the SPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AssignmentUpdate {
+    Snapshot(Vec<ReplicaAssignment>),
+    Upsert(ReplicaAssignment),
+    Remove(PartitionKey),
+}
