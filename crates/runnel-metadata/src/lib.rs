@@ -9,7 +9,9 @@ mod view;
 
 use std::fmt;
 
-use runnel_types::{ByteSize, Duration, FlushPolicy, LeaderEpoch, Offset, PartitionId, SpuId, TopicName};
+use runnel_types::{
+    ByteSize, Duration, FlushPolicy, LeaderEpoch, Offset, PartitionId, SpuId, TopicName,
+};
 use runnel_wire::Compression;
 use serde::{Deserialize, Serialize};
 
@@ -138,7 +140,10 @@ impl Partition {
     /// The leader's last report.
     pub fn leader_status(&self) -> Option<&ReplicaStatus> {
         let leader = self.status.leader?;
-        self.status.replicas.iter().find(|replica| replica.spu == leader)
+        self.status
+            .replicas
+            .iter()
+            .find(|replica| replica.spu == leader)
     }
 }
 

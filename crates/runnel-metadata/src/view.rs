@@ -69,7 +69,10 @@ impl MetadataView {
     }
 
     /// The partitions of `topic`, in partition order.
-    pub fn partitions_of<'a>(&'a self, topic: &'a TopicName) -> impl Iterator<Item = &'a Partition> {
+    pub fn partitions_of<'a>(
+        &'a self,
+        topic: &'a TopicName,
+    ) -> impl Iterator<Item = &'a Partition> {
         self.partitions
             .values()
             .filter(move |partition| &partition.spec.key.topic == topic)

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// `i64` because Kafka's RecordBatch stores base offsets as signed 64-bit
 /// integers and we store its bytes unchanged.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Offset(pub i64);
 
@@ -29,7 +31,9 @@ impl fmt::Display for Offset {
 
 /// Generation number of a partition's leadership. Bumped by the controller on
 /// every leader change and stamped into every batch the leader appends.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct LeaderEpoch(pub i32);
 
@@ -40,7 +44,9 @@ impl fmt::Display for LeaderEpoch {
 }
 
 /// Index of a partition within its topic.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct PartitionId(pub u32);
 
@@ -51,7 +57,9 @@ impl fmt::Display for PartitionId {
 }
 
 /// Identity of a Streaming Processing Unit, chosen by the operator.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct SpuId(pub u32);
 

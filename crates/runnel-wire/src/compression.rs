@@ -16,7 +16,9 @@ use std::io::{self, Read, Write};
 use crate::WireError;
 
 /// Codec of a batch, from the low three bits of its attributes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub enum Compression {
     #[default]

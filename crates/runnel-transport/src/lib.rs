@@ -1,0 +1,102 @@
+//! Framed, multiplexed connections for every Runnel listener.
+//!
+//! One connection carries many requests at once, matched by correlation
+//! id. A streaming request gets many responses on its correlation id, and
+//! the requester grants them in credits ([`runnel_wire::frame::API_CREDIT`]):
+//! the server sends an item only when it holds a credit, so a slow
+//! consumer slows its own stream and nothing else. Every frame's length is
+//! checked against [`TransportConfig::max_frame_bytes`] before anything is
+//! allocated for it.
+//!
+//! The byte stream is generic ([`ByteStream`]): plaintext TCP today, TLS
+//! later, without touching callers. A stream item may carry a file range
+//! as its tail; on plaintext TCP it goes to the socket with `sendfile`.
+//!
+//! Knows nothing of what the apis mean: the client side sends typed
+//! [`runnel_api::Request`]s, the server side hands raw requests to a
+//! [`Handler`].
+
+mod client;
+mod io;
+mod server;
+
+use std::time::Duration;
+
+pub use client::{Connection, ResponseStream};
+pub use io::{ByteStream, FileRange, FrameWrite};
+pub use server::{
+    Handler, IncomingRequest, Responder, StreamClosed, StreamSender, serve, serve_connection,
+};
+pub use tokio_util::sync::CancellationToken;
+
+use runnel_api::ApiError;
+use runnel_wire::WireError;
+
+/// Limits and timings of a connection. The same struct serves both sides.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Largest frame accepted or sent, length prefix excluded.
+    pub max_frame_bytes: usize,
+    /// How long a unary request waits for its reply.
+    pub request_timeout: Duration,
+    /// Requests a server runs at once for one connection; it stops reading
+    /// the connection while this many are in progress.
+    pub max_in_flight: usize,
+    /// Frames queued for a connection's writer.
+    pub write_queue: usize,
+    /// Label sent in every request header.
+    pub client_id: String,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            max_frame_bytes: 64 << 20,
+            request_timeout: Duration::from_secs(30),
+            max_in_flight: 256,
+            write_queue: 1024,
+            client_id: "runnel".to_string(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connection closed")]
+    Closed,
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    #[error("request of {size} bytes exceeds the frame limit of {limit} bytes")]
+    FrameTooLarge { size: usize, limit: usize },
+    #[error("protocol violation by the peer: {0}")]
+    Protocol(String),
+    #[error("undecodable message: {0}")]
+    Wire(#[from] WireError),
+    /// The server answered with an error.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl TransportError {
+    /// Whether the same request may succeed on a new connection or later.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            TransportError::Connect { .. }
+            | TransportError::Closed
+            | TransportError::Timeout(_)
+            | TransportError::Io(_) => true,
+            TransportError::Api(error) => error.code.is_retriable(),
+            _ => false,
+        }
+    }
+}

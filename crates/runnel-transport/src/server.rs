@@ -1,0 +1,376 @@
+//! The serving side: accept connections, read requests, run each in its
+//! own task, and send replies and credit-limited streams back.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use runnel_api::{ApiError, ErrorCode, Request};
+use runnel_wire::WireError;
+use runnel_wire::frame::{
+    API_CANCEL, API_CREDIT, REQUEST_HEADER_FIXED_LEN, RequestHeader, ResponseHeader, ResponseKind,
+    encode_frame,
+};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::io::{Outgoing, Tail, read_frame, write_loop};
+use crate::{ByteStream, FileRange, TransportConfig, TransportError};
+
+/// Most credits a stream may hold unused; more are ignored.
+const MAX_STREAM_CREDITS: usize = 1 << 20;
+
+/// Serves requests: called once per request, in a task of its own.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        request: IncomingRequest,
+        responder: Responder,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// A request as read from the wire.
+#[derive(Debug)]
+pub struct IncomingRequest {
+    pub header: RequestHeader,
+    pub body: Bytes,
+    pub peer: SocketAddr,
+}
+
+impl IncomingRequest {
+    /// Decodes a body that holds exactly the message.
+    pub fn decode<R: Request>(&self) -> Result<R, WireError> {
+        runnel_api::decode(&self.body)
+    }
+
+    /// Decodes the message and returns the bytes that follow it.
+    pub fn decode_with_tail<R: Request>(&self) -> Result<(R, Bytes), WireError> {
+        let (message, tail) = runnel_api::decode_with_tail(&self.body)?;
+        let tail_at = self.body.len() - tail.len();
+        Ok((message, self.body.slice(tail_at..)))
+    }
+}
+
+/// Per-request state shared with the connection's reader: credits granted
+/// and whether the requester cancelled.
+#[derive(Debug)]
+struct Exchange {
+    credits: Semaphore,
+    cancelled: CancellationToken,
+}
+
+type Exchanges = Arc<Mutex<HashMap<u32, Arc<Exchange>>>>;
+
+/// Answers one request: [`Responder::reply`] once, or
+/// [`Responder::into_stream`] for a stream. Dropped without an answer, it
+/// sends an error so the requester never waits for nothing.
+#[derive(Debug)]
+pub struct Responder {
+    correlation_id: u32,
+    queue: mpsc::Sender<Outgoing>,
+    exchange: Arc<Exchange>,
+    exchanges: Exchanges,
+    answered: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Responder {
+    /// Sends the one answer to a unary request.
+    pub async fn reply<T: Serialize>(mut self, response: &T) {
+        self.answered = true;
+        let frame = response_frame(self.correlation_id, ResponseKind::Reply, response, 0);
+        let _ = self.queue.send(frame).await;
+    }
+
+    /// Turns this exchange into a stream of items.
+    pub fn into_stream(mut self) -> StreamSender {
+        self.answered = true;
+        StreamSender {
+            responder: self,
+            ended: false,
+        }
+    }
+
+    /// Resolves when the requester cancels or the connection closes.
+    pub async fn cancelled(&self) {
+        self.exchange.cancelled.cancelled().await
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.exchanges
+            .lock()
+            .expect("exchange map lock")
+            .remove(&self.correlation_id);
+        if !self.answered {
+            let error: Result<(), ApiError> = Err(ApiError::new(
+                ErrorCode::UNKNOWN,
+                "the server dropped this request without answering; see its log",
+            ));
+            let frame = response_frame(self.correlation_id, ResponseKind::Reply, &error, 0);
+            let _ = self.queue.try_send(frame);
+        }
+    }
+}
+
+/// The stream was cancelled by the requester or its connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the stream was cancelled or its connection closed")]
+pub struct StreamClosed;
+
+/// Sends the items of one stream, each only when the requester has
+/// granted a credit for it.
+#[derive(Debug)]
+pub struct StreamSender {
+    responder: Responder,
+    ended: bool,
+}
+
+impl StreamSender {
+    pub async fn send<T: Serialize>(&mut self, item: &T) -> Result<(), StreamClosed> {
+        self.send_frame(item, Tail::None).await
+    }
+
+    /// Sends an item followed by `tail` bytes.
+    pub async fn send_with_tail<T: Serialize>(
+        &mut self,
+        item: &T,
+        tail: Bytes,
+    ) -> Result<(), StreamClosed> {
+        self.send_frame(item, Tail::Bytes(tail)).await
+    }
+
+    /// Sends an item followed by a file range, without copying it where
+    /// the connection allows.
+    pub async fn send_with_file<T: Serialize>(
+        &mut self,
+        item: &T,
+        range: FileRange,
+    ) -> Result<(), StreamClosed> {
+        self.send_frame(item, Tail::File(range)).await
+    }
+
+    async fn send_frame<T: Serialize>(&mut self, item: &T, tail: Tail) -> Result<(), StreamClosed> {
+        let exchange = &self.responder.exchange;
+        tokio::select! {
+            biased;
+            _ = exchange.cancelled.cancelled() => return Err(StreamClosed),
+            permit = exchange.credits.acquire() => permit.map_err(|_| StreamClosed)?.forget(),
+        }
+        let tail_len = match &tail {
+            Tail::None => 0,
+            Tail::Bytes(bytes) => bytes.len(),
+            Tail::File(range) => range.len as usize,
+        };
+        let mut frame = response_frame(
+            self.responder.correlation_id,
+            ResponseKind::Item,
+            item,
+            tail_len,
+        );
+        frame.tail = tail;
+        self.responder
+            .queue
+            .send(frame)
+            .await
+            .map_err(|_| StreamClosed)
+    }
+
+    /// Resolves when the requester cancels or the connection closes.
+    pub async fn cancelled(&self) {
+        self.responder.cancelled().await
+    }
+
+    /// Ends the stream, with an error or without.
+    pub async fn end(mut self, result: Result<(), ApiError>) {
+        self.ended = true;
+        let frame = response_frame(self.responder.correlation_id, ResponseKind::End, &result, 0);
+        let _ = self.responder.queue.send(frame).await;
+    }
+}
+
+impl Drop for StreamSender {
+    fn drop(&mut self) {
+        if !self.ended && !self.responder.exchange.cancelled.is_cancelled() {
+            let result: Result<(), ApiError> = Ok(());
+            let frame =
+                response_frame(self.responder.correlation_id, ResponseKind::End, &result, 0);
+            let _ = self.responder.queue.try_send(frame);
+        }
+    }
+}
+
+fn response_frame<T: Serialize>(
+    correlation_id: u32,
+    kind: ResponseKind,
+    body: &T,
+    tail_len: usize,
+) -> Outgoing {
+    let mut header = Vec::with_capacity(runnel_wire::frame::RESPONSE_HEADER_LEN);
+    ResponseHeader {
+        correlation_id,
+        kind,
+    }
+    .encode(&mut header);
+    let body = runnel_api::encode(body);
+    let mut bytes = Vec::with_capacity(4 + header.len() + body.len());
+    encode_frame(&header, &body, tail_len, &mut bytes);
+    Outgoing {
+        bytes,
+        tail: Tail::None,
+    }
+}
+
+/// Accepts connections on `listener` and serves each until `shutdown` is
+/// cancelled; then stops accepting and closes the connections, letting
+/// requests in progress see their cancellation.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    config: TransportConfig,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (socket, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: keep serving
+                    // the connections there are.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = socket.set_nodelay(true);
+        let handler = Arc::clone(&handler);
+        let config = config.clone();
+        let shutdown = shutdown.child_token();
+        tokio::spawn(async move {
+            if let Err(error) = serve_connection(socket, peer, handler, config, shutdown).await {
+                debug!(%peer, %error, "connection closed");
+            }
+        });
+    }
+}
+
+/// Serves one connection until it closes or `shutdown` is cancelled.
+pub async fn serve_connection<S: ByteStream, H: Handler>(
+    stream: S,
+    peer: SocketAddr,
+    handler: Arc<H>,
+    config: TransportConfig,
+    shutdown: CancellationToken,
+) -> Result<(), TransportError> {
+    let (mut reader, writer) = stream.into_split();
+    let (queue, outgoing) = mpsc::channel(config.write_queue);
+    let writer = tokio::spawn(write_loop(writer, outgoing));
+    let exchanges: Exchanges = Arc::default();
+    let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
+    let connection = shutdown;
+
+    let result = loop {
+        let frame = tokio::select! {
+            _ = connection.cancelled() => break Ok(()),
+            frame = read_frame(&mut reader, REQUEST_HEADER_FIXED_LEN, config.max_frame_bytes) => frame,
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame.freeze(),
+            Ok(None) => break Ok(()),
+            Err(error) => {
+                if matches!(error, TransportError::Wire(WireError::FrameLength { .. })) {
+                    warn!(%peer, %error, "closing connection: not a Runnel frame or too large");
+                }
+                break Err(error);
+            }
+        };
+        let (header, body_at) = match RequestHeader::decode(&frame) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                warn!(%peer, %error, "closing connection: malformed request header");
+                break Err(error.into());
+            }
+        };
+        match header.api_key {
+            API_CREDIT => {
+                let Ok(count) = <[u8; 4]>::try_from(&frame[body_at..]) else {
+                    break Err(TransportError::Protocol(
+                        "credit frame without a u32 count".into(),
+                    ));
+                };
+                let exchange = exchanges
+                    .lock()
+                    .expect("exchange map lock")
+                    .get(&header.correlation_id)
+                    .cloned();
+                if let Some(exchange) = exchange {
+                    let room =
+                        MAX_STREAM_CREDITS.saturating_sub(exchange.credits.available_permits());
+                    exchange
+                        .credits
+                        .add_permits((u32::from_be_bytes(count) as usize).min(room));
+                }
+            }
+            API_CANCEL => {
+                if let Some(exchange) = exchanges
+                    .lock()
+                    .expect("exchange map lock")
+                    .get(&header.correlation_id)
+                {
+                    exchange.cancelled.cancel();
+                }
+            }
+            _ => {
+                // Backpressure: stop reading while the connection has its
+                // maximum of requests in progress.
+                let permit = Arc::clone(&in_flight)
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let exchange = Arc::new(Exchange {
+                    credits: Semaphore::new(0),
+                    cancelled: connection.child_token(),
+                });
+                let duplicate = exchanges
+                    .lock()
+                    .expect("exchange map lock")
+                    .insert(header.correlation_id, Arc::clone(&exchange))
+                    .is_some();
+                if duplicate {
+                    break Err(TransportError::Protocol(format!(
+                        "correlation id {} reused while its exchange is open",
+                        header.correlation_id
+                    )));
+                }
+                let responder = Responder {
+                    correlation_id: header.correlation_id,
+                    queue: queue.clone(),
+                    exchange,
+                    exchanges: Arc::clone(&exchanges),
+                    answered: false,
+                    _permit: permit,
+                };
+                let request = IncomingRequest {
+                    header,
+                    body: frame.slice(body_at..),
+                    peer,
+                };
+                let handler = Arc::clone(&handler);
+                tokio::spawn(async move { handler.handle(request, responder).await });
+            }
+        }
+    };
+    connection.cancel();
+    drop(queue);
+    // Replies of requests still running are dropped with the connection;
+    // waiting for the writer lets the ones already queued go out.
+    let _ = writer.await;
+    result
+}
