@@ -833,6 +833,18 @@ impl Log {
     /// `max_bytes` (but always at least one batch). `None` when `offset` is
     /// the log end: nothing to read yet.
     pub fn read(&self, offset: Offset, max_bytes: u64) -> Result<Option<FileSlice>, LogError> {
+        self.read_below(offset, Offset(i64::MAX), max_bytes)
+    }
+
+    /// Like [`Log::read`], but only batches that end at or below `limit`
+    /// (a high watermark or the durable offset): `None` when the batch
+    /// holding `offset` ends past it.
+    pub fn read_below(
+        &self,
+        offset: Offset,
+        limit: Offset,
+        max_bytes: u64,
+    ) -> Result<Option<FileSlice>, LogError> {
         let mut state = self.lock();
         let (log_start, log_end) = (state.log_start, state.log_end());
         if offset < log_start || offset > log_end {
@@ -853,11 +865,16 @@ impl Log {
             let Some((position, first)) = segment.locate(offset, SCAN_BATCH_LIMIT)? else {
                 continue;
             };
+            if first.next_offset() > limit {
+                return Ok(None);
+            }
             let mut end = position + first.total_len() as u64;
             let mut next_offset = first.next_offset();
             while end < segment.size {
                 let header = segment.read_header_at(end)?;
-                if end + header.total_len() as u64 - position > max_bytes {
+                if end + header.total_len() as u64 - position > max_bytes
+                    || header.next_offset() > limit
+                {
                     break;
                 }
                 end += header.total_len() as u64;

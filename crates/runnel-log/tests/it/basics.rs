@@ -39,6 +39,21 @@ fn leader_append_assigns_offsets_and_epoch() {
         log.read(Offset(15), 1 << 20).unwrap().is_none(),
         "the log end has nothing yet"
     );
+    let below = log
+        .read_below(Offset(0), Offset(12), 1 << 20)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (below.first_offset, below.next_offset),
+        (Offset(0), Offset(10)),
+        "the batch ending past the limit is left out"
+    );
+    assert!(
+        log.read_below(Offset(10), Offset(14), 1 << 20)
+            .unwrap()
+            .is_none(),
+        "nothing ends at or below the limit"
+    );
     assert!(matches!(
         log.read(Offset(16), 1 << 20),
         Err(LogError::OffsetOutOfRange {
