@@ -1,0 +1,1 @@
+//! The Streaming Controller (SC).
