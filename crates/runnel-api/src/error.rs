@@ -54,6 +54,7 @@ error_codes! {
     CORRUPT_DATA = 26, false, "corrupt data on the server";
     TIMEOUT = 27, true, "request timed out";
     SHUTTING_DOWN = 28, true, "server shutting down";
+    TOO_MANY_REQUESTS = 29, true, "too many requests in progress on this connection";
 }
 
 impl fmt::Display for ErrorCode {

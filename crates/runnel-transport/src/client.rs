@@ -107,7 +107,7 @@ impl Connection {
             async move {
                 tokio::select! {
                     _ = closed.cancelled() => {}
-                    result = write_loop(writer, outgoing) => {
+                    result = write_loop(writer, outgoing, closed.clone()) => {
                         if let Err(error) = result {
                             debug!(%error, "connection write failed");
                         }
@@ -164,6 +164,12 @@ impl Connection {
         };
         if body.is_err() {
             self.forget(correlation_id);
+            // The server may still be working on it: let it stop and free
+            // the request's place.
+            let _ = self
+                .shared
+                .queue
+                .try_send(control_frame(API_CANCEL, correlation_id, &[]));
         }
         let reply: Result<T, ApiError> = runnel_api::decode(&body?)?;
         Ok(reply?)

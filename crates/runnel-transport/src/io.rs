@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, I
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::TransportError;
 
@@ -124,14 +125,26 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some(frame))
 }
 
-/// Writes queued frames until the queue closes, coalescing whatever is
-/// queued into one flush.
+/// Writes queued frames until the queue closes or `closing` is cancelled,
+/// coalescing whatever is queued into one flush. Once `closing` is
+/// cancelled it writes only the frames already queued and shuts the stream
+/// down: a request still running holds a sender, and must not keep a
+/// closing connection open.
 pub(crate) async fn write_loop<W: FrameWrite>(
     writer: W,
     mut queue: mpsc::Receiver<Outgoing>,
+    closing: CancellationToken,
 ) -> io::Result<()> {
     let mut writer = BufWriter::with_capacity(64 << 10, writer);
-    while let Some(mut frame) = queue.recv().await {
+    loop {
+        let next = tokio::select! {
+            biased;
+            frame = queue.recv() => frame,
+            _ = closing.cancelled() => queue.try_recv().ok(),
+        };
+        let Some(mut frame) = next else {
+            break;
+        };
         loop {
             writer.write_all(&frame.bytes).await?;
             match &frame.tail {

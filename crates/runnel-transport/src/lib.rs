@@ -39,8 +39,11 @@ pub struct TransportConfig {
     pub max_frame_bytes: usize,
     /// How long a unary request waits for its reply.
     pub request_timeout: Duration,
-    /// Requests a server runs at once for one connection; it stops reading
-    /// the connection while this many are in progress.
+    /// Requests (streams included) a server runs at once for one
+    /// connection. One more is answered at once with a retriable error
+    /// ([`runnel_api::ErrorCode::TOO_MANY_REQUESTS`]) instead of being waited for: the
+    /// reader never stops, so the credits and cancels that let running
+    /// streams finish always get through.
     pub max_in_flight: usize,
     /// Frames queued for a connection's writer.
     pub write_queue: usize,

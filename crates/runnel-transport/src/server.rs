@@ -75,13 +75,17 @@ pub struct Responder {
     exchange: Arc<Exchange>,
     exchanges: Exchanges,
     answered: bool,
-    _permit: OwnedSemaphorePermit,
+    /// This request's place among the connection's requests in progress.
+    /// Given back before the last frame is queued, so a requester that
+    /// sends its next request on seeing that frame finds the place free.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Responder {
     /// Sends the one answer to a unary request.
     pub async fn reply<T: Serialize>(mut self, response: &T) {
         self.answered = true;
+        self.permit = None;
         let frame = response_frame(self.correlation_id, ResponseKind::Reply, response, 0);
         let _ = self.queue.send(frame).await;
     }
@@ -103,6 +107,7 @@ impl Responder {
 
 impl Drop for Responder {
     fn drop(&mut self) {
+        self.permit = None;
         self.exchanges
             .lock()
             .expect("exchange map lock")
@@ -189,6 +194,7 @@ impl StreamSender {
     /// Ends the stream, with an error or without.
     pub async fn end(mut self, result: Result<(), ApiError>) {
         self.ended = true;
+        self.responder.permit = None;
         let frame = response_frame(self.responder.correlation_id, ResponseKind::End, &result, 0);
         let _ = self.responder.queue.send(frame).await;
     }
@@ -196,6 +202,7 @@ impl StreamSender {
 
 impl Drop for StreamSender {
     fn drop(&mut self) {
+        self.responder.permit = None;
         if !self.ended && !self.responder.exchange.cancelled.is_cancelled() {
             let result: Result<(), ApiError> = Ok(());
             let frame =
@@ -270,11 +277,13 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
     shutdown: CancellationToken,
 ) -> Result<(), TransportError> {
     let (mut reader, writer) = stream.into_split();
+    // Cancelled when this connection ends, for whatever reason; a child,
+    // so that ending one connection leaves the caller's token alone.
+    let connection = shutdown.child_token();
     let (queue, outgoing) = mpsc::channel(config.write_queue);
-    let writer = tokio::spawn(write_loop(writer, outgoing));
+    let writer = tokio::spawn(write_loop(writer, outgoing, connection.clone()));
     let exchanges: Exchanges = Arc::default();
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
-    let connection = shutdown;
 
     let result = loop {
         let frame = tokio::select! {
@@ -328,12 +337,27 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
                 }
             }
             _ => {
-                // Backpressure: stop reading while the connection has its
-                // maximum of requests in progress.
-                let permit = Arc::clone(&in_flight)
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
+                // Over the limit, a request is refused rather than waited
+                // for: the requests in progress may be streams waiting for
+                // the credits and cancels behind it, so the reader must
+                // never stop for them.
+                let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+                    let refusal: Result<(), ApiError> = Err(ApiError::new(
+                        ErrorCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "the server is already running {} requests for this connection; \
+                             retry when some have finished, or spread requests over more \
+                             connections",
+                            config.max_in_flight
+                        ),
+                    ));
+                    let frame =
+                        response_frame(header.correlation_id, ResponseKind::Reply, &refusal, 0);
+                    if queue.send(frame).await.is_err() {
+                        break Err(TransportError::Closed);
+                    }
+                    continue;
+                };
                 let exchange = Arc::new(Exchange {
                     credits: Semaphore::new(0),
                     cancelled: connection.child_token(),
@@ -355,7 +379,7 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
                     exchange,
                     exchanges: Arc::clone(&exchanges),
                     answered: false,
-                    _permit: permit,
+                    permit: Some(permit),
                 };
                 let request = IncomingRequest {
                     header,
@@ -370,7 +394,7 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
     connection.cancel();
     drop(queue);
     // Replies of requests still running are dropped with the connection;
-    // waiting for the writer lets the ones already queued go out.
+    // the writer sends the frames already queued, then shuts down.
     let _ = writer.await;
     result
 }

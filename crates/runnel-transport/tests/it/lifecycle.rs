@@ -1,0 +1,157 @@
+//! Connections ending: server shutdown, a client going away, connecting
+//! to nothing.
+
+use runnel_api::{ApiVersionsRequest, ListSpusRequest, ListTopicsRequest, WatchMetadataRequest};
+use runnel_transport::{CancellationToken, Connection, TransportConfig, TransportError};
+use tokio::net::TcpListener;
+
+use crate::support::{
+    TestHandler, TestServer, assert_closed_error, bounded, serve_pipe, serve_pipe_with,
+};
+
+/// Shutting the server down closes its connections even while requests are
+/// still running (one ignores its cancellation outright); clients see the
+/// close and every waiting call fails with `Closed`.
+#[tokio::test]
+async fn server_shutdown_closes_connections_and_fails_waiting_calls() {
+    let mut server = TestServer::start().await;
+    let connection = server.connect().await;
+    let stubborn = tokio::spawn({
+        let connection = connection.clone();
+        async move {
+            connection
+                .call(&ListTopicsRequest { names: Vec::new() })
+                .await
+        }
+    });
+    let polite = tokio::spawn({
+        let connection = connection.clone();
+        async move { connection.call(&ListSpusRequest {}).await }
+    });
+    let mut stream = connection
+        .stream(&WatchMetadataRequest {}, 2)
+        .await
+        .expect("open a metadata watch");
+    server
+        .handler
+        .wait_for("both calls reaching the handler", |counters| {
+            counters.requests_held == 2
+        })
+        .await;
+
+    server.shutdown.cancel();
+    bounded("the client seeing the close", connection.closed()).await;
+    assert!(connection.is_closed());
+    assert_closed_error(
+        bounded("the stubborn call", stubborn)
+            .await
+            .expect("call task"),
+    );
+    assert_closed_error(bounded("the polite call", polite).await.expect("call task"));
+    loop {
+        match bounded("the stream failing", stream.next()).await {
+            Some(Ok(_)) => continue,
+            Some(Err(TransportError::Closed)) => break,
+            other => panic!("expected the stream to fail with Closed, got {other:?}"),
+        }
+    }
+    server
+        .handler
+        .wait_for("the polite handler seeing the cancellation", |counters| {
+            counters.unary_cancelled == 1
+        })
+        .await;
+    bounded("serve returning", &mut server.task)
+        .await
+        .expect("the serve task");
+}
+
+#[tokio::test]
+async fn a_client_going_away_cancels_its_requests() {
+    let server = TestServer::start().await;
+    let connection = server.connect().await;
+    let call = tokio::spawn({
+        let connection = connection.clone();
+        async move { connection.call(&ListSpusRequest {}).await }
+    });
+    server
+        .handler
+        .wait_for("the call reaching the handler", |counters| {
+            counters.requests_held == 1
+        })
+        .await;
+    call.abort();
+    drop(connection);
+    server
+        .handler
+        .wait_for("the handler seeing the cancellation", |counters| {
+            counters.unary_cancelled == 1
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn serve_connection_returns_when_its_client_goes_away() {
+    let handler = TestHandler::new();
+    let (connection, served) = serve_pipe(handler);
+    bounded(
+        "an api versions reply",
+        connection.call(&ApiVersionsRequest {}),
+    )
+    .await
+    .expect("api versions succeeds");
+    drop(connection);
+    bounded("serve_connection returning", served)
+        .await
+        .expect("the serving task")
+        .expect("a client hanging up is a clean end");
+}
+
+/// Connections served with one shutdown token end independently: one
+/// client going away leaves the token, and the others, alone.
+#[tokio::test]
+async fn one_connection_ending_leaves_the_others_on_its_token_serving() {
+    let handler = TestHandler::new();
+    let shutdown = CancellationToken::new();
+    let (first, first_served) = serve_pipe_with(handler.clone(), shutdown.clone());
+    let (second, second_served) = serve_pipe_with(handler, shutdown.clone());
+    drop(first);
+    bounded("the first connection ending", first_served)
+        .await
+        .expect("the serving task")
+        .expect("a client hanging up is a clean end");
+    assert!(!shutdown.is_cancelled());
+    bounded("an api versions reply", second.call(&ApiVersionsRequest {}))
+        .await
+        .expect("the second connection still serves");
+
+    shutdown.cancel();
+    bounded("the second connection ending", second_served)
+        .await
+        .expect("the serving task")
+        .expect("a shutdown is a clean end");
+    bounded("the client seeing the close", second.closed()).await;
+}
+
+#[tokio::test]
+async fn connecting_to_a_closed_port_is_a_retriable_connect_error() {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address")
+        .to_string();
+    drop(listener);
+    let error = bounded(
+        "the connect failing",
+        Connection::connect(&addr, TransportConfig::default()),
+    )
+    .await
+    .expect_err("nothing listens there");
+    match &error {
+        TransportError::Connect { addr: failed, .. } => assert_eq!(*failed, addr),
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+    assert!(error.is_retriable());
+}
