@@ -1,1 +1,225 @@
-//! The Streaming Processing Unit (SPU).
+//! The Streaming Processing Unit (SPU): holds partition replicas on disk
+//! and serves produce and streaming fetch for the partitions it leads.
+//!
+//! Layout:
+//! - [`run`] (this file) binds the listeners, starts the background work
+//!   and closes every log on shutdown.
+//! - `controller`: the session with the SC — assignments in, heartbeats
+//!   out, reconnecting forever.
+//! - `replicas` / `replica`: which partition logs this SPU holds, opened,
+//!   removed and kept within retention as the SC says.
+//! - `public`: the client api (produce, fetch streams, list offsets);
+//!   `private`: the peer listener (only `ApiVersions` until replication).
+//!
+//! The SPU is on the data path only: it never decides placement or
+//! leadership, it applies what the SC sends. With replication factor 1 a
+//! partition's high watermark is what its own log has made durable (or
+//! written, under a relaxed flush policy).
+
+mod controller;
+mod error;
+mod private;
+mod public;
+mod replica;
+mod replicas;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runnel_api::{ApiError, ApiKey, ApiVersion, ApiVersionsResponse, ErrorCode, Listener};
+use runnel_transport::TransportConfig;
+use runnel_types::SpuId;
+use runnel_wire::frame::RequestHeader;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use error::SpuError;
+
+use crate::controller::ScSession;
+use crate::private::PrivateApi;
+use crate::public::PublicApi;
+use crate::replicas::Replicas;
+
+/// Everything an SPU process needs to know.
+#[derive(Debug, Clone)]
+pub struct SpuConfig {
+    pub id: SpuId,
+    /// Address clients connect to (produce, fetch).
+    pub public_addr: String,
+    /// Address peers connect to (replication, later).
+    pub private_addr: String,
+    /// The SC's private listener.
+    pub sc_addr: String,
+    /// Replicas live in `data_dir/<topic>-<partition>/`.
+    pub data_dir: PathBuf,
+    /// How often the SPU reports its replicas to the SC.
+    pub heartbeat_interval: Duration,
+    /// How often every log deletes segments past its retention.
+    pub retention_check_interval: Duration,
+    pub transport: TransportConfig,
+}
+
+impl Default for SpuConfig {
+    fn default() -> Self {
+        SpuConfig {
+            id: SpuId(1),
+            public_addr: "127.0.0.1:9005".to_string(),
+            private_addr: "127.0.0.1:9006".to_string(),
+            sc_addr: "127.0.0.1:9004".to_string(),
+            data_dir: PathBuf::from("spu-data"),
+            heartbeat_interval: Duration::from_secs(1),
+            retention_check_interval: Duration::from_secs(10),
+            transport: TransportConfig::default(),
+        }
+    }
+}
+
+/// Runs an SPU until `shutdown` is cancelled: serves clients and peers,
+/// keeps a session with the SC (reconnecting while it is unreachable), and
+/// on shutdown stops the listeners and closes every log cleanly so the
+/// next start needs no recovery scan.
+pub async fn run(config: SpuConfig, shutdown: CancellationToken) -> Result<(), SpuError> {
+    validate(&config)?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| SpuError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let public_listener = bind("public", &config.public_addr).await?;
+    let private_listener = bind("private", &config.private_addr).await?;
+    info!(
+        spu = %config.id,
+        public_addr = %config.public_addr,
+        private_addr = %config.private_addr,
+        data_dir = %config.data_dir.display(),
+        "SPU listening"
+    );
+
+    let replicas = Arc::new(Replicas::new(
+        config.id,
+        config.data_dir.clone(),
+        shutdown.clone(),
+    ));
+    let public = Arc::new(PublicApi::new(
+        config.id,
+        Arc::clone(&replicas),
+        config.transport.max_frame_bytes,
+        shutdown.clone(),
+    ));
+    let session = ScSession::new(&config, Arc::clone(&replicas));
+
+    tokio::join!(
+        runnel_transport::serve(
+            public_listener,
+            public,
+            config.transport.clone(),
+            shutdown.clone(),
+        ),
+        runnel_transport::serve(
+            private_listener,
+            Arc::new(PrivateApi),
+            config.transport.clone(),
+            shutdown.clone(),
+        ),
+        session.run(shutdown.clone()),
+        replicas.enforce_retention_every(config.retention_check_interval),
+    );
+    replicas.close_all().await;
+    info!(spu = %config.id, "SPU stopped");
+    Ok(())
+}
+
+fn validate(config: &SpuConfig) -> Result<(), SpuError> {
+    if config.heartbeat_interval.is_zero() {
+        return Err(SpuError::InvalidConfig(
+            "heartbeat_interval is zero; use a positive interval such as 1s".to_string(),
+        ));
+    }
+    if config.retention_check_interval.is_zero() {
+        return Err(SpuError::InvalidConfig(
+            "retention_check_interval is zero; use a positive interval such as 10s".to_string(),
+        ));
+    }
+    if config.transport.max_frame_bytes <= public::FRAME_OVERHEAD_BYTES {
+        return Err(SpuError::InvalidConfig(format!(
+            "transport max_frame_bytes is {}; it must exceed {} bytes to carry record batches",
+            config.transport.max_frame_bytes,
+            public::FRAME_OVERHEAD_BYTES
+        )));
+    }
+    Ok(())
+}
+
+async fn bind(listener: &'static str, addr: &str) -> Result<TcpListener, SpuError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| SpuError::Bind {
+            listener,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// The versions of the apis a listener serves (`Any` apis included).
+fn api_versions(served: &[Listener]) -> ApiVersionsResponse {
+    let versions = ApiKey::ALL
+        .iter()
+        .filter(|key| served.contains(&key.listener()))
+        .map(|&key| {
+            let (min_version, max_version) = key.versions();
+            ApiVersion {
+                api_key: key as u16,
+                min_version,
+                max_version,
+            }
+        })
+        .collect();
+    ApiVersionsResponse { versions }
+}
+
+/// The api of a request, if a listener serving `served` speaks it in the
+/// requested version; otherwise the error to answer with.
+fn served_api(
+    header: &RequestHeader,
+    served: &[Listener],
+    listener_name: &str,
+) -> Result<ApiKey, ApiError> {
+    let Some(key) = ApiKey::from_u16(header.api_key) else {
+        return Err(ApiError::new(
+            ErrorCode::UNSUPPORTED_API,
+            format!(
+                "api key {} is unknown to this SPU; upgrade the SPU or use an api it lists in ApiVersions",
+                header.api_key
+            ),
+        ));
+    };
+    if !served.contains(&key.listener()) {
+        return Err(ApiError::new(
+            ErrorCode::UNSUPPORTED_API,
+            format!(
+                "{key:?} is not served on the SPU's {listener_name} listener; send it to the listener that serves it (see ApiVersions)"
+            ),
+        ));
+    }
+    let (min_version, max_version) = key.versions();
+    if !(min_version..=max_version).contains(&header.api_version) {
+        return Err(ApiError::new(
+            ErrorCode::UNSUPPORTED_API,
+            format!(
+                "{key:?} version {} is not supported; this SPU speaks versions {min_version} to {max_version}",
+                header.api_version
+            ),
+        ));
+    }
+    Ok(key)
+}
+
+/// Milliseconds since the Unix epoch: the clock logs are driven with
+/// (retention, interval flush, append times).
+fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,314 @@
+//! The client api of an SPU: produce, streaming fetch and list offsets on
+//! the partitions it leads.
+//!
+//! Fetch streams are pushed: a stream that has sent everything committed
+//! waits on its replica's high watermark and wakes the moment an append
+//! moves it. Nothing on this path sleeps or polls.
+
+use std::sync::Arc;
+
+use runnel_api::{
+    ApiError, ApiKey, ApiVersionsRequest, ErrorCode, FetchItem, ListOffsetsRequest,
+    ListOffsetsResponse, Listener, OffsetQuery, ProduceRequest, ProduceResponse, Reply,
+    StreamFetchRequest,
+};
+use runnel_metadata::PartitionKey;
+use runnel_transport::{FileRange, Handler, IncomingRequest, Responder, StreamSender};
+use runnel_types::{LeaderEpoch, Offset, SpuId};
+use runnel_wire::WireError;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{log_error_to_api, task_failed};
+use crate::replica::Replica;
+use crate::replicas::{Lookup, Replicas};
+use crate::{api_versions, now_ms, served_api};
+
+/// Room left in a fetch item's frame for its header and message, besides
+/// the batches.
+pub(crate) const FRAME_OVERHEAD_BYTES: usize = 1024;
+/// Most batch bytes in one fetch item, whatever the client asks for: one
+/// item is one write to the socket and one credit.
+const MAX_FETCH_ITEM_BYTES: u64 = 8 << 20;
+
+const SERVED: &[Listener] = &[Listener::Any, Listener::SpuPublic];
+
+#[derive(Debug)]
+pub(crate) struct PublicApi {
+    spu: SpuId,
+    replicas: Arc<Replicas>,
+    /// Largest tail of a fetch item this SPU sends.
+    max_fetch_bytes: u64,
+    shutdown: CancellationToken,
+}
+
+impl Handler for PublicApi {
+    async fn handle(&self, request: IncomingRequest, responder: Responder) {
+        let api = match served_api(&request.header, SERVED, "public") {
+            Ok(api) => api,
+            Err(error) => return reply_error(responder, error).await,
+        };
+        match api {
+            ApiKey::ApiVersions => {
+                let reply = request
+                    .decode::<ApiVersionsRequest>()
+                    .map(|_| api_versions(SERVED))
+                    .map_err(|error| malformed("ApiVersions", error));
+                responder.reply(&reply).await
+            }
+            ApiKey::Produce => responder.reply(&self.produce(&request).await).await,
+            ApiKey::ListOffsets => responder.reply(&self.list_offsets(&request).await).await,
+            ApiKey::StreamFetch => self.stream_fetch(&request, responder).await,
+            other => {
+                let error = ApiError::new(
+                    ErrorCode::UNSUPPORTED_API,
+                    format!("{other:?} is not implemented by this SPU; upgrade it"),
+                );
+                reply_error(responder, error).await
+            }
+        }
+    }
+}
+
+impl PublicApi {
+    pub fn new(
+        spu: SpuId,
+        replicas: Arc<Replicas>,
+        max_frame_bytes: usize,
+        shutdown: CancellationToken,
+    ) -> PublicApi {
+        let frame_room = max_frame_bytes.saturating_sub(FRAME_OVERHEAD_BYTES) as u64;
+        PublicApi {
+            spu,
+            replicas,
+            max_fetch_bytes: MAX_FETCH_ITEM_BYTES.min(frame_room),
+            shutdown,
+        }
+    }
+
+    async fn produce(&self, request: &IncomingRequest) -> Reply<ProduceResponse> {
+        let (produce, tail) = request
+            .decode_with_tail::<ProduceRequest>()
+            .map_err(|error| malformed("Produce", error))?;
+        let key = PartitionKey {
+            topic: produce.topic,
+            partition: produce.partition,
+        };
+        let (replica, epoch) = self.leader_replica(&key)?;
+        if tail.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::INVALID_RECORDS,
+                format!(
+                    "the produce request for {key} carries no record batches; send at least one RecordBatch v2 after the message"
+                ),
+            ));
+        }
+        // The log stamps offsets and the leader epoch into the bytes.
+        let mut batches = tail.to_vec();
+        let log = Arc::clone(replica.log());
+        let appended = tokio::task::spawn_blocking(move || {
+            log.append_as_leader(&mut batches, epoch, now_ms())
+        })
+        .await;
+        let info = match appended {
+            Ok(Ok(info)) => info,
+            Ok(Err(error)) => return Err(log_error_to_api(&key, &error)),
+            Err(error) => return Err(task_failed(&key, "append", &error)),
+        };
+        // Before the acknowledgement: a producer that reads after its ack
+        // finds its records committed.
+        replica.refresh_high_watermark();
+        Ok(ProduceResponse {
+            base_offset: info.first_offset,
+            log_end_offset: info.log_end,
+        })
+    }
+
+    async fn list_offsets(&self, request: &IncomingRequest) -> Reply<ListOffsetsResponse> {
+        let list = request
+            .decode::<ListOffsetsRequest>()
+            .map_err(|error| malformed("ListOffsets", error))?;
+        let key = PartitionKey {
+            topic: list.topic,
+            partition: list.partition,
+        };
+        let (replica, _) = self.leader_replica(&key)?;
+        let high_watermark = replica.high_watermark();
+        let log_start_offset = replica.log().log_start_offset();
+        let offset = match list.query {
+            OffsetQuery::Start => log_start_offset,
+            OffsetQuery::End => high_watermark,
+            OffsetQuery::Timestamp(timestamp) => {
+                let log = Arc::clone(replica.log());
+                let found =
+                    tokio::task::spawn_blocking(move || log.offset_for_timestamp(timestamp)).await;
+                match found {
+                    // Records past the high watermark are not visible yet.
+                    Ok(Ok(Some(offset))) => offset.min(high_watermark),
+                    Ok(Ok(None)) => high_watermark,
+                    Ok(Err(error)) => return Err(log_error_to_api(&key, &error)),
+                    Err(error) => return Err(task_failed(&key, "timestamp lookup", &error)),
+                }
+            }
+        };
+        Ok(ListOffsetsResponse {
+            offset,
+            log_start_offset,
+            high_watermark,
+        })
+    }
+
+    async fn stream_fetch(&self, request: &IncomingRequest, responder: Responder) {
+        let fetch = match request.decode::<StreamFetchRequest>() {
+            Ok(fetch) => fetch,
+            Err(error) => return reply_error(responder, malformed("StreamFetch", error)).await,
+        };
+        let key = PartitionKey {
+            topic: fetch.topic,
+            partition: fetch.partition,
+        };
+        let replica = match self.leader_replica(&key) {
+            Ok((replica, _)) => replica,
+            Err(error) => return reply_error(responder, error).await,
+        };
+        let max_bytes = u64::from(fetch.max_bytes).min(self.max_fetch_bytes);
+        let mut sender = responder.into_stream();
+        if let Some(error) = self
+            .push_records(&replica, &key, fetch.offset, max_bytes, &mut sender)
+            .await
+        {
+            sender.end(Err(error)).await;
+        }
+    }
+
+    /// Sends every committed batch from `offset` on, then each new one as
+    /// it is committed. Returns the error that ends the stream, or `None`
+    /// when the requester went away.
+    async fn push_records(
+        &self,
+        replica: &Replica,
+        key: &PartitionKey,
+        mut offset: Offset,
+        max_bytes: u64,
+        sender: &mut StreamSender,
+    ) -> Option<ApiError> {
+        let mut committed = replica.watch_high_watermark();
+        loop {
+            if replica.is_removed() {
+                return Some(self.removed_error(key));
+            }
+            // Marks this value seen before reading: an append after it
+            // wakes the wait below, so no commit is missed.
+            let high_watermark = *committed.borrow_and_update();
+            let slice = match replica.log().read_below(offset, high_watermark, max_bytes) {
+                Ok(slice) => slice,
+                Err(error) => return Some(log_error_to_api(key, &error)),
+            };
+            match slice {
+                Some(slice) => {
+                    let item = FetchItem {
+                        first_offset: slice.first_offset,
+                        next_offset: slice.next_offset,
+                        log_start_offset: replica.log().log_start_offset(),
+                        high_watermark,
+                    };
+                    let range = FileRange {
+                        file: slice.file,
+                        position: slice.position,
+                        len: slice.len,
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = self.shutdown.cancelled() => return Some(self.shutting_down(key, offset)),
+                        _ = replica.removed() => return Some(self.removed_error(key)),
+                        sent = sender.send_with_file(&item, range) => {
+                            if sent.is_err() {
+                                return None;
+                            }
+                        }
+                    }
+                    offset = slice.next_offset;
+                }
+                None => {
+                    tokio::select! {
+                        biased;
+                        _ = self.shutdown.cancelled() => return Some(self.shutting_down(key, offset)),
+                        _ = replica.removed() => return Some(self.removed_error(key)),
+                        _ = sender.cancelled() => return None,
+                        changed = committed.changed() => {
+                            if changed.is_err() {
+                                return Some(self.removed_error(key));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The replica of `key` if this SPU leads it, with the epoch to stamp.
+    fn leader_replica(&self, key: &PartitionKey) -> Result<(Arc<Replica>, LeaderEpoch), ApiError> {
+        let spu = self.spu;
+        let replica = match self.replicas.lookup(key) {
+            Lookup::Ready(replica) => replica,
+            Lookup::Missing => return Err(self.removed_error(key)),
+            Lookup::Failed(reason) => {
+                return Err(ApiError::new(
+                    ErrorCode::STORAGE,
+                    format!(
+                        "partition {key} cannot be served by SPU {spu}: its log failed to open ({reason}); the operator must fix the SPU's disk and restart it"
+                    ),
+                ));
+            }
+        };
+        let leadership = replica.leadership();
+        match leadership.leader {
+            Some(leader) if leader == spu => Ok((replica, leadership.epoch)),
+            Some(leader) => Err(ApiError::new(
+                ErrorCode::NOT_LEADER,
+                format!(
+                    "SPU {spu} is not the leader of partition {key}; SPU {leader} leads it (epoch {}): refresh metadata and retry there",
+                    leadership.epoch
+                ),
+            )),
+            None => Err(ApiError::new(
+                ErrorCode::NOT_LEADER,
+                format!("partition {key} has no leader right now; retry after refreshing metadata"),
+            )),
+        }
+    }
+
+    fn removed_error(&self, key: &PartitionKey) -> ApiError {
+        ApiError::new(
+            ErrorCode::PARTITION_NOT_FOUND,
+            format!(
+                "partition {key} is not hosted by SPU {}; refresh metadata",
+                self.spu
+            ),
+        )
+    }
+
+    fn shutting_down(&self, key: &PartitionKey, offset: Offset) -> ApiError {
+        ApiError::new(
+            ErrorCode::SHUTTING_DOWN,
+            format!(
+                "SPU {} is shutting down; resume {key} from offset {offset} once the partition is served again",
+                self.spu
+            ),
+        )
+    }
+}
+
+fn malformed(api: &str, error: WireError) -> ApiError {
+    ApiError::new(
+        ErrorCode::MALFORMED_REQUEST,
+        format!(
+            "cannot decode the {api} request: {error}; the client may speak another protocol version than this SPU"
+        ),
+    )
+}
+
+/// Answers any request, unary or streaming, with an error: both kinds
+/// read a final frame holding a `Result`.
+async fn reply_error(responder: Responder, error: ApiError) {
+    responder.reply(&Err::<(), _>(error)).await
+}

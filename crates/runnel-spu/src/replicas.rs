@@ -1,0 +1,563 @@
+//! The set of replicas this SPU holds, kept equal to what the SC assigns:
+//! opened, re-led, removed (their data deleted) as assignment updates
+//! arrive, and kept within retention and their flush interval in the
+//! background.
+//!
+//! The SC is authoritative: a replica directory it does not assign is
+//! deleted when a snapshot arrives, which is how a topic deleted while
+//! this SPU was down loses its data here too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use runnel_log::Log;
+use runnel_metadata::{AssignmentUpdate, PartitionKey, ReplicaAssignment, ReplicaStatus};
+use runnel_types::{FlushPolicy, PartitionId, SpuId, TopicName};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::now_ms;
+use crate::replica::{Leadership, Replica};
+
+/// The longest an `interval` flush may wait past its due time for the
+/// timer that drives it.
+const MAX_FLUSH_TICK: Duration = Duration::from_millis(100);
+
+/// What this SPU knows of a partition.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    Ready(Arc<Replica>),
+    /// Assigned, but its log failed to open; the reason says why.
+    Failed(String),
+    /// Not assigned to this SPU (or being removed).
+    Missing,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Ready(Arc<Replica>),
+    Failed { reason: String },
+}
+
+#[derive(Debug)]
+pub(crate) struct Replicas {
+    spu: SpuId,
+    data_dir: PathBuf,
+    /// Held only for map operations, never across an await or disk I/O.
+    slots: Mutex<BTreeMap<PartitionKey, Slot>>,
+    shutdown: CancellationToken,
+}
+
+impl Replicas {
+    pub fn new(spu: SpuId, data_dir: PathBuf, shutdown: CancellationToken) -> Replicas {
+        Replicas {
+            spu,
+            data_dir,
+            slots: Mutex::default(),
+            shutdown,
+        }
+    }
+
+    pub fn lookup(&self, key: &PartitionKey) -> Lookup {
+        match self.lock().get(key) {
+            Some(Slot::Ready(replica)) if !replica.is_removed() => {
+                Lookup::Ready(Arc::clone(replica))
+            }
+            Some(Slot::Failed { reason }) => Lookup::Failed(reason.clone()),
+            Some(Slot::Ready(_)) | None => Lookup::Missing,
+        }
+    }
+
+    /// The state of every replica served, for the heartbeat.
+    pub fn statuses(&self) -> Vec<(TopicName, PartitionId, ReplicaStatus)> {
+        self.ready()
+            .iter()
+            .map(|replica| {
+                let key = replica.key();
+                (key.topic.clone(), key.partition, replica.status(self.spu))
+            })
+            .collect()
+    }
+
+    /// Applies one message of the SC's assignment stream. Updates are
+    /// applied one at a time, in order.
+    pub async fn apply(&self, update: AssignmentUpdate) {
+        match update {
+            AssignmentUpdate::Snapshot(assignments) => self.apply_snapshot(assignments).await,
+            AssignmentUpdate::Upsert(assignment) => self.upsert(assignment).await,
+            AssignmentUpdate::Remove(key) => self.remove(&key).await,
+        }
+    }
+
+    async fn apply_snapshot(&self, assignments: Vec<ReplicaAssignment>) {
+        let assigned: BTreeSet<PartitionKey> = assignments
+            .iter()
+            .map(|assignment| assignment.key.clone())
+            .collect();
+        let unassigned: Vec<PartitionKey> = self
+            .lock()
+            .keys()
+            .filter(|key| !assigned.contains(key))
+            .cloned()
+            .collect();
+        for key in unassigned {
+            self.remove(&key).await;
+        }
+        let data_dir = self.data_dir.clone();
+        let keep = assigned.clone();
+        match tokio::task::spawn_blocking(move || delete_unassigned_dirs(&data_dir, &keep)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(
+                data_dir = %self.data_dir.display(),
+                %error,
+                "cannot list the data directory to delete unassigned replicas"
+            ),
+            Err(error) => warn!(%error, "deleting unassigned replicas did not complete"),
+        }
+        for assignment in assignments {
+            self.upsert(assignment).await;
+        }
+        info!(
+            replicas = assigned.len(),
+            "applied the SC's assignment snapshot"
+        );
+    }
+
+    /// Opens a newly assigned replica, retries one that failed to open, or
+    /// records a new leader of one already open.
+    async fn upsert(&self, assignment: ReplicaAssignment) {
+        let key = assignment.key.clone();
+        let leadership = Leadership {
+            leader: assignment.leader,
+            epoch: assignment.leader_epoch,
+        };
+        let existing = match self.lock().get(&key) {
+            Some(Slot::Ready(replica)) => Some(Arc::clone(replica)),
+            Some(Slot::Failed { .. }) | None => None,
+        };
+        if let Some(replica) = existing {
+            if replica.leadership() != leadership {
+                info!(partition = %key, leader = ?leadership.leader, epoch = %leadership.epoch, "leader changed");
+                replica.set_leadership(leadership);
+            }
+            if replica.config() != &assignment.config {
+                warn!(
+                    partition = %key,
+                    "the topic configuration changed; this replica keeps its current settings until the SPU restarts"
+                );
+            }
+            return;
+        }
+        let dir = self.replica_dir(&key);
+        let opening = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || Replica::open(&dir, &assignment)
+        })
+        .await;
+        let slot = match opening {
+            Ok(Ok((replica, report))) => {
+                if report.truncated.is_some() || !report.corrupt_segments.is_empty() {
+                    warn!(partition = %key, ?report, "replica recovered from an unclean stop");
+                } else {
+                    debug!(partition = %key, ?report, "replica opened");
+                }
+                info!(
+                    partition = %key,
+                    leader = ?leadership.leader,
+                    epoch = %leadership.epoch,
+                    log_start = %replica.log().log_start_offset(),
+                    log_end = %replica.log().log_end_offset(),
+                    "serving replica"
+                );
+                let replica = Arc::new(replica);
+                self.start_flush_ticker(&replica);
+                Slot::Ready(replica)
+            }
+            Ok(Err(error)) => {
+                error!(partition = %key, dir = %dir.display(), %error, "cannot open replica; it is not served");
+                Slot::Failed {
+                    reason: error.to_string(),
+                }
+            }
+            Err(error) => {
+                error!(partition = %key, %error, "opening replica did not complete; it is not served");
+                Slot::Failed {
+                    reason: format!("opening its log did not complete: {error}"),
+                }
+            }
+        };
+        self.lock().insert(key, slot);
+    }
+
+    /// Ends the streams on a replica and deletes its data. The replica
+    /// stays in the map (answering as missing) until its directory is
+    /// gone, so a heartbeat that omits it means its data is deleted.
+    async fn remove(&self, key: &PartitionKey) {
+        if let Some(Slot::Ready(replica)) = self.lock().get(key) {
+            replica.mark_removed();
+        }
+        let dir = self.replica_dir(key);
+        let deleting = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || remove_dir_if_exists(&dir)
+        })
+        .await;
+        match deleting {
+            Ok(Ok(())) => {
+                info!(partition = %key, dir = %dir.display(), "replica removed and its data deleted")
+            }
+            Ok(Err(error)) => {
+                error!(partition = %key, dir = %dir.display(), %error, "replica removed but its data could not be deleted; delete the directory by hand")
+            }
+            Err(error) => {
+                error!(partition = %key, %error, "deleting the replica's data did not complete")
+            }
+        }
+        self.lock().remove(key);
+    }
+
+    /// Deletes what each log holds past its retention, every `interval`,
+    /// until shutdown.
+    pub async fn enforce_retention_every(&self, interval: Duration) {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let replicas = self.ready();
+            let pass = tokio::task::spawn_blocking(move || {
+                let now = now_ms();
+                for replica in replicas {
+                    match replica.log().enforce_retention(now) {
+                        Ok(outcome) if outcome.deleted_segments > 0 => info!(
+                            partition = %replica.key(),
+                            deleted_segments = outcome.deleted_segments,
+                            deleted_bytes = outcome.deleted_bytes,
+                            log_start = %outcome.log_start,
+                            "retention deleted old segments"
+                        ),
+                        Ok(_) => {}
+                        Err(error) => {
+                            warn!(partition = %replica.key(), %error, "retention pass failed")
+                        }
+                    }
+                }
+            });
+            if let Err(error) = pass.await {
+                warn!(%error, "retention pass did not complete");
+            }
+        }
+    }
+
+    /// Closes every log (flushing it and moving its recovery point to the
+    /// end) so the next start opens it without a scan.
+    pub async fn close_all(&self) {
+        let replicas: Vec<Arc<Replica>> = std::mem::take(&mut *self.lock())
+            .into_values()
+            .filter_map(|slot| match slot {
+                Slot::Ready(replica) => Some(replica),
+                Slot::Failed { .. } => None,
+            })
+            .collect();
+        let logs: Vec<(PartitionKey, Arc<Log>)> = replicas
+            .iter()
+            .map(|replica| (replica.key().clone(), Arc::clone(replica.log())))
+            .collect();
+        drop(replicas);
+        let closing = tokio::task::spawn_blocking(move || {
+            for (key, log) in logs {
+                // A stream ending right now may still hold the log; a flush
+                // is all `close` does, so it leaves the same files behind.
+                let closed = match Arc::try_unwrap(log) {
+                    Ok(log) => log.close(),
+                    Err(shared) => shared.flush(),
+                };
+                if let Err(error) = closed {
+                    error!(partition = %key, %error, "closing the log failed; the next start will recover it");
+                }
+            }
+        });
+        if let Err(error) = closing.await {
+            error!(%error, "closing the logs did not complete; the next start will recover them");
+        }
+    }
+
+    /// Under the `interval` flush policy, syncs the log when its interval
+    /// is due even if no append comes to do it.
+    fn start_flush_ticker(&self, replica: &Arc<Replica>) {
+        let FlushPolicy::Interval { interval_ms } = replica.config().flush else {
+            return;
+        };
+        let period = Duration::from_millis(interval_ms.max(1)).min(MAX_FLUSH_TICK);
+        let replica = Arc::clone(replica);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = replica.removed() => return,
+                    _ = ticker.tick() => {}
+                }
+                let log = Arc::clone(replica.log());
+                if log.durable_offset() >= log.log_end_offset() {
+                    continue;
+                }
+                match tokio::task::spawn_blocking(move || log.tick(now_ms())).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        warn!(partition = %replica.key(), %error, "interval flush failed")
+                    }
+                    Err(_) => return,
+                }
+                replica.refresh_high_watermark();
+            }
+        });
+    }
+
+    fn ready(&self) -> Vec<Arc<Replica>> {
+        self.lock()
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Ready(replica) if !replica.is_removed() => Some(Arc::clone(replica)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn replica_dir(&self, key: &PartitionKey) -> PathBuf {
+        self.data_dir.join(key.to_string())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PartitionKey, Slot>> {
+        self.slots.lock().expect("replica map lock")
+    }
+}
+
+/// The partition a directory named `<topic>-<partition>` holds, if the
+/// name is one this SPU would have created.
+pub(crate) fn parse_replica_dir_name(name: &str) -> Option<PartitionKey> {
+    let (topic, partition) = name.rsplit_once('-')?;
+    if partition.is_empty() || !partition.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let partition: u32 = partition.parse().ok()?;
+    // Only the spelling we write: "orders-01" is not ours.
+    if name.len() != topic.len() + 1 + partition.to_string().len() {
+        return None;
+    }
+    Some(PartitionKey {
+        topic: TopicName::new(topic).ok()?,
+        partition: PartitionId(partition),
+    })
+}
+
+/// Deletes every replica directory in `data_dir` that is not in `keep`.
+fn delete_unassigned_dirs(data_dir: &Path, keep: &BTreeSet<PartitionKey>) -> io::Result<()> {
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let Some(key) = entry.file_name().to_str().and_then(parse_replica_dir_name) else {
+            continue;
+        };
+        if keep.contains(&key) || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let path = entry.path();
+        warn!(path = %path.display(), "deleting a replica directory the SC no longer assigns to this SPU");
+        if let Err(error) = remove_dir_if_exists(&path) {
+            error!(path = %path.display(), %error, "cannot delete an unassigned replica directory; delete it by hand");
+        }
+    }
+    Ok(())
+}
+
+fn remove_dir_if_exists(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        result => result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use runnel_metadata::TopicConfig;
+    use runnel_types::{LeaderEpoch, Offset};
+    use runnel_wire::{BatchBuilder, Compression};
+
+    use super::*;
+
+    fn key(topic: &str, partition: u32) -> PartitionKey {
+        PartitionKey {
+            topic: TopicName::new(topic).expect("valid name"),
+            partition: PartitionId(partition),
+        }
+    }
+
+    fn assignment(topic: &str, partition: u32, leader: u32, epoch: i32) -> ReplicaAssignment {
+        ReplicaAssignment {
+            key: key(topic, partition),
+            config: TopicConfig::default(),
+            replicas: vec![SpuId(leader)],
+            leader: Some(SpuId(leader)),
+            leader_epoch: LeaderEpoch(epoch),
+        }
+    }
+
+    fn ready(replicas: &Replicas, key: &PartitionKey) -> Arc<Replica> {
+        match replicas.lookup(key) {
+            Lookup::Ready(replica) => replica,
+            other => panic!("{key} is not ready: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replica_dir_names_parse() {
+        let check = |name: &str, expect: Option<PartitionKey>| {
+            assert_eq!(parse_replica_dir_name(name), expect, "{name:?}");
+        };
+        check("orders-0", Some(key("orders", 0)));
+        check("a-b.c_d-12", Some(key("a-b.c_d", 12)));
+        check("orders", None);
+        check("orders-", None);
+        check("-3", None);
+        check("orders-01", None);
+        check("orders-+1", None);
+        check("orders-99999999999", None);
+        check("bad name-1", None);
+        check("lost+found", None);
+    }
+
+    #[tokio::test]
+    async fn snapshot_opens_assigned_and_deletes_unassigned() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stale = dir.path().join("gone-0");
+        std::fs::create_dir(&stale).expect("stale dir");
+        let unrelated = dir.path().join("notes");
+        std::fs::create_dir(&unrelated).expect("unrelated dir");
+        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+
+        replicas
+            .apply(AssignmentUpdate::Snapshot(vec![
+                assignment("kept", 0, 1, 0),
+                assignment("kept", 1, 2, 0),
+            ]))
+            .await;
+        assert!(!stale.exists());
+        assert!(unrelated.exists());
+        assert!(dir.path().join("kept-0").is_dir());
+        assert!(dir.path().join("kept-1").is_dir());
+        assert_eq!(replicas.statuses().len(), 2);
+
+        // A second snapshot without kept-1 removes it and its data.
+        replicas
+            .apply(AssignmentUpdate::Snapshot(vec![assignment(
+                "kept", 0, 1, 0,
+            )]))
+            .await;
+        assert!(matches!(replicas.lookup(&key("kept", 1)), Lookup::Missing));
+        assert!(!dir.path().join("kept-1").exists());
+        assert!(dir.path().join("kept-0").is_dir());
+    }
+
+    #[tokio::test]
+    async fn upsert_changes_the_leader_and_keeps_the_data() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        let key = key("t", 0);
+        replicas
+            .apply(AssignmentUpdate::Upsert(assignment("t", 0, 1, 0)))
+            .await;
+        let replica = ready(&replicas, &key);
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(1, None, Some(b"x".to_vec()), Vec::new());
+        let mut bytes = builder.build().encode().expect("encodable");
+        replica
+            .log()
+            .append_as_leader(&mut bytes, LeaderEpoch(0), 1)
+            .expect("append");
+
+        replicas
+            .apply(AssignmentUpdate::Upsert(assignment("t", 0, 3, 1)))
+            .await;
+        let same = ready(&replicas, &key);
+        assert!(Arc::ptr_eq(&replica, &same), "the open replica is kept");
+        assert_eq!(
+            same.leadership(),
+            Leadership {
+                leader: Some(SpuId(3)),
+                epoch: LeaderEpoch(1)
+            }
+        );
+        assert_eq!(same.log().log_end_offset(), Offset(1));
+    }
+
+    #[tokio::test]
+    async fn remove_ends_streams_and_deletes_the_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        let key = key("t", 4);
+        replicas
+            .apply(AssignmentUpdate::Upsert(assignment("t", 4, 1, 0)))
+            .await;
+        let replica = ready(&replicas, &key);
+        replicas.apply(AssignmentUpdate::Remove(key.clone())).await;
+        assert!(replica.is_removed());
+        assert!(matches!(replicas.lookup(&key), Lookup::Missing));
+        assert!(!dir.path().join("t-4").exists());
+        assert!(replicas.statuses().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_log_that_cannot_open_is_reported_not_served() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A file where the replica's directory belongs.
+        std::fs::write(dir.path().join("t-0"), b"not a directory").expect("blocking file");
+        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        replicas
+            .apply(AssignmentUpdate::Upsert(assignment("t", 0, 1, 0)))
+            .await;
+        let Lookup::Failed(reason) = replicas.lookup(&key("t", 0)) else {
+            panic!("the replica should have failed to open");
+        };
+        assert!(reason.contains("t-0"), "{reason}");
+        assert!(replicas.statuses().is_empty());
+    }
+
+    #[tokio::test]
+    async fn close_all_leaves_logs_that_open_without_a_scan() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        let os_flush = ReplicaAssignment {
+            config: TopicConfig {
+                flush: FlushPolicy::Os,
+                ..TopicConfig::default()
+            },
+            ..assignment("t", 0, 1, 0)
+        };
+        replicas
+            .apply(AssignmentUpdate::Upsert(os_flush.clone()))
+            .await;
+        let replica = ready(&replicas, &key("t", 0));
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(1, None, Some(b"x".to_vec()), Vec::new());
+        let mut bytes = builder.build().encode().expect("encodable");
+        replica
+            .log()
+            .append_as_leader(&mut bytes, LeaderEpoch(0), 1)
+            .expect("append");
+        drop(replica);
+        replicas.close_all().await;
+        assert!(replicas.statuses().is_empty());
+
+        let (reopened, report) = Replica::open(&dir.path().join("t-0"), &os_flush).expect("reopen");
+        assert_eq!(report.scanned_segments, 0, "{report:?}");
+        assert_eq!(reopened.log().log_end_offset(), Offset(1));
+    }
+}

@@ -1,0 +1,468 @@
+//! An SPU run in-process against a fake SC, driven through its public
+//! listener as a client would.
+
+mod support;
+
+use bytes::Bytes;
+use runnel_api::{
+    ApiVersionsRequest, ErrorCode, ListOffsetsRequest, ListOffsetsResponse, OffsetQuery,
+    ProduceRequest, StreamFetchRequest,
+};
+use runnel_metadata::PartitionKey;
+use runnel_transport::{Connection, TransportConfig, TransportError};
+use runnel_types::{Offset, SpuId};
+
+use support::*;
+
+fn fetch(key: &PartitionKey, offset: i64, max_bytes: u32) -> StreamFetchRequest {
+    StreamFetchRequest {
+        topic: key.topic.clone(),
+        partition: key.partition,
+        offset: Offset(offset),
+        max_bytes,
+    }
+}
+
+async fn list_offsets(
+    connection: &Connection,
+    key: &PartitionKey,
+    query: OffsetQuery,
+) -> ListOffsetsResponse {
+    let request = ListOffsetsRequest {
+        topic: key.topic.clone(),
+        partition: key.partition,
+        query,
+    };
+    connection.call(&request).await.expect("list offsets")
+}
+
+fn api_error<T: std::fmt::Debug>(result: Result<T, TransportError>) -> runnel_api::ApiError {
+    match result {
+        Err(TransportError::Api(error)) => error,
+        other => panic!("expected an error from the SPU, got {other:?}"),
+    }
+}
+
+/// Reads a stream until `end`, returning every record.
+async fn read_until(
+    connection: &Connection,
+    key: &PartitionKey,
+    from: i64,
+    end: i64,
+) -> Vec<(i64, String)> {
+    let mut stream = connection
+        .stream(&fetch(key, from, 1 << 20), 8)
+        .await
+        .expect("open a fetch stream");
+    let mut all = Vec::new();
+    let mut next = from;
+    while next < end {
+        let (item, tail) = next_item(&mut stream).await;
+        assert_eq!(item.first_offset.0, next, "items follow each other");
+        all.extend(records(&tail));
+        next = item.next_offset.0;
+    }
+    all
+}
+
+fn expected(values: &[(i64, &str)]) -> Vec<(i64, String)> {
+    values
+        .iter()
+        .map(|(offset, value)| (*offset, value.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn produced_batches_are_fetched_back() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let events = key("events", 0);
+    let sc = FakeSc::start(vec![assignment("events", 0, SPU, 3)]).await;
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(std::slice::from_ref(&events)).await;
+    let connection = spu.connect().await;
+
+    let first = produce(&connection, &events, &["a", "b", "c"])
+        .await
+        .expect("produce");
+    assert_eq!(
+        (first.base_offset, first.log_end_offset),
+        (Offset(0), Offset(3))
+    );
+    let second = produce(&connection, &events, &["d", "e"])
+        .await
+        .expect("produce");
+    assert_eq!(
+        (second.base_offset, second.log_end_offset),
+        (Offset(3), Offset(5))
+    );
+
+    let all = read_until(&connection, &events, 0, 5).await;
+    assert_eq!(
+        all,
+        expected(&[(0, "a"), (1, "b"), (2, "c"), (3, "d"), (4, "e")])
+    );
+
+    let start = list_offsets(&connection, &events, OffsetQuery::Start).await;
+    assert_eq!(start.offset, Offset(0));
+    let end = list_offsets(&connection, &events, OffsetQuery::End).await;
+    assert_eq!((end.offset, end.high_watermark), (Offset(5), Offset(5)));
+    let by_time = list_offsets(&connection, &events, OffsetQuery::Timestamp(0)).await;
+    assert_eq!(by_time.offset, Offset(0));
+    let future = list_offsets(&connection, &events, OffsetQuery::Timestamp(i64::MAX)).await;
+    assert_eq!(future.offset, Offset(5), "no record that late: the end");
+
+    let heartbeat = sc
+        .heartbeat_where("a heartbeat with 5 records", |heartbeat| {
+            heartbeat
+                .replicas
+                .iter()
+                .any(|(_, _, status)| status.high_watermark == Offset(5))
+        })
+        .await;
+    let (_, _, status) = &heartbeat.replicas[0];
+    assert_eq!(status.spu, SPU);
+    assert_eq!(status.log_end_offset, Offset(5));
+    assert!(status.size_bytes > 0);
+    spu.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_at_the_end_is_pushed_new_records() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let events = key("events", 0);
+    let sc = FakeSc::start(vec![assignment("events", 0, SPU, 0)]).await;
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(std::slice::from_ref(&events)).await;
+    let connection = spu.connect().await;
+    produce(&connection, &events, &["old"])
+        .await
+        .expect("produce");
+
+    let mut stream = connection
+        .stream(&fetch(&events, 1, 1 << 20), 4)
+        .await
+        .expect("open a fetch stream");
+    let waiting = tokio::spawn(async move {
+        let item = next_item(&mut stream).await;
+        (item, stream)
+    });
+    produce(&connection, &events, &["new"])
+        .await
+        .expect("produce");
+    let ((item, tail), mut stream) = bounded("the pushed record", waiting)
+        .await
+        .expect("the reader does not panic");
+    assert_eq!(
+        (item.first_offset, item.next_offset),
+        (Offset(1), Offset(2))
+    );
+    assert_eq!(item.high_watermark, Offset(2));
+    assert_eq!(records(&tail), expected(&[(1, "new")]));
+
+    // And the next one too: the stream keeps waiting, it does not end.
+    produce(&connection, &events, &["newer"])
+        .await
+        .expect("produce");
+    let (_, tail) = next_item(&mut stream).await;
+    assert_eq!(records(&tail), expected(&[(2, "newer")]));
+    spu.stop().await;
+}
+
+#[tokio::test]
+async fn a_window_of_one_gets_one_item_per_credit() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let events = key("events", 0);
+    let sc = FakeSc::start(vec![assignment("events", 0, SPU, 0)]).await;
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(std::slice::from_ref(&events)).await;
+    let connection = spu.connect().await;
+    for value in ["one", "two", "three"] {
+        produce(&connection, &events, &[value])
+            .await
+            .expect("produce");
+    }
+
+    // max_bytes 1: one batch per item. An item sent without credit would
+    // break the connection (a protocol violation on the client side).
+    let mut stream = connection
+        .stream(&fetch(&events, 0, 1), 1)
+        .await
+        .expect("open a fetch stream");
+    let mut all = Vec::new();
+    for offset in 0..3 {
+        let (item, tail) = next_item(&mut stream).await;
+        assert_eq!(
+            (item.first_offset, item.next_offset),
+            (Offset(offset), Offset(offset + 1))
+        );
+        all.extend(records(&tail));
+    }
+    assert_eq!(all, expected(&[(0, "one"), (1, "two"), (2, "three")]));
+    assert!(!connection.is_closed());
+    spu.stop().await;
+}
+
+#[tokio::test]
+async fn requests_the_spu_cannot_serve_get_clear_errors() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let led = key("events", 0);
+    let elsewhere = key("events", 1);
+    let sc = FakeSc::start(vec![
+        assignment("events", 0, SPU, 0),
+        assignment("events", 1, SpuId(9), 4),
+    ])
+    .await;
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(&[led.clone(), elsewhere.clone()])
+        .await;
+    let connection = spu.connect().await;
+    produce(&connection, &led, &["a", "b"])
+        .await
+        .expect("produce");
+
+    let not_leader = api_error(produce(&connection, &elsewhere, &["x"]).await);
+    assert_eq!(not_leader.code, ErrorCode::NOT_LEADER);
+    assert!(not_leader.code.is_retriable());
+    assert!(not_leader.message.contains("SPU 9"), "{not_leader}");
+
+    let unknown = api_error(produce(&connection, &key("events", 7), &["x"]).await);
+    assert_eq!(unknown.code, ErrorCode::PARTITION_NOT_FOUND);
+    assert_eq!(
+        unknown.message,
+        "partition events-7 is not hosted by SPU 1; refresh metadata"
+    );
+    let mut stream = connection
+        .stream(&fetch(&key("other", 0), 0, 1024), 1)
+        .await
+        .expect("open a fetch stream");
+    assert_eq!(
+        stream_error(&mut stream).await.code,
+        ErrorCode::PARTITION_NOT_FOUND
+    );
+
+    let mut stream = connection
+        .stream(&fetch(&led, 100, 1024), 1)
+        .await
+        .expect("open a fetch stream");
+    let out_of_range = stream_error(&mut stream).await;
+    assert_eq!(out_of_range.code, ErrorCode::OFFSET_OUT_OF_RANGE);
+    assert!(
+        out_of_range.message.contains("0 to 2"),
+        "names the valid range: {out_of_range}"
+    );
+
+    let request = ProduceRequest {
+        topic: led.topic.clone(),
+        partition: led.partition,
+    };
+    let empty = api_error(connection.call_with_tail(&request, Bytes::new()).await);
+    assert_eq!(empty.code, ErrorCode::INVALID_RECORDS);
+    let mut corrupt = batch(&["x"]).to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    let bad_crc = api_error(
+        connection
+            .call_with_tail(&request, Bytes::from(corrupt))
+            .await,
+    );
+    assert_eq!(bad_crc.code, ErrorCode::INVALID_RECORDS);
+    assert!(bad_crc.message.contains("CRC"), "{bad_crc}");
+
+    // Nothing was appended by the failures.
+    let end = list_offsets(&connection, &led, OffsetQuery::End).await;
+    assert_eq!(end.offset, Offset(2));
+
+    // The private listener answers ApiVersions only.
+    let peer = Connection::connect(&spu.private_addr, TransportConfig::default())
+        .await
+        .expect("connect to the private listener");
+    let versions = peer
+        .call(&ApiVersionsRequest {})
+        .await
+        .expect("api versions");
+    assert_eq!(versions.versions.len(), 1);
+    let refused = api_error(produce(&peer, &led, &["x"]).await);
+    assert_eq!(refused.code, ErrorCode::UNSUPPORTED_API);
+    spu.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_leader_assignment_takes_effect() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let moving = key("events", 0);
+    let sc = FakeSc::start(vec![assignment("events", 0, SpuId(2), 1)]).await;
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(std::slice::from_ref(&moving)).await;
+    let connection = spu.connect().await;
+    assert_eq!(
+        api_error(produce(&connection, &moving, &["x"]).await).code,
+        ErrorCode::NOT_LEADER
+    );
+
+    // Updates apply in order: once the second partition is listed, the
+    // leader change before it is in effect.
+    sc.upsert(assignment("events", 0, SPU, 2));
+    sc.upsert(assignment("events", 1, SPU, 0));
+    sc.heartbeat_listing(&[moving.clone(), key("events", 1)])
+        .await;
+    let produced = produce(&connection, &moving, &["x"])
+        .await
+        .expect("produce");
+    assert_eq!(produced.base_offset, Offset(0));
+    spu.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_spu_keeps_its_data() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let events = key("events", 0);
+    let sc = FakeSc::start(vec![assignment("events", 0, SPU, 0)]).await;
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(std::slice::from_ref(&events)).await;
+    let connection = spu.connect().await;
+    produce(&connection, &events, &["kept", "too"])
+        .await
+        .expect("produce");
+    spu.stop().await;
+    drop(connection);
+
+    sc.forget_heartbeats();
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_where("the restarted SPU's heartbeat", |heartbeat| {
+        heartbeat
+            .replicas
+            .iter()
+            .any(|(_, _, status)| status.high_watermark == Offset(2))
+    })
+    .await;
+    let connection = spu.connect().await;
+    assert_eq!(
+        read_until(&connection, &events, 0, 2).await,
+        expected(&[(0, "kept"), (1, "too")])
+    );
+    let next = produce(&connection, &events, &["after"])
+        .await
+        .expect("produce");
+    assert_eq!(next.base_offset, Offset(2));
+    spu.stop().await;
+}
+
+#[tokio::test]
+async fn removing_a_replica_ends_its_streams_and_deletes_its_data() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let doomed = key("events", 0);
+    let kept = key("events", 1);
+    // Left over from a topic deleted while the SPU was down.
+    let stale = data.path().join("deleted-0");
+    std::fs::create_dir(&stale).expect("stale replica directory");
+    let sc = FakeSc::start(vec![
+        assignment("events", 0, SPU, 0),
+        assignment("events", 1, SPU, 0),
+    ])
+    .await;
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(&[doomed.clone(), kept.clone()]).await;
+    assert!(!stale.exists(), "the snapshot deletes unassigned replicas");
+    let connection = spu.connect().await;
+    produce(&connection, &doomed, &["gone"])
+        .await
+        .expect("produce");
+    let mut stream = connection
+        .stream(&fetch(&doomed, 1, 1024), 1)
+        .await
+        .expect("open a fetch stream");
+
+    sc.remove(&doomed);
+    let ended = stream_error(&mut stream).await;
+    assert_eq!(ended.code, ErrorCode::PARTITION_NOT_FOUND);
+    sc.heartbeat_listing(std::slice::from_ref(&kept)).await;
+    assert!(!data.path().join("events-0").exists());
+    assert!(data.path().join("events-1").is_dir());
+    assert_eq!(
+        api_error(produce(&connection, &doomed, &["x"]).await).code,
+        ErrorCode::PARTITION_NOT_FOUND
+    );
+    spu.stop().await;
+}
+
+#[tokio::test]
+async fn the_spu_waits_for_a_late_sc() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let sc_addr = free_addr();
+    let spu = TestSpu::start(&sc_addr, data.path());
+    let sc = FakeSc::start_at(&sc_addr, vec![assignment("events", 0, SPU, 0)]).await;
+    sc.heartbeat_listing(&[key("events", 0)]).await;
+
+    // The SC goes away: the SPU keeps serving what it holds.
+    sc.stop();
+    let connection = spu.connect().await;
+    let produced = produce(&connection, &key("events", 0), &["still"])
+        .await
+        .expect("produce without the SC");
+    assert_eq!(produced.base_offset, Offset(0));
+    spu.stop().await;
+}
+
+#[tokio::test]
+async fn a_taken_port_is_named_in_the_error() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("address").to_string();
+    let config = runnel_spu::SpuConfig {
+        public_addr: addr.clone(),
+        private_addr: free_addr(),
+        sc_addr: free_addr(),
+        data_dir: data.path().to_path_buf(),
+        ..runnel_spu::SpuConfig::default()
+    };
+    let error = bounded(
+        "the SPU to fail",
+        runnel_spu::run(config, runnel_transport::CancellationToken::new()),
+    )
+    .await
+    .expect_err("the port is taken");
+    let message = error.to_string();
+    assert!(message.contains(&addr), "{message}");
+    assert!(message.contains("--base-port"), "{message}");
+}
+
+#[tokio::test]
+async fn retention_moves_the_log_start_and_old_offsets_go_out_of_range() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let events = key("events", 0);
+    let mut small = assignment("events", 0, SPU, 0);
+    // About three one-record batches per segment; keep about four.
+    small.config.segment_size = runnel_types::ByteSize(256);
+    small.config.max_partition_size = Some(runnel_types::ByteSize(300));
+    let sc = FakeSc::start(vec![small]).await;
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(std::slice::from_ref(&events)).await;
+    let connection = spu.connect().await;
+    for value in ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"] {
+        produce(&connection, &events, &[value])
+            .await
+            .expect("produce");
+    }
+
+    let heartbeat = sc
+        .heartbeat_where("retention to move the log start", |heartbeat| {
+            heartbeat
+                .replicas
+                .iter()
+                .any(|(_, _, status)| status.log_start_offset > Offset(0))
+        })
+        .await;
+    let log_start = heartbeat.replicas[0].2.log_start_offset;
+    let start = list_offsets(&connection, &events, OffsetQuery::Start).await;
+    assert!(start.offset >= log_start);
+
+    let mut stream = connection
+        .stream(&fetch(&events, 0, 1024), 1)
+        .await
+        .expect("open a fetch stream");
+    let expired = stream_error(&mut stream).await;
+    assert_eq!(expired.code, ErrorCode::OFFSET_OUT_OF_RANGE);
+    let remaining = read_until(&connection, &events, start.offset.0, 10).await;
+    assert_eq!(remaining.last(), Some(&(9, "9".to_string())));
+    spu.stop().await;
+}

@@ -1,0 +1,324 @@
+//! A fake SC and an in-process SPU for the integration tests.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use runnel_api::{
+    ApiError, ApiKey, ErrorCode, FetchItem, ProduceRequest, ProduceResponse, SpuConnectRequest,
+    SpuHeartbeatRequest,
+};
+use runnel_metadata::{AssignmentUpdate, PartitionKey, ReplicaAssignment, TopicConfig};
+use runnel_spu::{SpuConfig, SpuError};
+use runnel_transport::{
+    CancellationToken, Connection, Handler, IncomingRequest, Responder, ResponseStream,
+    TransportConfig, TransportError,
+};
+use runnel_types::{LeaderEpoch, PartitionId, SpuId, TopicName};
+use runnel_wire::{BatchBuilder, Compression, DecodeLimits, RecordBatch};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+/// The bound on every wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub const SPU: SpuId = SpuId(1);
+
+/// Waits for `future`, failing the test if it takes longer than [`WAIT`].
+pub async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+pub fn key(topic: &str, partition: u32) -> PartitionKey {
+    PartitionKey {
+        topic: TopicName::new(topic).expect("valid topic name"),
+        partition: PartitionId(partition),
+    }
+}
+
+pub fn assignment(topic: &str, partition: u32, leader: SpuId, epoch: i32) -> ReplicaAssignment {
+    ReplicaAssignment {
+        key: key(topic, partition),
+        config: TopicConfig::default(),
+        replicas: vec![leader],
+        leader: Some(leader),
+        leader_epoch: LeaderEpoch(epoch),
+    }
+}
+
+/// An address nobody listens on right now.
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").to_string()
+}
+
+/// Serves `SpuConnect` (a snapshot of its assignments, then every change
+/// made through it) and records the SPU's heartbeats.
+#[derive(Debug)]
+pub struct FakeSc {
+    pub addr: String,
+    assignments: Mutex<BTreeMap<PartitionKey, ReplicaAssignment>>,
+    updates: broadcast::Sender<AssignmentUpdate>,
+    /// The latest heartbeat; `None` until one arrives (or after `forget_heartbeats`).
+    heartbeat: watch::Sender<Option<SpuHeartbeatRequest>>,
+    shutdown: CancellationToken,
+}
+
+impl FakeSc {
+    pub async fn start(assignments: Vec<ReplicaAssignment>) -> Arc<FakeSc> {
+        FakeSc::start_at("127.0.0.1:0", assignments).await
+    }
+
+    pub async fn start_at(addr: &str, assignments: Vec<ReplicaAssignment>) -> Arc<FakeSc> {
+        let listener = TcpListener::bind(addr).await.expect("bind the fake SC");
+        let sc = Arc::new(FakeSc {
+            addr: listener.local_addr().expect("local address").to_string(),
+            assignments: Mutex::new(
+                assignments
+                    .into_iter()
+                    .map(|assignment| (assignment.key.clone(), assignment))
+                    .collect(),
+            ),
+            updates: broadcast::channel(64).0,
+            heartbeat: watch::Sender::new(None),
+            shutdown: CancellationToken::new(),
+        });
+        tokio::spawn(runnel_transport::serve(
+            listener,
+            Arc::clone(&sc),
+            TransportConfig::default(),
+            sc.shutdown.clone(),
+        ));
+        sc
+    }
+
+    pub fn upsert(&self, assignment: ReplicaAssignment) {
+        let mut assignments = self.assignments.lock().expect("assignments lock");
+        assignments.insert(assignment.key.clone(), assignment.clone());
+        let _ = self.updates.send(AssignmentUpdate::Upsert(assignment));
+    }
+
+    pub fn remove(&self, key: &PartitionKey) {
+        let mut assignments = self.assignments.lock().expect("assignments lock");
+        assignments.remove(key);
+        let _ = self.updates.send(AssignmentUpdate::Remove(key.clone()));
+    }
+
+    /// Waits for a heartbeat that satisfies `check`.
+    pub async fn heartbeat_where(
+        &self,
+        what: &str,
+        check: impl Fn(&SpuHeartbeatRequest) -> bool,
+    ) -> SpuHeartbeatRequest {
+        let mut heartbeats = self.heartbeat.subscribe();
+        let found = bounded(
+            what,
+            heartbeats.wait_for(|heartbeat| heartbeat.as_ref().is_some_and(&check)),
+        )
+        .await
+        .expect("the fake SC keeps its heartbeat sender");
+        found.clone().expect("checked to be a heartbeat")
+    }
+
+    /// Waits for a heartbeat that lists exactly these partitions.
+    pub async fn heartbeat_listing(&self, keys: &[PartitionKey]) -> SpuHeartbeatRequest {
+        let mut wanted: Vec<_> = keys
+            .iter()
+            .map(|key| (key.topic.clone(), key.partition))
+            .collect();
+        wanted.sort();
+        self.heartbeat_where(&format!("a heartbeat listing {keys:?}"), |heartbeat| {
+            let mut listed: Vec<_> = heartbeat
+                .replicas
+                .iter()
+                .map(|(topic, partition, _)| (topic.clone(), *partition))
+                .collect();
+            listed.sort();
+            listed == wanted
+        })
+        .await
+    }
+
+    /// Makes the next waits see only heartbeats sent from now on.
+    pub fn forget_heartbeats(&self) {
+        self.heartbeat.send_replace(None);
+    }
+
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
+    async fn serve_spu(&self, request: IncomingRequest, responder: Responder) {
+        if let Err(error) = request.decode::<SpuConnectRequest>() {
+            let error = ApiError::new(ErrorCode::MALFORMED_REQUEST, error.to_string());
+            return responder.reply(&Err::<(), _>(error)).await;
+        }
+        let (snapshot, mut updates) = {
+            let assignments = self.assignments.lock().expect("assignments lock");
+            (
+                assignments.values().cloned().collect(),
+                self.updates.subscribe(),
+            )
+        };
+        let mut stream = responder.into_stream();
+        if stream
+            .send(&AssignmentUpdate::Snapshot(snapshot))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let update = tokio::select! {
+                _ = stream.cancelled() => return,
+                update = updates.recv() => match update {
+                    Ok(update) => update,
+                    Err(error) => panic!("the fake SC lost updates: {error}"),
+                },
+            };
+            if stream.send(&update).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Handler for FakeSc {
+    async fn handle(&self, request: IncomingRequest, responder: Responder) {
+        match ApiKey::from_u16(request.header.api_key) {
+            Some(ApiKey::SpuConnect) => self.serve_spu(request, responder).await,
+            Some(ApiKey::SpuHeartbeat) => {
+                let reply = match request.decode::<SpuHeartbeatRequest>() {
+                    Ok(heartbeat) => {
+                        self.heartbeat.send_replace(Some(heartbeat));
+                        Ok(())
+                    }
+                    Err(error) => Err(ApiError::new(
+                        ErrorCode::MALFORMED_REQUEST,
+                        error.to_string(),
+                    )),
+                };
+                responder.reply(&reply).await
+            }
+            _ => {
+                let error = ApiError::new(ErrorCode::UNSUPPORTED_API, "not served by the fake SC");
+                responder.reply(&Err::<(), _>(error)).await
+            }
+        }
+    }
+}
+
+/// An SPU running in this process.
+#[derive(Debug)]
+pub struct TestSpu {
+    pub public_addr: String,
+    pub private_addr: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), SpuError>>,
+}
+
+impl TestSpu {
+    pub fn start(sc_addr: &str, data_dir: &Path) -> TestSpu {
+        let config = SpuConfig {
+            id: SPU,
+            public_addr: free_addr(),
+            private_addr: free_addr(),
+            sc_addr: sc_addr.to_string(),
+            data_dir: PathBuf::from(data_dir),
+            heartbeat_interval: Duration::from_millis(50),
+            retention_check_interval: Duration::from_millis(50),
+            ..SpuConfig::default()
+        };
+        let shutdown = CancellationToken::new();
+        TestSpu {
+            public_addr: config.public_addr.clone(),
+            private_addr: config.private_addr.clone(),
+            shutdown: shutdown.clone(),
+            task: tokio::spawn(runnel_spu::run(config, shutdown)),
+        }
+    }
+
+    /// Connects to the public listener. Call it once a heartbeat came:
+    /// the SPU binds its listeners before it talks to the SC.
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.public_addr, TransportConfig::default())
+            .await
+            .expect("connect to the SPU")
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        bounded("the SPU to stop", self.task)
+            .await
+            .expect("the SPU task does not panic")
+            .expect("the SPU stops cleanly");
+    }
+}
+
+/// One batch holding `values`, stamped now (so that retention by time
+/// keeps it).
+pub fn batch(values: &[&str]) -> Bytes {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_millis() as i64;
+    let mut builder = BatchBuilder::new(Compression::None);
+    for value in values {
+        builder.push(now_ms, None, Some(value.as_bytes().to_vec()), Vec::new());
+    }
+    Bytes::from(builder.build().encode().expect("encodable batch"))
+}
+
+pub async fn produce(
+    connection: &Connection,
+    key: &PartitionKey,
+    values: &[&str],
+) -> Result<ProduceResponse, TransportError> {
+    let request = ProduceRequest {
+        topic: key.topic.clone(),
+        partition: key.partition,
+    };
+    connection.call_with_tail(&request, batch(values)).await
+}
+
+/// The `(offset, value)` of every record in a fetch item's tail.
+pub fn records(tail: &[u8]) -> Vec<(i64, String)> {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while at < tail.len() {
+        let (batch, used) = RecordBatch::decode(&tail[at..], DecodeLimits::default())
+            .expect("a whole, valid batch");
+        for record in &batch.records {
+            let value = record.value.clone().expect("every test record has a value");
+            records.push((
+                batch.header.base_offset + i64::from(record.offset_delta),
+                String::from_utf8(value).expect("UTF-8 values"),
+            ));
+        }
+        at += used;
+    }
+    records
+}
+
+/// The next item of a fetch stream, which must come.
+pub async fn next_item(stream: &mut ResponseStream<FetchItem>) -> (FetchItem, Bytes) {
+    bounded("a fetch item", stream.next_with_tail())
+        .await
+        .expect("the stream goes on")
+        .expect("a fetch item")
+}
+
+/// The error a stream ends with, which must come.
+pub async fn stream_error(stream: &mut ResponseStream<FetchItem>) -> ApiError {
+    match bounded("the stream to end", stream.next_with_tail()).await {
+        Some(Err(TransportError::Api(error))) => error,
+        Some(Ok((item, _))) => panic!("expected the stream to end, got {item:?}"),
+        Some(Err(error)) => panic!("expected an error from the SPU, got {error}"),
+        None => panic!("expected the stream to end with an error, it ended cleanly"),
+    }
+}
