@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::Output;
 
-type CommandResult = Result<ExitCode, Box<dyn std::error::Error>>;
+use crate::CommandResult;
 
 /// Exit status when the data has a fault (2 is for bad usage and I/O
 /// errors, as clap uses it).

@@ -1,12 +1,20 @@
 //! The `runnel` binary. This crate is the only one that knows clap; each
 //! subcommand parses its flags here and calls into the library crates.
 
+mod admin;
+mod benchmark;
+mod cluster;
+mod consume;
 mod debug;
+mod produce;
+mod profile;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use runnel_types::TopicName;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,15 +23,123 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "Runnel: a distributed data-streaming platform"
 )]
 struct Cli {
+    /// Use this profile instead of the current one (see `runnel profile`).
+    #[arg(long, global = true, env = "RUNNEL_PROFILE")]
+    profile: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start, inspect, stop or delete the local cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Show partitions: leaders, replicas, offsets and sizes.
+    #[command(subcommand)]
+    Partition(PartitionCommand),
+    /// Show the SPUs known to the controller.
+    #[command(subcommand)]
+    Spu(SpuCommand),
+    /// Send lines as records to a topic.
+    Produce(produce::ProduceArgs),
+    /// Stream records from a topic.
+    Consume(consume::ConsumeArgs),
+    /// Switch between clusters.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+    /// Run one cluster process in the foreground (what `cluster start`
+    /// launches).
+    #[command(subcommand)]
+    Run(RunCommand),
+    /// Measure throughput and latency against the current cluster.
+    #[command(subcommand)]
+    Benchmark(benchmark::BenchmarkCommand),
     /// Operator tools that work directly on partition directories.
     #[command(subcommand)]
     Debug(DebugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Start an SC and SPUs as background processes (only those not
+    /// running), wait until every SPU is online, and make profile `local`
+    /// point at the cluster.
+    Start(cluster::StartArgs),
+    /// Show the cluster's processes and SPUs.
+    Status {
+        #[arg(short = 'O', long = "output", value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Stop the cluster's processes; their data stays for the next start.
+    Stop,
+    /// Stop the cluster and remove its data and logs.
+    Delete,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create(admin::CreateTopicArgs),
+    /// List topics.
+    List {
+        #[arg(short = 'O', long = "output", value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Show a topic's settings, state and partitions.
+    Describe {
+        name: TopicName,
+        #[arg(short = 'O', long = "output", value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Delete a topic and its data on every SPU.
+    Delete { name: TopicName },
+}
+
+#[derive(Debug, Subcommand)]
+enum PartitionCommand {
+    /// List partitions of every topic, or of one.
+    List {
+        /// Only this topic's partitions.
+        #[arg(long)]
+        topic: Option<TopicName>,
+        #[arg(short = 'O', long = "output", value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SpuCommand {
+    /// List SPUs with their addresses and whether they are online.
+    List {
+        #[arg(short = 'O', long = "output", value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProfileCommand {
+    /// List profiles; the current one is marked.
+    List,
+    /// Print the current profile.
+    Current,
+    /// Make NAME the current profile.
+    Switch { name: String },
+    /// Add (or change) a profile for the SC at ADDRESS (host:port).
+    Add { name: String, address: String },
+    /// Delete a profile.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunCommand {
+    /// Run a Streaming Controller.
+    Sc(server::ScArgs),
+    /// Run a Streaming Processing Unit.
+    Spu(server::SpuArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,8 +191,13 @@ enum Output {
     Json,
 }
 
+/// What a command returns: an exit code, or an error printed as
+/// `error: …` with exit code 2.
+type CommandResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let profile = cli.profile;
     let result = match cli.command {
         Command::Debug(DebugCommand::VerifyLog { path, output }) => {
             debug::verify_log(&path, output)
@@ -92,6 +213,18 @@ fn main() -> ExitCode {
             compression,
             segment_size,
         }) => debug::write_log(&path, batch_records, compression, segment_size),
+        Command::Run(RunCommand::Sc(args)) => server::run_sc(args),
+        Command::Run(RunCommand::Spu(args)) => server::run_spu(args),
+        Command::Profile(command) => profile::run(command),
+        Command::Cluster(command) => block_on(cluster::run(command)),
+        Command::Topic(command) => block_on(admin::topic(profile, command)),
+        Command::Partition(PartitionCommand::List { topic, output }) => {
+            block_on(admin::list_partitions(profile, topic, output))
+        }
+        Command::Spu(SpuCommand::List { output }) => block_on(admin::list_spus(profile, output)),
+        Command::Produce(args) => block_on(produce::run(profile, args)),
+        Command::Consume(args) => block_on(consume::run(profile, args)),
+        Command::Benchmark(command) => block_on(benchmark::run(profile, command)),
     };
     match result {
         Ok(code) => code,
@@ -108,4 +241,12 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Runs an async command on a runtime of its own.
+fn block_on(command: impl Future<Output = CommandResult>) -> CommandResult {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(command)
 }

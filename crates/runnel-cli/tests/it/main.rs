@@ -1,3 +1,5 @@
-//! Tests of the `runnel` binary, run as a real process.
+//! Tests of the `runnel` binary, run as real processes.
 
+mod cluster;
 mod debug;
+mod support;

@@ -1,0 +1,337 @@
+//! One partition's records waiting to be sent, gathered into batches.
+//!
+//! A batch is closed when the next record would take it past the batch
+//! size, or when it is full; an open batch is sent once it has waited the
+//! linger time, or at once when a flush asks for its records. Pure: the
+//! caller passes the time in and does the sending, so batching is tested
+//! without a clock or a network.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use runnel_wire::batch::BATCH_HEADER_LEN;
+use runnel_wire::{BatchBuilder, Compression, RecordHeader};
+
+/// Most bytes a record adds to a batch besides its key, value and headers:
+/// its length, attributes, timestamp and offset deltas, key and value
+/// lengths and header count, each varint at its widest.
+const RECORD_OVERHEAD_BYTES: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
+/// Most bytes a header adds besides its key and value: their lengths.
+const HEADER_OVERHEAD_BYTES: usize = 10;
+
+/// Bytes a record takes in an uncompressed batch, at most.
+pub(crate) fn record_size(key: Option<&[u8]>, value: &[u8], headers: &[RecordHeader]) -> usize {
+    let headers: usize = headers
+        .iter()
+        .map(|header| {
+            HEADER_OVERHEAD_BYTES + header.key.len() + header.value.as_ref().map_or(0, Vec::len)
+        })
+        .sum();
+    RECORD_OVERHEAD_BYTES + key.map_or(0, <[u8]>::len) + value.len() + headers
+}
+
+/// A record as handed to the accumulator.
+#[derive(Debug, Clone)]
+pub(crate) struct RecordParts {
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<RecordHeader>,
+}
+
+/// A batch to send, with the ticket of each of its records in order
+/// (whatever the caller needs to report each record's outcome).
+#[derive(Debug)]
+pub(crate) struct ReadyBatch<T> {
+    pub builder: BatchBuilder,
+    pub tickets: Vec<T>,
+    /// When its first record arrived: the delivery timeout counts from
+    /// here.
+    pub opened_at: Instant,
+}
+
+#[derive(Debug)]
+struct OpenBatch<T> {
+    builder: BatchBuilder,
+    tickets: Vec<T>,
+    size_bytes: usize,
+    opened_at: Instant,
+    /// Sequence number (see [`Accumulator::appended`]) of its first record.
+    first_sequence: u64,
+}
+
+/// What the partition's sender should do next.
+#[derive(Debug)]
+pub(crate) enum Next<T> {
+    Send(ReadyBatch<T>),
+    /// An open batch is lingering until then.
+    WaitUntil(Instant),
+    /// Nothing is waiting.
+    Idle,
+}
+
+#[derive(Debug)]
+pub(crate) struct Accumulator<T> {
+    batch_size: usize,
+    compression: Compression,
+    open: Option<OpenBatch<T>>,
+    /// Closed batches, oldest first.
+    ready: VecDeque<ReadyBatch<T>>,
+    /// Records ever appended; the next record's sequence number.
+    appended: u64,
+    /// Records with a sequence number below this are sent without
+    /// lingering: a flush is waiting for them.
+    flush_below: u64,
+}
+
+impl<T> Accumulator<T> {
+    pub fn new(batch_size: usize, compression: Compression) -> Accumulator<T> {
+        Accumulator {
+            batch_size,
+            compression,
+            open: None,
+            ready: VecDeque::new(),
+            appended: 0,
+            flush_below: 0,
+        }
+    }
+
+    /// Adds a record. Returns whether the sender must be woken: a batch
+    /// was opened (its linger starts) or closed (it can go).
+    pub fn append(&mut self, now: Instant, record: RecordParts, ticket: T) -> bool {
+        let size = record_size(record.key.as_deref(), &record.value, &record.headers);
+        let mut wake = false;
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|open| open.size_bytes + size > self.batch_size)
+        {
+            self.close_open();
+            wake = true;
+        }
+        let compression = self.compression;
+        let first_sequence = self.appended;
+        let open = self.open.get_or_insert_with(|| {
+            wake = true;
+            OpenBatch {
+                builder: BatchBuilder::new(compression),
+                tickets: Vec::new(),
+                size_bytes: BATCH_HEADER_LEN,
+                opened_at: now,
+                first_sequence,
+            }
+        });
+        open.builder.push(
+            record.timestamp,
+            record.key.map(|key| key.to_vec()),
+            Some(record.value.to_vec()),
+            record.headers,
+        );
+        open.tickets.push(ticket);
+        open.size_bytes += size;
+        self.appended += 1;
+        if open.size_bytes >= self.batch_size {
+            self.close_open();
+            wake = true;
+        }
+        wake
+    }
+
+    /// Sends every record appended so far without lingering. Returns how
+    /// many records have been appended, for the caller to wait on.
+    pub fn request_flush(&mut self) -> u64 {
+        self.flush_below = self.appended;
+        self.appended
+    }
+
+    /// The next batch to send, or how long to wait for one. With
+    /// `draining` (the producer is closing) nothing lingers.
+    pub fn next(&mut self, now: Instant, linger: Duration, draining: bool) -> Next<T> {
+        if let Some(batch) = self.ready.pop_front() {
+            return Next::Send(batch);
+        }
+        let Some(open) = &self.open else {
+            return Next::Idle;
+        };
+        let deadline = open.opened_at + linger;
+        if draining || open.first_sequence < self.flush_below || now >= deadline {
+            self.close_open();
+            return match self.ready.pop_front() {
+                Some(batch) => Next::Send(batch),
+                None => Next::Idle,
+            };
+        }
+        Next::WaitUntil(deadline)
+    }
+
+    fn close_open(&mut self) {
+        if let Some(open) = self.open.take() {
+            self.ready.push_back(ReadyBatch {
+                builder: open.builder,
+                tickets: open.tickets,
+                opened_at: open.opened_at,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use runnel_wire::{DecodeLimits, RecordBatch};
+
+    use super::*;
+
+    fn record(value: &str) -> RecordParts {
+        RecordParts {
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            headers: Vec::new(),
+        }
+    }
+
+    fn sent<T: std::fmt::Debug>(next: Next<T>) -> ReadyBatch<T> {
+        match next {
+            Next::Send(batch) => batch,
+            other => panic!("expected a batch to send, got {other:?}"),
+        }
+    }
+
+    /// Values of a batch, decoded from its encoding.
+    fn values(batch: ReadyBatch<u32>) -> Vec<String> {
+        let bytes = batch.builder.build().encode().expect("encode");
+        let (decoded, _) = RecordBatch::decode(&bytes, DecodeLimits::default()).expect("decode");
+        decoded
+            .records
+            .into_iter()
+            .map(|record| String::from_utf8(record.value.expect("value")).expect("utf-8"))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_lingers_then_goes() {
+        let start = Instant::now();
+        let linger = Duration::from_millis(5);
+        let mut accumulator = Accumulator::new(16 << 10, Compression::None);
+        assert!(matches!(accumulator.next(start, linger, false), Next::Idle));
+        assert!(
+            accumulator.append(start, record("a"), 0),
+            "a new batch wakes the sender"
+        );
+        assert!(
+            !accumulator.append(start, record("b"), 1),
+            "a growing batch does not"
+        );
+        match accumulator.next(start, linger, false) {
+            Next::WaitUntil(deadline) => assert_eq!(deadline, start + linger),
+            other => panic!("expected to linger, got {other:?}"),
+        }
+        let batch = sent(accumulator.next(start + linger, linger, false));
+        assert_eq!(batch.tickets, [0, 1]);
+        assert_eq!(values(batch), ["a", "b"]);
+        assert!(matches!(
+            accumulator.next(start + linger, linger, false),
+            Next::Idle
+        ));
+    }
+
+    #[test]
+    fn batches_close_at_the_batch_size() {
+        let now = Instant::now();
+        let linger = Duration::from_secs(60);
+        let one = record_size(None, b"0123456789", &[]);
+        // Room for the header and exactly three records.
+        let mut accumulator = Accumulator::new(BATCH_HEADER_LEN + 3 * one, Compression::None);
+        for ticket in 0..7 {
+            accumulator.append(now, record("0123456789"), ticket);
+        }
+        let first = sent(accumulator.next(now, linger, false));
+        assert_eq!(first.tickets, [0, 1, 2]);
+        let second = sent(accumulator.next(now, linger, false));
+        assert_eq!(second.tickets, [3, 4, 5]);
+        assert!(
+            matches!(accumulator.next(now, linger, false), Next::WaitUntil(_)),
+            "the last record lingers in an open batch"
+        );
+        let encoded = first.builder.build().encode().expect("encode");
+        assert!(encoded.len() <= BATCH_HEADER_LEN + 3 * one);
+    }
+
+    #[test]
+    fn a_record_larger_than_the_batch_size_goes_alone() {
+        let now = Instant::now();
+        let linger = Duration::from_secs(60);
+        let mut accumulator = Accumulator::new(200, Compression::None);
+        accumulator.append(now, record("small"), 0);
+        accumulator.append(now, record(&"x".repeat(500)), 1);
+        accumulator.append(now, record("after"), 2);
+        assert_eq!(sent(accumulator.next(now, linger, false)).tickets, [0]);
+        assert_eq!(sent(accumulator.next(now, linger, false)).tickets, [1]);
+        assert!(matches!(
+            accumulator.next(now, linger, false),
+            Next::WaitUntil(_)
+        ));
+    }
+
+    #[test]
+    fn a_flush_sends_what_was_appended_before_it_without_lingering() {
+        let now = Instant::now();
+        let linger = Duration::from_secs(60);
+        let mut accumulator = Accumulator::new(16 << 10, Compression::None);
+        accumulator.append(now, record("a"), 0);
+        accumulator.append(now, record("b"), 1);
+        assert_eq!(accumulator.request_flush(), 2);
+        assert_eq!(sent(accumulator.next(now, linger, false)).tickets, [0, 1]);
+        accumulator.append(now, record("c"), 2);
+        assert!(
+            matches!(accumulator.next(now, linger, false), Next::WaitUntil(_)),
+            "records after the flush linger again"
+        );
+        assert_eq!(
+            sent(accumulator.next(now, linger, true)).tickets,
+            [2],
+            "draining sends at once"
+        );
+        assert_eq!(accumulator.request_flush(), 3);
+    }
+
+    #[test]
+    fn batches_carry_keys_headers_and_timestamps() {
+        let now = Instant::now();
+        let mut accumulator = Accumulator::new(16 << 10, Compression::None);
+        let header = RecordHeader {
+            key: b"trace".to_vec(),
+            value: Some(b"42".to_vec()),
+        };
+        accumulator.append(
+            now,
+            RecordParts {
+                timestamp: 1_000,
+                key: Some(Bytes::from_static(b"k")),
+                value: Bytes::from_static(b"v"),
+                headers: vec![header.clone()],
+            },
+            0u32,
+        );
+        accumulator.append(
+            now,
+            RecordParts {
+                timestamp: 1_005,
+                key: None,
+                value: Bytes::from_static(b"w"),
+                headers: Vec::new(),
+            },
+            1,
+        );
+        let batch = sent(accumulator.next(now, Duration::ZERO, false));
+        let bytes = batch.builder.build().encode().expect("encode");
+        let (decoded, _) = RecordBatch::decode(&bytes, DecodeLimits::default()).expect("decode");
+        let first = &decoded.records[0];
+        assert_eq!(first.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(first.headers, [header]);
+        assert_eq!(decoded.timestamp_of(first), 1_000);
+        assert_eq!(decoded.timestamp_of(&decoded.records[1]), 1_005);
+        assert_eq!(decoded.records[1].offset_delta, 1);
+    }
+}

@@ -1,0 +1,669 @@
+//! A fake SC and a fake SPU on loopback, built on `runnel_transport`, so
+//! the client is tested end to end without the server crates.
+//!
+//! - The fake SC serves `WatchMetadata` (a snapshot, then a delta per
+//!   change) and the admin apis over an in-memory store; it can be stopped
+//!   and started again on the same address.
+//! - The fake SPU leads every partition the SC places on it. It keeps
+//!   produced batches in memory, stamping base offsets into them as a
+//!   leader does, and pushes them to fetch streams as they arrive. It can
+//!   refuse produces with `NOT_LEADER` and corrupt a stored batch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use runnel_api::{
+    ApiError, ApiKey, CreateTopicRequest, DeleteTopicRequest, ErrorCode, FetchItem,
+    ListOffsetsRequest, ListOffsetsResponse, ListPartitionsRequest, ListTopicsRequest, OffsetQuery,
+    ProduceRequest, ProduceResponse, Reply, StreamFetchRequest,
+};
+use runnel_client::RunnelClient;
+use runnel_metadata::{
+    Change, MetadataUpdate, Object, ObjectKey, Partition, PartitionKey, PartitionSpec,
+    PartitionStatus, Spu, SpuSpec, Topic, TopicConfig, TopicSpec, TopicState,
+};
+use runnel_transport::{
+    CancellationToken, Handler, IncomingRequest, Responder, StreamSender, TransportConfig, serve,
+};
+use runnel_types::{LeaderEpoch, Offset, PartitionId, SpuId, TopicName};
+use runnel_wire::batch::{BatchHeader, peek_total_len, set_base_offset};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+
+/// Upper bound of every wait in these tests. Reaching it is a failure (a
+/// hang), never a measurement.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Awaits `future`, failing the test if it takes longer than [`WAIT`].
+pub async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(WAIT, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("{what} did not happen within {WAIT:?}"),
+    }
+}
+
+pub fn topic_name(name: &str) -> TopicName {
+    TopicName::new(name).expect("valid topic name")
+}
+
+/// The id of the one fake SPU.
+pub const SPU: SpuId = SpuId(1);
+
+/// An SC and an SPU serving on loopback.
+pub struct FakeCluster {
+    pub sc_addr: String,
+    pub sc: Arc<FakeSc>,
+    pub spu: Arc<FakeSpu>,
+    spu_addr: String,
+    sc_shutdown: Mutex<CancellationToken>,
+    spu_shutdown: Mutex<CancellationToken>,
+}
+
+impl FakeCluster {
+    pub async fn start() -> FakeCluster {
+        let spu_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind SPU");
+        let spu_addr = spu_listener.local_addr().expect("SPU address").to_string();
+        let spu = Arc::new(FakeSpu::default());
+        let spu_shutdown = CancellationToken::new();
+        tokio::spawn(serve(
+            spu_listener,
+            Arc::clone(&spu),
+            TransportConfig::default(),
+            spu_shutdown.clone(),
+        ));
+
+        let sc_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind SC");
+        let sc_addr = sc_listener.local_addr().expect("SC address").to_string();
+        let sc = Arc::new(FakeSc::new(spu_addr.clone()));
+        let sc_shutdown = CancellationToken::new();
+        tokio::spawn(serve(
+            sc_listener,
+            Arc::clone(&sc),
+            TransportConfig::default(),
+            sc_shutdown.clone(),
+        ));
+        FakeCluster {
+            sc_addr,
+            sc,
+            spu,
+            spu_addr,
+            sc_shutdown: Mutex::new(sc_shutdown),
+            spu_shutdown: Mutex::new(spu_shutdown),
+        }
+    }
+
+    pub async fn client(&self) -> RunnelClient {
+        bounded("connecting", RunnelClient::connect(&self.sc_addr))
+            .await
+            .expect("connect to the fake SC")
+    }
+
+    /// A topic created directly in the SC's store, once `client` sees it.
+    pub async fn create_topic(
+        &self,
+        client: &RunnelClient,
+        name: &str,
+        partitions: u32,
+    ) -> TopicName {
+        let topic = topic_name(name);
+        self.sc
+            .create(TopicSpec {
+                name: topic.clone(),
+                partitions,
+                replication_factor: 1,
+                config: TopicConfig::default(),
+            })
+            .expect("new topic");
+        bounded(
+            "the new topic in the client's metadata",
+            client.wait_for_metadata(|view| view.topics.contains_key(&topic), WAIT),
+        )
+        .await
+        .expect("topic visible");
+        topic
+    }
+
+    /// Stops the SC: its listener and every connection close.
+    pub fn stop_sc(&self) {
+        self.sc_shutdown.lock().expect("lock").cancel();
+    }
+
+    /// Serves the SC again on its old address, with its old store.
+    pub async fn restart_sc(&self) {
+        let listener = rebind(&self.sc_addr).await;
+        let shutdown = CancellationToken::new();
+        *self.sc_shutdown.lock().expect("lock") = shutdown.clone();
+        tokio::spawn(serve(
+            listener,
+            Arc::clone(&self.sc),
+            TransportConfig::default(),
+            shutdown,
+        ));
+    }
+
+    /// Stops the SPU and serves it again on its old address with its old
+    /// data: every connection to it closes.
+    pub async fn restart_spu(&self) {
+        self.spu_shutdown.lock().expect("lock").cancel();
+        let listener = rebind(&self.spu_addr).await;
+        let shutdown = CancellationToken::new();
+        *self.spu_shutdown.lock().expect("lock") = shutdown.clone();
+        tokio::spawn(serve(
+            listener,
+            Arc::clone(&self.spu),
+            TransportConfig::default(),
+            shutdown,
+        ));
+    }
+}
+
+impl Drop for FakeCluster {
+    fn drop(&mut self) {
+        self.sc_shutdown.lock().expect("lock").cancel();
+        self.spu_shutdown.lock().expect("lock").cancel();
+    }
+}
+
+/// Listens on `addr` again once the stopped server there has let go of
+/// it (its accept task ends shortly after its token is cancelled).
+async fn rebind(addr: &str) -> TcpListener {
+    bounded("the address to be free again", async {
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return listener,
+                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                Err(error) => panic!("cannot listen on {addr}: {error}"),
+            }
+        }
+    })
+    .await
+}
+
+/// An unused loopback address: nothing listens there.
+pub async fn unused_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("address").to_string()
+}
+
+// ---- the fake SC ----
+
+#[derive(Debug)]
+pub struct FakeSc {
+    store: Mutex<Store>,
+    /// Deltas, for the watch streams.
+    deltas: broadcast::Sender<MetadataUpdate>,
+    /// Metadata watch streams being served.
+    pub watchers: watch::Sender<u32>,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    version: u64,
+    topics: BTreeMap<TopicName, Topic>,
+    partitions: BTreeMap<PartitionKey, Partition>,
+    spus: BTreeMap<SpuId, Spu>,
+}
+
+impl FakeSc {
+    fn new(spu_addr: String) -> FakeSc {
+        let mut store = Store::default();
+        store.spus.insert(
+            SPU,
+            Spu {
+                spec: SpuSpec {
+                    id: SPU,
+                    public_addr: spu_addr,
+                    private_addr: "127.0.0.1:1".into(),
+                    rack: None,
+                },
+                online: true,
+            },
+        );
+        FakeSc {
+            store: Mutex::new(store),
+            deltas: broadcast::channel(1024).0,
+            watchers: watch::Sender::new(0),
+        }
+    }
+
+    /// Applies `changes` to the store and sends them as one delta.
+    fn change(&self, store: &mut Store, changes: Vec<Change>) {
+        store.version += 1;
+        for change in &changes {
+            match change {
+                Change::Upsert(Object::Topic(topic)) => {
+                    store.topics.insert(topic.spec.name.clone(), topic.clone());
+                }
+                Change::Upsert(Object::Partition(partition)) => {
+                    store
+                        .partitions
+                        .insert(partition.spec.key.clone(), partition.clone());
+                }
+                Change::Upsert(Object::Spu(spu)) => {
+                    store.spus.insert(spu.spec.id, spu.clone());
+                }
+                Change::Delete(ObjectKey::Topic(name)) => {
+                    store.topics.remove(name);
+                }
+                Change::Delete(ObjectKey::Partition(key)) => {
+                    store.partitions.remove(key);
+                }
+                Change::Delete(ObjectKey::Spu(id)) => {
+                    store.spus.remove(id);
+                }
+            }
+        }
+        let _ = self.deltas.send(MetadataUpdate::Delta {
+            version: store.version,
+            changes,
+        });
+    }
+
+    pub fn create(&self, spec: TopicSpec) -> Result<(), ApiError> {
+        let mut store = self.store.lock().expect("store lock");
+        if store.topics.contains_key(&spec.name) {
+            return Err(ApiError::new(
+                ErrorCode::TOPIC_EXISTS,
+                format!("topic '{}' already exists", spec.name),
+            ));
+        }
+        let mut changes = Vec::new();
+        for partition in 0..spec.partitions {
+            changes.push(Change::Upsert(Object::Partition(Partition {
+                spec: PartitionSpec {
+                    key: PartitionKey {
+                        topic: spec.name.clone(),
+                        partition: PartitionId(partition),
+                    },
+                    replicas: vec![SPU],
+                },
+                status: PartitionStatus {
+                    leader: Some(SPU),
+                    leader_epoch: LeaderEpoch(1),
+                    in_sync_replicas: vec![SPU],
+                    replicas: Vec::new(),
+                },
+            })));
+        }
+        changes.push(Change::Upsert(Object::Topic(Topic {
+            spec,
+            state: TopicState::Provisioned,
+        })));
+        self.change(&mut store, changes);
+        Ok(())
+    }
+
+    fn delete(&self, name: &TopicName) -> Result<(), ApiError> {
+        let mut store = self.store.lock().expect("store lock");
+        let Some(topic) = store.topics.get(name) else {
+            return Err(ApiError::new(
+                ErrorCode::TOPIC_NOT_FOUND,
+                format!("topic '{name}' does not exist"),
+            ));
+        };
+        let mut changes: Vec<Change> = (0..topic.spec.partitions)
+            .map(|partition| {
+                Change::Delete(ObjectKey::Partition(PartitionKey {
+                    topic: name.clone(),
+                    partition: PartitionId(partition),
+                }))
+            })
+            .collect();
+        changes.push(Change::Delete(ObjectKey::Topic(name.clone())));
+        self.change(&mut store, changes);
+        Ok(())
+    }
+
+    /// Marks the SPU online or offline, as the SC does on heartbeats.
+    pub fn set_spu_online(&self, online: bool) {
+        let mut store = self.store.lock().expect("store lock");
+        let mut spu = store.spus[&SPU].clone();
+        spu.online = online;
+        self.change(&mut store, vec![Change::Upsert(Object::Spu(spu))]);
+    }
+
+    async fn watch(&self, responder: Responder) {
+        let (snapshot_version, snapshot, mut deltas) = {
+            let store = self.store.lock().expect("store lock");
+            let objects = store
+                .topics
+                .values()
+                .cloned()
+                .map(Object::Topic)
+                .chain(store.partitions.values().cloned().map(Object::Partition))
+                .chain(store.spus.values().cloned().map(Object::Spu))
+                .collect();
+            (
+                store.version,
+                MetadataUpdate::Snapshot {
+                    version: store.version,
+                    objects,
+                },
+                // Subscribed under the lock: no change is missed or doubled.
+                self.deltas.subscribe(),
+            )
+        };
+        let mut stream = responder.into_stream();
+        self.watchers.send_modify(|count| *count += 1);
+        self.follow(&mut stream, snapshot, snapshot_version, &mut deltas)
+            .await;
+        self.watchers.send_modify(|count| *count -= 1);
+    }
+
+    async fn follow(
+        &self,
+        stream: &mut StreamSender,
+        snapshot: MetadataUpdate,
+        snapshot_version: u64,
+        deltas: &mut broadcast::Receiver<MetadataUpdate>,
+    ) {
+        if stream.send(&snapshot).await.is_err() {
+            return;
+        }
+        loop {
+            let delta = tokio::select! {
+                _ = stream.cancelled() => return,
+                delta = deltas.recv() => delta,
+            };
+            let Ok(delta) = delta else { return };
+            if matches!(delta, MetadataUpdate::Delta { version, .. } if version <= snapshot_version)
+            {
+                continue;
+            }
+            if stream.send(&delta).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Handler for FakeSc {
+    async fn handle(&self, request: IncomingRequest, responder: Responder) {
+        let api = ApiKey::from_u16(request.header.api_key);
+        match api {
+            Some(ApiKey::WatchMetadata) => self.watch(responder).await,
+            Some(ApiKey::CreateTopic) => {
+                let reply = match request.decode::<CreateTopicRequest>() {
+                    Ok(create) => self.create(create.spec),
+                    Err(error) => Err(malformed(error)),
+                };
+                responder.reply(&reply).await
+            }
+            Some(ApiKey::DeleteTopic) => {
+                let reply = match request.decode::<DeleteTopicRequest>() {
+                    Ok(delete) => self.delete(&delete.name),
+                    Err(error) => Err(malformed(error)),
+                };
+                responder.reply(&reply).await
+            }
+            Some(ApiKey::ListTopics) => {
+                let reply: Reply<Vec<Topic>> = match request.decode::<ListTopicsRequest>() {
+                    Ok(list) => {
+                        let store = self.store.lock().expect("store lock");
+                        Ok(store
+                            .topics
+                            .values()
+                            .filter(|topic| {
+                                list.names.is_empty() || list.names.contains(&topic.spec.name)
+                            })
+                            .cloned()
+                            .collect())
+                    }
+                    Err(error) => Err(malformed(error)),
+                };
+                responder.reply(&reply).await
+            }
+            Some(ApiKey::ListPartitions) => {
+                let reply: Reply<Vec<Partition>> = match request.decode::<ListPartitionsRequest>() {
+                    Ok(list) => {
+                        let store = self.store.lock().expect("store lock");
+                        Ok(store
+                            .partitions
+                            .values()
+                            .filter(|partition| {
+                                list.topic
+                                    .as_ref()
+                                    .is_none_or(|topic| &partition.spec.key.topic == topic)
+                            })
+                            .cloned()
+                            .collect())
+                    }
+                    Err(error) => Err(malformed(error)),
+                };
+                responder.reply(&reply).await
+            }
+            Some(ApiKey::ListSpus) => {
+                let spus: Reply<Vec<Spu>> = Ok(self
+                    .store
+                    .lock()
+                    .expect("store lock")
+                    .spus
+                    .values()
+                    .cloned()
+                    .collect());
+                responder.reply(&spus).await
+            }
+            _ => responder.reply(&unsupported()).await,
+        }
+    }
+}
+
+fn malformed(error: runnel_wire::WireError) -> ApiError {
+    ApiError::new(ErrorCode::MALFORMED_REQUEST, error.to_string())
+}
+
+fn unsupported() -> Reply<()> {
+    Err(ApiError::new(
+        ErrorCode::UNSUPPORTED_API,
+        "not served by this fake",
+    ))
+}
+
+// ---- the fake SPU ----
+
+#[derive(Debug, Default)]
+pub struct FakeSpu {
+    logs: Mutex<HashMap<PartitionKey, Vec<StoredBatch>>>,
+    /// Bumped on every append, to wake fetch streams.
+    appended: watch::Sender<u64>,
+    /// Produce requests to refuse with `NOT_LEADER` before serving again.
+    refuse_produces: AtomicU32,
+    /// Produce requests received, refused ones included.
+    produce_requests: AtomicU32,
+}
+
+#[derive(Debug, Clone)]
+struct StoredBatch {
+    base_offset: i64,
+    next_offset: i64,
+    bytes: Bytes,
+}
+
+impl FakeSpu {
+    /// Refuses the next `count` produce requests with `NOT_LEADER`.
+    pub fn refuse_next_produces(&self, count: u32) {
+        self.refuse_produces.store(count, Ordering::SeqCst);
+    }
+
+    pub fn produce_requests(&self) -> u32 {
+        self.produce_requests.load(Ordering::SeqCst)
+    }
+
+    /// Flips a byte inside the records of the stored batch holding
+    /// `offset`, so its CRC no longer matches.
+    pub fn corrupt(&self, key: &PartitionKey, offset: i64) {
+        let mut logs = self.logs.lock().expect("logs lock");
+        let batch = logs
+            .get_mut(key)
+            .and_then(|batches| {
+                batches
+                    .iter_mut()
+                    .find(|batch| batch.base_offset <= offset && offset < batch.next_offset)
+            })
+            .expect("a stored batch holds the offset");
+        let mut bytes = batch.bytes.to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        batch.bytes = Bytes::from(bytes);
+    }
+
+    fn log_end(batches: &[StoredBatch]) -> i64 {
+        batches.last().map_or(0, |batch| batch.next_offset)
+    }
+
+    fn produce(&self, request: &IncomingRequest) -> Reply<ProduceResponse> {
+        self.produce_requests.fetch_add(1, Ordering::SeqCst);
+        let (produce, tail) = request
+            .decode_with_tail::<ProduceRequest>()
+            .map_err(malformed)?;
+        let refused = self
+            .refuse_produces
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        if refused {
+            return Err(ApiError::new(
+                ErrorCode::NOT_LEADER,
+                "not the leader (injected by the test)",
+            ));
+        }
+        let key = PartitionKey {
+            topic: produce.topic,
+            partition: produce.partition,
+        };
+        let mut logs = self.logs.lock().expect("logs lock");
+        let batches = logs.entry(key).or_default();
+        let base_offset = Self::log_end(batches);
+        let mut position = 0;
+        while position < tail.len() {
+            let invalid = |reason: String| ApiError::new(ErrorCode::INVALID_RECORDS, reason);
+            let length = peek_total_len(&tail[position..])
+                .ok_or_else(|| invalid("truncated batch".into()))?
+                .map_err(|error| invalid(error.to_string()))?;
+            let mut bytes = tail
+                .get(position..position + length)
+                .ok_or_else(|| invalid("truncated batch".into()))?
+                .to_vec();
+            let header = BatchHeader::parse(&bytes).map_err(|error| invalid(error.to_string()))?;
+            let base = Self::log_end(batches);
+            set_base_offset(&mut bytes, Offset(base));
+            batches.push(StoredBatch {
+                base_offset: base,
+                next_offset: base + i64::from(header.last_offset_delta) + 1,
+                bytes: Bytes::from(bytes),
+            });
+            position += length;
+        }
+        let log_end_offset = Offset(Self::log_end(batches));
+        drop(logs);
+        self.appended.send_modify(|count| *count += 1);
+        Ok(ProduceResponse {
+            base_offset: Offset(base_offset),
+            log_end_offset,
+        })
+    }
+
+    fn list_offsets(&self, request: &IncomingRequest) -> Reply<ListOffsetsResponse> {
+        let list = request.decode::<ListOffsetsRequest>().map_err(malformed)?;
+        let key = PartitionKey {
+            topic: list.topic,
+            partition: list.partition,
+        };
+        let logs = self.logs.lock().expect("logs lock");
+        let end = Offset(logs.get(&key).map_or(0, |batches| Self::log_end(batches)));
+        let offset = match list.query {
+            OffsetQuery::Start | OffsetQuery::Timestamp(_) => Offset::ZERO,
+            OffsetQuery::End => end,
+        };
+        Ok(ListOffsetsResponse {
+            offset,
+            log_start_offset: Offset::ZERO,
+            high_watermark: end,
+        })
+    }
+
+    /// Batches from `offset` on, at most `max_bytes` unless one batch is
+    /// larger; with the positions of the item.
+    fn read(
+        &self,
+        key: &PartitionKey,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Option<(FetchItem, Bytes)> {
+        let logs = self.logs.lock().expect("logs lock");
+        let batches = logs.get(key)?;
+        let mut selected = batches
+            .iter()
+            .filter(|batch| batch.next_offset > offset)
+            .peekable();
+        let first_offset = selected.peek()?.base_offset;
+        let mut tail = Vec::new();
+        let mut next_offset = first_offset;
+        for batch in selected {
+            if !tail.is_empty() && tail.len() + batch.bytes.len() > max_bytes {
+                break;
+            }
+            tail.extend_from_slice(&batch.bytes);
+            next_offset = batch.next_offset;
+        }
+        let item = FetchItem {
+            first_offset: Offset(first_offset),
+            next_offset: Offset(next_offset),
+            log_start_offset: Offset::ZERO,
+            high_watermark: Offset(Self::log_end(batches)),
+        };
+        Some((item, Bytes::from(tail)))
+    }
+
+    async fn stream_fetch(&self, request: &IncomingRequest, responder: Responder) {
+        let fetch = match request.decode::<StreamFetchRequest>() {
+            Ok(fetch) => fetch,
+            Err(error) => return responder.reply(&Err::<(), _>(malformed(error))).await,
+        };
+        let key = PartitionKey {
+            topic: fetch.topic,
+            partition: fetch.partition,
+        };
+        let mut appended = self.appended.subscribe();
+        let mut stream = responder.into_stream();
+        let mut offset = fetch.offset.0;
+        loop {
+            appended.borrow_and_update();
+            match self.read(&key, offset, fetch.max_bytes as usize) {
+                Some((item, tail)) => {
+                    offset = item.next_offset.0;
+                    if stream.send_with_tail(&item, tail).await.is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = stream.cancelled() => return,
+                        changed = appended.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler for FakeSpu {
+    async fn handle(&self, request: IncomingRequest, responder: Responder) {
+        match ApiKey::from_u16(request.header.api_key) {
+            Some(ApiKey::Produce) => responder.reply(&self.produce(&request)).await,
+            Some(ApiKey::ListOffsets) => responder.reply(&self.list_offsets(&request)).await,
+            Some(ApiKey::StreamFetch) => self.stream_fetch(&request, responder).await,
+            _ => responder.reply(&unsupported()).await,
+        }
+    }
+}
