@@ -34,7 +34,7 @@ pub enum Listener {
 }
 
 macro_rules! api_keys {
-    ($($name:ident = $value:literal, $listener:ident;)*) => {
+    ($($name:ident = $value:literal, $listener:ident, $streaming:literal;)*) => {
         /// The api of a request. Values are never reused.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[repr(u16)]
@@ -57,25 +57,33 @@ macro_rules! api_keys {
                     $(ApiKey::$name => Listener::$listener,)*
                 }
             }
+
+            /// Whether the answer is a stream of items (ended by an End
+            /// frame) rather than one reply.
+            pub fn is_streaming(self) -> bool {
+                match self {
+                    $(ApiKey::$name => $streaming,)*
+                }
+            }
         }
     };
 }
 
 api_keys! {
-    ApiVersions = 0, Any;
-    CreateTopic = 10, ScPublic;
-    DeleteTopic = 11, ScPublic;
-    ListTopics = 12, ScPublic;
-    ListPartitions = 13, ScPublic;
-    ListSpus = 14, ScPublic;
-    RegisterSpu = 15, ScPublic;
-    UnregisterSpu = 16, ScPublic;
-    WatchMetadata = 17, ScPublic;
-    SpuConnect = 30, ScPrivate;
-    SpuHeartbeat = 31, ScPrivate;
-    Produce = 50, SpuPublic;
-    StreamFetch = 51, SpuPublic;
-    ListOffsets = 52, SpuPublic;
+    ApiVersions = 0, Any, false;
+    CreateTopic = 10, ScPublic, false;
+    DeleteTopic = 11, ScPublic, false;
+    ListTopics = 12, ScPublic, false;
+    ListPartitions = 13, ScPublic, false;
+    ListSpus = 14, ScPublic, false;
+    RegisterSpu = 15, ScPublic, false;
+    UnregisterSpu = 16, ScPublic, false;
+    WatchMetadata = 17, ScPublic, true;
+    SpuConnect = 30, ScPrivate, true;
+    SpuHeartbeat = 31, ScPrivate, false;
+    Produce = 50, SpuPublic, false;
+    StreamFetch = 51, SpuPublic, true;
+    ListOffsets = 52, SpuPublic, false;
 }
 
 impl ApiKey {
@@ -93,6 +101,63 @@ pub trait Request: Serialize + DeserializeOwned {
     type Response: Serialize + DeserializeOwned;
     /// Whether the answer is a stream of `Response` items.
     const STREAMING: bool = false;
+}
+
+/// The apis a listener serving `served` answers, with their versions.
+pub fn api_versions(served: &[Listener]) -> ApiVersionsResponse {
+    let versions = ApiKey::ALL
+        .iter()
+        .filter(|key| served.contains(&key.listener()))
+        .map(|&key| {
+            let (min_version, max_version) = key.versions();
+            ApiVersion {
+                api_key: key as u16,
+                min_version,
+                max_version,
+            }
+        })
+        .collect();
+    ApiVersionsResponse { versions }
+}
+
+/// The api of a request if a listener serving `served` speaks it in the
+/// requested version; otherwise the error to answer with. `listener_name`
+/// names the listener in the message ("the SC's public listener").
+pub fn check_served(
+    api_key: u16,
+    api_version: u16,
+    served: &[Listener],
+    listener_name: &str,
+) -> Result<ApiKey, ApiError> {
+    let Some(key) = ApiKey::from_u16(api_key) else {
+        return Err(ApiError::new(
+            ErrorCode::UNSUPPORTED_API,
+            format!(
+                "api key {api_key} is unknown to {listener_name}; upgrade the server or use an \
+                 api it lists in ApiVersions"
+            ),
+        ));
+    };
+    if !served.contains(&key.listener()) {
+        return Err(ApiError::new(
+            ErrorCode::UNSUPPORTED_API,
+            format!(
+                "{key:?} is not served on {listener_name}; send it to the listener that serves \
+                 it (see ApiVersions)"
+            ),
+        ));
+    }
+    let (min_version, max_version) = key.versions();
+    if !(min_version..=max_version).contains(&api_version) {
+        return Err(ApiError::new(
+            ErrorCode::UNSUPPORTED_API,
+            format!(
+                "{key:?} version {api_version} is not supported by {listener_name} (it speaks \
+                 {min_version} to {max_version}); upgrade the server or downgrade the client"
+            ),
+        ));
+    }
+    Ok(key)
 }
 
 /// Encodes a message body.
@@ -122,4 +187,126 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
 /// batches, for produce requests and fetch items).
 pub fn decode_with_tail<T: DeserializeOwned>(body: &[u8]) -> Result<(T, &[u8]), WireError> {
     postcard::take_from_bytes(body).map_err(|error| WireError::MalformedBody(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use runnel_metadata::{
+        MetadataUpdate, Object, Spu, SpuSpec, Topic, TopicConfig, TopicSpec, TopicState,
+    };
+    use runnel_types::{Offset, PartitionId, SpuId, TopicName};
+
+    use super::*;
+
+    fn round_trip<R: Request + PartialEq + std::fmt::Debug>(request: R) {
+        assert_eq!(
+            R::API_KEY.is_streaming(),
+            R::STREAMING,
+            "{:?}: the key table and the request type agree",
+            R::API_KEY
+        );
+        let bytes = encode(&request);
+        assert_eq!(decode::<R>(&bytes).unwrap(), request);
+        let mut with_tail = bytes.clone();
+        with_tail.extend_from_slice(b"batches");
+        let (decoded, tail) = decode_with_tail::<R>(&with_tail).unwrap();
+        assert_eq!((decoded, tail), (request, &b"batches"[..]));
+        assert!(
+            decode::<R>(&with_tail).is_err(),
+            "trailing bytes are refused"
+        );
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let topic = TopicName::new("orders").unwrap();
+        let spec = SpuSpec {
+            id: SpuId(2),
+            public_addr: "127.0.0.1:9005".into(),
+            private_addr: "127.0.0.1:9006".into(),
+            rack: Some("a".into()),
+        };
+        round_trip(ApiVersionsRequest {});
+        round_trip(CreateTopicRequest {
+            spec: TopicSpec {
+                name: topic.clone(),
+                partitions: 6,
+                replication_factor: 1,
+                config: TopicConfig::default(),
+            },
+        });
+        round_trip(DeleteTopicRequest {
+            name: topic.clone(),
+        });
+        round_trip(ListTopicsRequest {
+            names: vec![topic.clone()],
+        });
+        round_trip(ListPartitionsRequest {
+            topic: Some(topic.clone()),
+        });
+        round_trip(ListSpusRequest {});
+        round_trip(RegisterSpuRequest { spec: spec.clone() });
+        round_trip(UnregisterSpuRequest { id: SpuId(2) });
+        round_trip(WatchMetadataRequest {});
+        round_trip(SpuConnectRequest { spec: spec.clone() });
+        round_trip(SpuHeartbeatRequest {
+            id: SpuId(2),
+            replicas: Vec::new(),
+        });
+        round_trip(ProduceRequest {
+            topic: topic.clone(),
+            partition: PartitionId(3),
+        });
+        round_trip(StreamFetchRequest {
+            topic: topic.clone(),
+            partition: PartitionId(3),
+            offset: Offset(42),
+            max_bytes: 1 << 20,
+        });
+        round_trip(ListOffsetsRequest {
+            topic: topic.clone(),
+            partition: PartitionId(3),
+            query: OffsetQuery::Timestamp(-1),
+        });
+
+        let update = MetadataUpdate::Snapshot {
+            version: 7,
+            objects: vec![
+                Object::Spu(Spu { spec, online: true }),
+                Object::Topic(Topic {
+                    spec: TopicSpec {
+                        name: topic,
+                        partitions: 1,
+                        replication_factor: 1,
+                        config: TopicConfig::default(),
+                    },
+                    state: TopicState::Pending {
+                        reason: "no SPU".into(),
+                    },
+                }),
+            ],
+        };
+        assert_eq!(decode::<MetadataUpdate>(&encode(&update)).unwrap(), update);
+        let reply: Reply<ProduceResponse> = Err(ApiError::new(ErrorCode::NOT_LEADER, "moved"));
+        assert_eq!(
+            decode::<Reply<ProduceResponse>>(&encode(&reply)).unwrap(),
+            reply
+        );
+    }
+
+    #[test]
+    fn a_listener_answers_only_its_apis() {
+        let public = [Listener::Any, Listener::SpuPublic];
+        assert_eq!(check_served(50, 0, &public, "the SPU"), Ok(ApiKey::Produce));
+        for (key, version) in [(10, 0), (999, 0), (50, 9)] {
+            let error = check_served(key, version, &public, "the SPU").unwrap_err();
+            assert_eq!(error.code, ErrorCode::UNSUPPORTED_API, "{key} v{version}");
+        }
+        let listed: Vec<u16> = api_versions(&public)
+            .versions
+            .iter()
+            .map(|version| version.api_key)
+            .collect();
+        assert_eq!(listed, [0, 50, 51, 52]);
+    }
 }

@@ -16,12 +16,14 @@
 //! [`runnel_api::Request`]s, the server side hands raw requests to a
 //! [`Handler`].
 
+mod backoff;
 mod client;
 mod io;
 mod server;
 
 use std::time::Duration;
 
+pub use backoff::Backoff;
 pub use client::{Connection, ResponseStream};
 pub use io::{ByteStream, FileRange, FrameWrite};
 pub use server::{
