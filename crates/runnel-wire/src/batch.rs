@@ -101,6 +101,19 @@ impl BatchHeader {
         if (header.batch_length as i64) < (BATCH_HEADER_LEN - LOG_OVERHEAD) as i64 {
             return Err(WireError::BadBatchLength(header.batch_length));
         }
+        // Neither field is covered by the CRC: their sum must not overflow
+        // wherever a batch's next offset is computed.
+        if header
+            .base_offset
+            .checked_add(i64::from(header.last_offset_delta))
+            .and_then(|last| last.checked_add(1))
+            .is_none()
+        {
+            return Err(WireError::OffsetOverflow {
+                base_offset: header.base_offset,
+                last_offset_delta: header.last_offset_delta,
+            });
+        }
         Ok(header)
     }
 

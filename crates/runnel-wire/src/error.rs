@@ -31,6 +31,11 @@ pub enum WireError {
     TrailingBytes(usize),
     #[error("batch too large to encode: {0} bytes")]
     TooLarge(usize),
+    #[error("base offset {base_offset} plus last offset delta {last_offset_delta} overflows")]
+    OffsetOverflow {
+        base_offset: i64,
+        last_offset_delta: i32,
+    },
     #[error("frame length {length} is outside {min}..={max} bytes")]
     FrameLength { length: u64, min: usize, max: usize },
     #[error("client id is {0} bytes long; the limit is 255")]

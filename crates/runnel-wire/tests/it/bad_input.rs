@@ -598,3 +598,18 @@ fn concatenated_gzip_members_are_all_read() {
     assert_eq!(batch.records[0].value.as_deref(), Some(&b"first"[..]));
     assert_eq!(batch.records[1].value.as_deref(), Some(&b"second"[..]));
 }
+
+#[test]
+fn a_header_whose_offsets_overflow_is_refused() {
+    let mut builder = runnel_wire::BatchBuilder::new(Compression::None);
+    builder.push(0, None, Some(b"v".to_vec()), Vec::new());
+    let mut batch = builder.build().encode().unwrap();
+    runnel_wire::batch::set_base_offset(&mut batch, runnel_types::Offset(i64::MAX));
+    assert_eq!(
+        runnel_wire::BatchHeader::parse(&batch),
+        Err(WireError::OffsetOverflow {
+            base_offset: i64::MAX,
+            last_offset_delta: 0
+        })
+    );
+}
