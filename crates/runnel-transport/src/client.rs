@@ -86,7 +86,7 @@ impl Connection {
                 });
             }
         };
-        let _ = socket.set_nodelay(true);
+        crate::io::tune_socket(&socket);
         Ok(Connection::new(socket, config))
     }
 
@@ -149,9 +149,17 @@ impl Connection {
         R: Request<Response = Result<T, ApiError>>,
         T: DeserializeOwned,
     {
-        let (correlation_id, frame) = self.request_frame(request, tail)?;
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.register(correlation_id, Pending::Unary(reply_tx))?;
+        let correlation_id = self.register(Pending::Unary(reply_tx))?;
+        // Until the reply arrives, giving up (a timeout, or the caller
+        // dropping this future) tells the server to stop and frees the
+        // request's place there.
+        let mut abandon = Abandon {
+            connection: self,
+            correlation_id,
+            armed: true,
+        };
+        let frame = self.request_frame(request, tail, correlation_id)?;
         let timeout = self.shared.config.request_timeout;
         let waited = tokio::time::timeout(timeout, async {
             self.send(frame).await?;
@@ -161,17 +169,9 @@ impl Connection {
         let body = match waited {
             Ok(result) => result,
             Err(_) => Err(TransportError::Timeout(timeout)),
-        };
-        if body.is_err() {
-            self.forget(correlation_id);
-            // The server may still be working on it: let it stop and free
-            // the request's place.
-            let _ = self
-                .shared
-                .queue
-                .try_send(control_frame(API_CANCEL, correlation_id, &[]));
-        }
-        let reply: Result<T, ApiError> = runnel_api::decode(&body?)?;
+        }?;
+        abandon.armed = false;
+        let reply: Result<T, ApiError> = runnel_api::decode(&body)?;
         Ok(reply?)
     }
 
@@ -184,15 +184,12 @@ impl Connection {
     ) -> Result<ResponseStream<R::Response>, TransportError> {
         assert!(R::STREAMING, "{:?} is not a streaming api", R::API_KEY);
         assert!(window > 0, "a stream needs a window of at least one item");
-        let (correlation_id, frame) = self.request_frame(request, Bytes::new())?;
         let (events_tx, events) = mpsc::unbounded_channel();
-        self.register(
-            correlation_id,
-            Pending::Stream {
-                events: events_tx,
-                allowance: window,
-            },
-        )?;
+        let correlation_id = self.register(Pending::Stream {
+            events: events_tx,
+            allowance: window,
+        })?;
+        // From here the stream's drop cancels it, on error paths too.
         let stream = ResponseStream {
             connection: self.clone(),
             correlation_id,
@@ -202,6 +199,7 @@ impl Connection {
             ended: false,
             _item: std::marker::PhantomData,
         };
+        let frame = self.request_frame(request, Bytes::new(), correlation_id)?;
         self.send(frame).await?;
         self.send(control_frame(
             API_CREDIT,
@@ -216,11 +214,8 @@ impl Connection {
         &self,
         request: &R,
         tail: Bytes,
-    ) -> Result<(u32, Outgoing), TransportError> {
-        let correlation_id = self
-            .shared
-            .next_correlation_id
-            .fetch_add(1, Ordering::Relaxed);
+        correlation_id: u32,
+    ) -> Result<Outgoing, TransportError> {
         let header = RequestHeader {
             api_key: R::API_KEY as u16,
             api_version: R::API_KEY.versions().1,
@@ -242,18 +237,29 @@ impl Connection {
         } else {
             Tail::Bytes(tail)
         };
-        Ok((correlation_id, Outgoing { bytes, tail }))
+        Ok(Outgoing { bytes, tail })
     }
 
-    fn register(&self, correlation_id: u32, pending: Pending) -> Result<(), TransportError> {
+    /// Registers an exchange under a correlation id no open exchange uses
+    /// (ids wrap around after 2^32 requests).
+    fn register(&self, pending: Pending) -> Result<u32, TransportError> {
         let mut map = self.shared.pending.lock().expect("pending map lock");
         // Checked under the lock the reader takes to fail everything on
         // close: nothing registered after it can wait forever.
         if self.is_closed() {
             return Err(TransportError::Closed);
         }
+        let correlation_id = loop {
+            let id = self
+                .shared
+                .next_correlation_id
+                .fetch_add(1, Ordering::Relaxed);
+            if !map.contains_key(&id) {
+                break id;
+            }
+        };
         map.insert(correlation_id, pending);
-        Ok(())
+        Ok(correlation_id)
     }
 
     fn forget(&self, correlation_id: u32) {
@@ -268,6 +274,27 @@ impl Connection {
         tokio::select! {
             _ = self.shared.closed.cancelled() => Err(TransportError::Closed),
             sent = self.shared.queue.send(frame) => sent.map_err(|_| TransportError::Closed),
+        }
+    }
+}
+
+/// Forgets a unary exchange and cancels it on the server unless disarmed.
+#[derive(Debug)]
+struct Abandon<'a> {
+    connection: &'a Connection,
+    correlation_id: u32,
+    armed: bool,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.connection.forget(self.correlation_id);
+            let _ = self.connection.shared.queue.try_send(control_frame(
+                API_CANCEL,
+                self.correlation_id,
+                &[],
+            ));
         }
     }
 }

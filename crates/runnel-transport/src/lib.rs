@@ -47,6 +47,12 @@ pub struct TransportConfig {
     /// reader never stops, so the credits and cancels that let running
     /// streams finish always get through.
     pub max_in_flight: usize,
+    /// Streams a server keeps open at once for one connection (they do not
+    /// count as requests in progress). One more ends at once with
+    /// `TOO_MANY_REQUESTS`.
+    pub max_streams: usize,
+    /// Connections a server serves at once; more wait to be accepted.
+    pub max_connections: usize,
     /// Frames queued for a connection's writer.
     pub write_queue: usize,
     /// Label sent in every request header.
@@ -61,6 +67,8 @@ impl Default for TransportConfig {
             max_frame_bytes: 64 << 20,
             request_timeout: Duration::from_secs(30),
             max_in_flight: 256,
+            max_streams: 4096,
+            max_connections: 4096,
             write_queue: 1024,
             client_id: "runnel".to_string(),
             connect_timeout: Duration::from_secs(5),

@@ -21,6 +21,10 @@ use tracing::{debug, warn};
 use crate::io::{Outgoing, Tail, read_frame, write_loop};
 use crate::{ByteStream, FileRange, TransportConfig, TransportError};
 
+/// How long a closing connection may take to send the frames already
+/// queued for it.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Most credits a stream may hold unused; more are ignored.
 const MAX_STREAM_CREDITS: usize = 1 << 20;
 
@@ -75,10 +79,13 @@ pub struct Responder {
     exchange: Arc<Exchange>,
     exchanges: Exchanges,
     answered: bool,
-    /// This request's place among the connection's requests in progress.
-    /// Given back before the last frame is queued, so a requester that
-    /// sends its next request on seeing that frame finds the place free.
+    /// This request's place among the connection's requests in progress
+    /// (a stream's place among its streams, once it is one). Given back
+    /// before the last frame is queued, so a requester that sends its next
+    /// request on seeing that frame finds the place free.
     permit: Option<OwnedSemaphorePermit>,
+    /// The connection's places for streams.
+    streams: Arc<Semaphore>,
 }
 
 impl Responder {
@@ -90,12 +97,29 @@ impl Responder {
         let _ = self.queue.send(frame).await;
     }
 
-    /// Turns this exchange into a stream of items.
+    /// Turns this exchange into a stream of items. A stream leaves the
+    /// connection's unary requests and takes a place among its streams;
+    /// with none left, the stream ends at once with a retriable error and
+    /// every send fails.
     pub fn into_stream(mut self) -> StreamSender {
         self.answered = true;
+        self.permit = Arc::clone(&self.streams).try_acquire_owned().ok();
+        let refused = self.permit.is_none();
+        if refused {
+            self.exchange.cancelled.cancel();
+            let error: Result<(), ApiError> = Err(ApiError::new(
+                ErrorCode::TOO_MANY_REQUESTS,
+                "this connection has as many open streams as the server allows; close some or \
+                 open another connection",
+            ));
+            queue_final(
+                &self.queue,
+                response_frame(self.correlation_id, ResponseKind::End, &error, 0),
+            );
+        }
         StreamSender {
             responder: self,
-            ended: false,
+            ended: refused,
         }
     }
 
@@ -118,8 +142,20 @@ impl Drop for Responder {
                 "the server dropped this request without answering; see its log",
             ));
             let frame = response_frame(self.correlation_id, ResponseKind::Reply, &error, 0);
-            let _ = self.queue.try_send(frame);
+            queue_final(&self.queue, frame);
         }
+    }
+}
+
+/// Queues the last frame of an exchange from a synchronous context (a
+/// `Drop`): at once if there is room, else from a task, so the requester
+/// never waits for an answer that was dropped.
+fn queue_final(queue: &mpsc::Sender<Outgoing>, frame: Outgoing) {
+    if let Err(mpsc::error::TrySendError::Full(frame)) = queue.try_send(frame)
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        let queue = queue.clone();
+        runtime.spawn(async move { queue.send(frame).await });
     }
 }
 
@@ -207,7 +243,7 @@ impl Drop for StreamSender {
             let result: Result<(), ApiError> = Ok(());
             let frame =
                 response_frame(self.responder.correlation_id, ResponseKind::End, &result, 0);
-            let _ = self.responder.queue.try_send(frame);
+            queue_final(&self.responder.queue, frame);
         }
     }
 }
@@ -242,7 +278,16 @@ pub async fn serve<H: Handler>(
     config: TransportConfig,
     shutdown: CancellationToken,
 ) {
+    let connections = Arc::new(Semaphore::new(config.max_connections));
     loop {
+        // At the connection limit, new connections wait in the listen
+        // backlog until one closes.
+        let place = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            place = Arc::clone(&connections).acquire_owned() => {
+                place.expect("the semaphore is never closed")
+            }
+        };
         let (socket, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -256,7 +301,7 @@ pub async fn serve<H: Handler>(
                 }
             },
         };
-        let _ = socket.set_nodelay(true);
+        crate::io::tune_socket(&socket);
         let handler = Arc::clone(&handler);
         let config = config.clone();
         let shutdown = shutdown.child_token();
@@ -264,6 +309,7 @@ pub async fn serve<H: Handler>(
             if let Err(error) = serve_connection(socket, peer, handler, config, shutdown).await {
                 debug!(%peer, %error, "connection closed");
             }
+            drop(place);
         });
     }
 }
@@ -284,6 +330,7 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
     let writer = tokio::spawn(write_loop(writer, outgoing, connection.clone()));
     let exchanges: Exchanges = Arc::default();
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
+    let streams = Arc::new(Semaphore::new(config.max_streams));
 
     let result = loop {
         let frame = tokio::select! {
@@ -380,6 +427,7 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
                     exchanges: Arc::clone(&exchanges),
                     answered: false,
                     permit: Some(permit),
+                    streams: Arc::clone(&streams),
                 };
                 let request = IncomingRequest {
                     header,
@@ -394,7 +442,14 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
     connection.cancel();
     drop(queue);
     // Replies of requests still running are dropped with the connection;
-    // the writer sends the frames already queued, then shuts down.
-    let _ = writer.await;
+    // the writer sends the frames already queued, then shuts down. A peer
+    // that stopped reading gets a bounded time for that.
+    let mut writer = writer;
+    if tokio::time::timeout(DRAIN_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     result
 }

@@ -1,7 +1,9 @@
 //! Connections ending: server shutdown, a client going away, connecting
 //! to nothing.
 
-use runnel_api::{ApiVersionsRequest, ListSpusRequest, ListTopicsRequest, WatchMetadataRequest};
+use runnel_api::{
+    ApiVersionsRequest, ErrorCode, ListSpusRequest, ListTopicsRequest, WatchMetadataRequest,
+};
 use runnel_transport::{CancellationToken, Connection, TransportConfig, TransportError};
 use tokio::net::TcpListener;
 
@@ -154,4 +156,75 @@ async fn connecting_to_a_closed_port_is_a_retriable_connect_error() {
         other => panic!("expected a connect error, got {other:?}"),
     }
     assert!(error.is_retriable());
+}
+
+#[tokio::test]
+async fn an_abandoned_call_is_cancelled_on_the_server_while_the_connection_lives() {
+    let server = TestServer::start().await;
+    let connection = server.connect().await;
+    let call = tokio::spawn({
+        let connection = connection.clone();
+        async move { connection.call(&ListSpusRequest {}).await }
+    });
+    server
+        .handler
+        .wait_for("the call reaching the handler", |counters| {
+            counters.requests_held == 1
+        })
+        .await;
+    call.abort();
+    server
+        .handler
+        .wait_for("the handler seeing the cancellation", |counters| {
+            counters.unary_cancelled == 1
+        })
+        .await;
+    let versions = bounded("a later call", connection.call(&ApiVersionsRequest {})).await;
+    assert!(
+        versions.is_ok(),
+        "the connection still serves: {versions:?}"
+    );
+}
+
+#[tokio::test]
+async fn streams_beyond_the_limit_are_refused_and_unary_calls_still_pass() {
+    let config = TransportConfig {
+        max_streams: 2,
+        max_in_flight: 2,
+        ..TransportConfig::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let connection = server.connect().await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connection
+            .stream(&WatchMetadataRequest {}, 1)
+            .await
+            .expect("a stream opens");
+        bounded("a first item", stream.next()).await;
+        open.push(stream);
+    }
+    let mut refused = connection
+        .stream(&WatchMetadataRequest {}, 1)
+        .await
+        .expect("the request is sent");
+    match bounded("the refusal", refused.next()).await {
+        Some(Err(TransportError::Api(error))) => {
+            assert_eq!(error.code, ErrorCode::TOO_MANY_REQUESTS);
+            assert!(error.code.is_retriable());
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Two streams open do not use up the two places for requests.
+    for _ in 0..3 {
+        let versions = bounded("a unary call", connection.call(&ApiVersionsRequest {})).await;
+        assert!(versions.is_ok(), "{versions:?}");
+    }
+    drop(open);
+    let mut again = connection
+        .stream(&WatchMetadataRequest {}, 1)
+        .await
+        .expect("a stream opens");
+    let item = bounded("an item once places are free", again.next()).await;
+    assert!(matches!(item, Some(Ok(_))), "{item:?}");
 }
