@@ -280,6 +280,7 @@ mod tests {
                         replication_factor: 1,
                         config: TopicConfig::default(),
                     },
+                    topic_id: 1,
                     state: TopicState::Pending {
                         reason: "no SPU".into(),
                     },

@@ -82,6 +82,11 @@ impl fmt::Display for TopicState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topic {
     pub spec: TopicSpec,
+    /// This incarnation of the topic, assigned by the SC when it is
+    /// created and never given to another: a topic deleted and created
+    /// again under the same name has a new id, so an SPU can tell the old
+    /// data on its disk from the new topic's.
+    pub topic_id: u64,
     pub state: TopicState,
 }
 
@@ -199,6 +204,9 @@ pub enum MetadataUpdate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaAssignment {
     pub key: PartitionKey,
+    /// The [`Topic::topic_id`] of the partition's topic: a replica
+    /// directory written for another id is an older topic's data.
+    pub topic_id: u64,
     pub config: TopicConfig,
     pub replicas: Vec<SpuId>,
     pub leader: Option<SpuId>,
@@ -209,7 +217,13 @@ pub struct ReplicaAssignment {
 /// changes. A removed replica's data is deleted by the SPU.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AssignmentUpdate {
-    Snapshot(Vec<ReplicaAssignment>),
+    /// Every replica of the SPU. `cluster_id` names the SC's store: an SPU
+    /// whose data belongs to another cluster refuses the snapshot rather
+    /// than delete replicas this SC does not know.
+    Snapshot {
+        cluster_id: String,
+        replicas: Vec<ReplicaAssignment>,
+    },
     Upsert(ReplicaAssignment),
     Remove(PartitionKey),
 }

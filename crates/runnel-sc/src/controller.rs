@@ -145,6 +145,8 @@ impl Session {
 
 #[derive(Debug)]
 pub struct Controller {
+    /// The store's cluster id, sent with every assignment snapshot.
+    cluster_id: String,
     state: Mutex<State>,
     changes: broadcast::Sender<Arc<Delta>>,
     session_timeout: Duration,
@@ -161,6 +163,7 @@ impl Controller {
         shutdown: CancellationToken,
     ) -> Controller {
         let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
+        let cluster_id = store.cluster_id().to_string();
         let state = State {
             store: Some(Arc::new(store)),
             version: loaded.version,
@@ -183,6 +186,7 @@ impl Controller {
             reports: BTreeMap::new(),
         };
         Controller {
+            cluster_id,
             state: Mutex::new(state),
             changes,
             session_timeout,
@@ -216,7 +220,10 @@ impl Controller {
             ));
         }
         let name = spec.name.clone();
-        let mutations = state.provision(spec);
+        // The version this change commits as: versions never repeat, so
+        // neither do topic ids, across deletions and restarts.
+        let topic_id = state.version + 1;
+        let mutations = state.provision(spec, topic_id);
         self.commit(&mut state, mutations, None).await?;
         match &state.topics[&name].state {
             TopicState::Pending { reason } => {
@@ -445,13 +452,16 @@ impl Controller {
     async fn resync(&self, session: &Session) -> AssignmentUpdate {
         let state = self.state.lock().await;
         *session.outbox.lock().expect("outbox lock") = Outbox::Updates(VecDeque::new());
-        let assignments = state
+        let replicas = state
             .partitions
             .values()
             .filter(|record| record.spec.replicas.contains(&session.spu))
             .map(|record| state.assignment(record))
             .collect();
-        AssignmentUpdate::Snapshot(assignments)
+        AssignmentUpdate::Snapshot {
+            cluster_id: self.cluster_id.clone(),
+            replicas,
+        }
     }
 
     /// Records a connected SPU's replica reports and keeps it online.
@@ -558,15 +568,15 @@ impl Controller {
     /// Places every pending topic that the online SPUs can now hold, one
     /// commit per topic.
     async fn place_pending(&self, state: &mut State) {
-        let pending: Vec<TopicSpec> = state
+        let pending: Vec<(TopicSpec, u64)> = state
             .topics
             .values()
             .filter(|topic| matches!(topic.state, TopicState::Pending { .. }))
-            .map(|topic| topic.spec.clone())
+            .map(|topic| (topic.spec.clone(), topic.topic_id))
             .collect();
-        for spec in pending {
+        for (spec, topic_id) in pending {
             let name = spec.name.clone();
-            let mutations = state.provision(spec);
+            let mutations = state.provision(spec, topic_id);
             let placed = mutations.iter().any(|mutation| {
                 matches!(mutation, Mutation::PutTopic(topic) if topic.state == TopicState::Provisioned)
             });
@@ -674,9 +684,10 @@ impl Controller {
 }
 
 impl State {
-    /// The mutations that create the topic of `spec`: placed on the online
-    /// SPUs, or pending with the reason it cannot be yet.
-    fn provision(&self, spec: TopicSpec) -> Vec<Mutation> {
+    /// The mutations that create the topic of `spec` (id `topic_id`):
+    /// placed on the online SPUs, or pending with the reason it cannot be
+    /// yet.
+    fn provision(&self, spec: TopicSpec, topic_id: u64) -> Vec<Mutation> {
         let mut loads: BTreeMap<SpuId, SpuLoad> = self
             .sessions
             .keys()
@@ -703,6 +714,7 @@ impl State {
         match placement::place(spec.partitions, spec.replication_factor, &online) {
             Err(not_enough) => vec![Mutation::PutTopic(Topic {
                 spec,
+                topic_id,
                 state: TopicState::Pending {
                     reason: not_enough.to_string(),
                 },
@@ -712,6 +724,7 @@ impl State {
                 let name = spec.name.clone();
                 mutations.push(Mutation::PutTopic(Topic {
                     spec,
+                    topic_id,
                     state: TopicState::Provisioned,
                 }));
                 for (index, replicas) in (0u32..).zip(placements) {
@@ -811,14 +824,14 @@ impl State {
 
     /// What an SPU needs to serve its replica of `record`'s partition.
     fn assignment(&self, record: &PartitionRecord) -> ReplicaAssignment {
-        let config = self
+        let topic = self
             .topics
             .get(&record.spec.key.topic)
-            .map(|topic| topic.spec.config.clone())
             .expect("a partition's topic is present: the store checks it on every write");
         ReplicaAssignment {
             key: record.spec.key.clone(),
-            config,
+            topic_id: topic.topic_id,
+            config: topic.spec.config.clone(),
             replicas: record.spec.replicas.clone(),
             leader: record.leader,
             leader_epoch: record.leader_epoch,
@@ -923,7 +936,8 @@ fn topic_not_found(name: &TopicName) -> ApiError {
     )
 }
 
-fn shutting_down() -> ApiError {
+/// The answer to requests and streams cut short by the SC stopping.
+pub fn shutting_down() -> ApiError {
     ApiError::new(
         ErrorCode::SHUTTING_DOWN,
         "the SC is shutting down; retry once it is back",

@@ -101,6 +101,7 @@ pub async fn run(config: ScConfig, shutdown: CancellationToken) -> Result<(), Sc
         public_addr = %local_addr(&public, &config.public_addr),
         private_addr = %local_addr(&private, &config.private_addr),
         data_dir = %config.data_dir.display(),
+        cluster_id = store.cluster_id(),
         version = loaded.version,
         topics = loaded.topics.len(),
         partitions = loaded.partitions.len(),

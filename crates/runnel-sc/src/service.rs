@@ -9,10 +9,9 @@
 use std::sync::Arc;
 
 use runnel_api::{
-    ApiError, ApiKey, ApiVersion, ApiVersionsRequest, ApiVersionsResponse, CreateTopicRequest,
-    DeleteTopicRequest, ErrorCode, ListOffsetsRequest, ListPartitionsRequest, ListSpusRequest,
-    ListTopicsRequest, Listener, ProduceRequest, RegisterSpuRequest, Request, SpuConnectRequest,
-    SpuHeartbeatRequest, StreamFetchRequest, UnregisterSpuRequest, WatchMetadataRequest,
+    ApiError, ApiKey, ApiVersionsRequest, CreateTopicRequest, DeleteTopicRequest, ErrorCode,
+    ListPartitionsRequest, ListSpusRequest, ListTopicsRequest, Listener, RegisterSpuRequest,
+    Request, SpuConnectRequest, SpuHeartbeatRequest, UnregisterSpuRequest, WatchMetadataRequest,
 };
 use runnel_metadata::MetadataUpdate;
 use runnel_transport::{Handler, IncomingRequest, Responder, StreamSender};
@@ -20,81 +19,37 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::controller::{Controller, Session};
+use crate::controller::{Controller, Session, shutting_down};
 
 /// Serves one of the SC's listeners.
 #[derive(Debug)]
 pub struct Service {
-    listener: Listener,
+    /// The apis this listener answers: its own and the `Any` ones.
+    served: [Listener; 2],
+    /// Names the listener in refusals.
+    name: &'static str,
     controller: Arc<Controller>,
     shutdown: CancellationToken,
 }
 
 impl Service {
+    /// Serves `listener`, which is [`Listener::ScPublic`] or
+    /// [`Listener::ScPrivate`].
     pub fn new(
         listener: Listener,
         controller: Arc<Controller>,
         shutdown: CancellationToken,
     ) -> Service {
+        let name = match listener {
+            Listener::ScPrivate => "the SC's private listener",
+            _ => "the SC's public listener",
+        };
         Service {
-            listener,
+            served: [Listener::Any, listener],
+            name,
             controller,
             shutdown,
         }
-    }
-
-    /// The api of `request` if this listener serves it at the version asked.
-    fn served(&self, request: &IncomingRequest) -> Result<ApiKey, ApiError> {
-        let code = request.header.api_key;
-        let Some(key) = ApiKey::from_u16(code) else {
-            return Err(ApiError::new(
-                ErrorCode::UNSUPPORTED_API,
-                format!("api key {code} is unknown to this SC; is the client newer than the SC?"),
-            ));
-        };
-        if !serves(self.listener, key) {
-            let hint = match key.listener() {
-                Listener::ScPublic => "send it to the SC's public address",
-                Listener::ScPrivate => "only SPUs use it, on the SC's private address",
-                Listener::SpuPublic => "send it to the SPU leading the partition",
-                Listener::Any => "retry it on any listener",
-            };
-            return Err(ApiError::new(
-                ErrorCode::UNSUPPORTED_API,
-                format!("{key:?} is not served on this listener; {hint}"),
-            ));
-        }
-        let (oldest, newest) = key.versions();
-        let version = request.header.api_version;
-        if !(oldest..=newest).contains(&version) {
-            return Err(ApiError::new(
-                ErrorCode::UNSUPPORTED_API,
-                format!(
-                    "{key:?} version {version} is not supported; this SC speaks versions {oldest} to {newest}"
-                ),
-            ));
-        }
-        Ok(key)
-    }
-
-    async fn api_versions(
-        &self,
-        request: &IncomingRequest,
-    ) -> <ApiVersionsRequest as Request>::Response {
-        decoded::<ApiVersionsRequest>(request)?;
-        let versions = ApiKey::ALL
-            .iter()
-            .filter(|key| serves(self.listener, **key))
-            .map(|key| {
-                let (min_version, max_version) = key.versions();
-                ApiVersion {
-                    api_key: *key as u16,
-                    min_version,
-                    max_version,
-                }
-            })
-            .collect();
-        Ok(ApiVersionsResponse { versions })
     }
 
     /// Sends a snapshot, then every change, until the watcher cancels or
@@ -170,7 +125,13 @@ impl Service {
 
 impl Handler for Service {
     async fn handle(&self, request: IncomingRequest, responder: Responder) {
-        let key = match self.served(&request) {
+        let served = runnel_api::check_served(
+            request.header.api_key,
+            request.header.api_version,
+            &self.served,
+            self.name,
+        );
+        let key = match served {
             Ok(key) => key,
             Err(error) => {
                 info!(peer = %request.peer, api_key = request.header.api_key, %error, "request refused");
@@ -180,7 +141,8 @@ impl Handler for Service {
         let controller = &self.controller;
         match key {
             ApiKey::ApiVersions => {
-                let reply = self.api_versions(&request).await;
+                let reply = decoded::<ApiVersionsRequest>(&request)
+                    .map(|_| runnel_api::api_versions(&self.served));
                 reply_to::<ApiVersionsRequest>(responder, &reply).await;
             }
             ApiKey::CreateTopic => {
@@ -258,8 +220,8 @@ impl Handler for Service {
                 reply_to::<SpuHeartbeatRequest>(responder, &reply.await).await;
             }
             ApiKey::Produce | ApiKey::StreamFetch | ApiKey::ListOffsets => {
-                // `served` refuses these already; answering keeps it so if
-                // that ever changes.
+                // `check_served` refuses these already; answering keeps it
+                // so if that ever changes.
                 let error = ApiError::new(
                     ErrorCode::UNSUPPORTED_API,
                     format!("{key:?} is served by SPUs, not the SC"),
@@ -270,35 +232,10 @@ impl Handler for Service {
     }
 }
 
-/// Whether `listener` serves `key`.
-fn serves(listener: Listener, key: ApiKey) -> bool {
-    let home = key.listener();
-    home == listener || home == Listener::Any
-}
-
-/// Whether `key`'s answer is a stream; a refusal of a streaming api ends
-/// the stream, so the requester sees the error where it waits for items.
-fn streams(key: ApiKey) -> bool {
-    match key {
-        ApiKey::ApiVersions => ApiVersionsRequest::STREAMING,
-        ApiKey::CreateTopic => CreateTopicRequest::STREAMING,
-        ApiKey::DeleteTopic => DeleteTopicRequest::STREAMING,
-        ApiKey::ListTopics => ListTopicsRequest::STREAMING,
-        ApiKey::ListPartitions => ListPartitionsRequest::STREAMING,
-        ApiKey::ListSpus => ListSpusRequest::STREAMING,
-        ApiKey::RegisterSpu => RegisterSpuRequest::STREAMING,
-        ApiKey::UnregisterSpu => UnregisterSpuRequest::STREAMING,
-        ApiKey::WatchMetadata => WatchMetadataRequest::STREAMING,
-        ApiKey::SpuConnect => SpuConnectRequest::STREAMING,
-        ApiKey::SpuHeartbeat => SpuHeartbeatRequest::STREAMING,
-        ApiKey::Produce => ProduceRequest::STREAMING,
-        ApiKey::StreamFetch => StreamFetchRequest::STREAMING,
-        ApiKey::ListOffsets => ListOffsetsRequest::STREAMING,
-    }
-}
-
+/// Answers a refused request; a refusal of a streaming api ends the
+/// stream, so the requester sees the error where it waits for items.
 async fn refuse(api_key: u16, responder: Responder, error: ApiError) {
-    let streaming = ApiKey::from_u16(api_key).is_some_and(streams);
+    let streaming = ApiKey::from_u16(api_key).is_some_and(ApiKey::is_streaming);
     if streaming {
         responder.into_stream().end(Err(error)).await;
     } else {
@@ -322,11 +259,4 @@ fn decoded<R: Request>(request: &IncomingRequest) -> Result<R, ApiError> {
             ),
         )
     })
-}
-
-fn shutting_down() -> ApiError {
-    ApiError::new(
-        ErrorCode::SHUTTING_DOWN,
-        "the SC is shutting down; watch again once it is back",
-    )
 }

@@ -12,10 +12,16 @@
 //! one whole, so a bug in the controller's memory cannot corrupt the disk.
 //! The same checks run again on [`Store::load`].
 //!
+//! The store also holds the cluster id: random, made once when the store
+//! is created, and sent to every SPU so that an SPU never takes orders
+//! (deletions above all) from the SC of another cluster, or from one that
+//! lost its store and started over.
+//!
 //! Not stored: whether an SPU is online and the replica reports of
 //! heartbeats. Both are rebuilt from live connections after a restart.
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -33,6 +39,12 @@ const SPUS: TableDefinition<u32, &[u8]> = TableDefinition::new("spus");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// The metadata version of the last committed change.
 const VERSION_KEY: &str = "metadata_version";
+/// Named identities; today only [`CLUSTER_ID_KEY`].
+const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
+/// The cluster id, made when the store is created.
+const CLUSTER_ID_KEY: &str = "cluster_id";
+/// Random bytes in a cluster id (hex-encoded, twice as many characters).
+const CLUSTER_ID_BYTES: usize = 16;
 
 /// What the store keeps of a partition: its placement and leadership. The
 /// replica reports of a [`runnel_metadata::PartitionStatus`] are live
@@ -98,6 +110,13 @@ pub enum StoreError {
     /// written.
     #[error("refused an inconsistent metadata change: {0}")]
     Inconsistent(String),
+    #[error(
+        "cannot make a cluster id for a new metadata store: reading {source_path} failed: {source}; the SC needs a working random source"
+    )]
+    Random {
+        source_path: &'static str,
+        source: std::io::Error,
+    },
 }
 
 impl From<redb::TransactionError> for StoreError {
@@ -129,6 +148,7 @@ impl From<redb::CommitError> for StoreError {
 #[derive(Debug)]
 pub struct Store {
     database: Database,
+    cluster_id: String,
 }
 
 impl Store {
@@ -166,8 +186,31 @@ impl Store {
         transaction.open_table(PARTITIONS)?;
         transaction.open_table(SPUS)?;
         transaction.open_table(COUNTERS)?;
+        let cluster_id = {
+            let mut identity = transaction.open_table(IDENTITY)?;
+            let stored = identity
+                .get(CLUSTER_ID_KEY)?
+                .map(|guard| guard.value().to_string());
+            match stored {
+                Some(cluster_id) => cluster_id,
+                None => {
+                    let cluster_id = new_cluster_id()?;
+                    identity.insert(CLUSTER_ID_KEY, cluster_id.as_str())?;
+                    cluster_id
+                }
+            }
+        };
         transaction.commit()?;
-        Ok(Store { database })
+        Ok(Store {
+            database,
+            cluster_id,
+        })
+    }
+
+    /// The id of the cluster this store describes: the same for the life
+    /// of the store file.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     /// Reads everything, checking that it is consistent.
@@ -188,6 +231,9 @@ impl Store {
                     key.value(),
                     format!("the entry names topic '{}'", topic.spec.name),
                 ));
+            }
+            if let Some(problem) = topic_id_problem(&topic, version) {
+                return Err(corrupt("topics", key.value(), problem));
             }
             topics.push(topic);
         }
@@ -261,6 +307,9 @@ impl Store {
             for mutation in &batch.mutations {
                 match mutation {
                     Mutation::PutTopic(topic) => {
+                        if let Some(problem) = topic_id_problem(topic, batch.version) {
+                            return Err(StoreError::Inconsistent(problem));
+                        }
                         topics.insert(topic.spec.name.as_str(), encode(topic).as_slice())?;
                     }
                     Mutation::DeleteTopic(name) => {
@@ -318,6 +367,32 @@ impl Store {
     }
 }
 
+/// What is wrong with `topic`'s id in a store at `version`: an id is the
+/// version the topic was created at, so it is positive and not beyond the
+/// version.
+fn topic_id_problem(topic: &Topic, version: u64) -> Option<String> {
+    let id = topic.topic_id;
+    (id == 0 || id > version).then(|| {
+        format!(
+            "topic '{}' has id {id}, which is not a version from 1 to {version}",
+            topic.spec.name
+        )
+    })
+}
+
+/// A fresh random cluster id, hex-encoded.
+fn new_cluster_id() -> Result<String, StoreError> {
+    const SOURCE: &str = "/dev/urandom";
+    let mut bytes = [0u8; CLUSTER_ID_BYTES];
+    std::fs::File::open(SOURCE)
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .map_err(|source| StoreError::Random {
+            source_path: SOURCE,
+            source,
+        })?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("metadata objects always serialize to JSON")
 }
@@ -350,7 +425,7 @@ mod tests {
 
     use super::*;
 
-    fn topic(name: &str, partitions: u32) -> Topic {
+    fn topic(name: &str, partitions: u32, topic_id: u64) -> Topic {
         Topic {
             spec: TopicSpec {
                 name: TopicName::new(name).expect("valid test name"),
@@ -358,6 +433,7 @@ mod tests {
                 replication_factor: 1,
                 config: TopicConfig::default(),
             },
+            topic_id,
             state: TopicState::Provisioned,
         }
     }
@@ -387,7 +463,7 @@ mod tests {
     }
 
     fn topic_with_partitions(version: u64, name: &str, count: u32) -> Batch {
-        let mut mutations = vec![Mutation::PutTopic(topic(name, count))];
+        let mut mutations = vec![Mutation::PutTopic(topic(name, count, version))];
         mutations.extend((0..count).map(|index| Mutation::PutPartition(partition(name, index, 1))));
         Batch { version, mutations }
     }
@@ -428,10 +504,32 @@ mod tests {
             loaded,
             Loaded {
                 version: 4,
-                topics: vec![topic("orders", 2)],
+                topics: vec![topic("orders", 2, 2)],
                 partitions: vec![partition("orders", 0, 1), partition("orders", 1, 1)],
                 spus: vec![spu(1)],
             }
+        );
+    }
+
+    #[test]
+    fn the_cluster_id_is_made_once_per_store() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("metadata.redb");
+        let first = Store::open(&path).expect("open").cluster_id().to_string();
+        assert_eq!(first.len(), 2 * CLUSTER_ID_BYTES, "{first}");
+        assert!(
+            first.bytes().all(|byte| byte.is_ascii_hexdigit()),
+            "{first}"
+        );
+        let reopened = Store::open(&path).expect("reopen");
+        assert_eq!(reopened.cluster_id(), first);
+
+        let other = tempfile::tempdir().expect("temp dir");
+        let another = Store::open(&other.path().join("metadata.redb")).expect("open");
+        assert_ne!(
+            another.cluster_id(),
+            first,
+            "each new store is a new cluster"
         );
     }
 
@@ -461,7 +559,7 @@ mod tests {
             Batch {
                 version: 2,
                 mutations: vec![
-                    Mutation::PutTopic(topic("fresh", 1)),
+                    Mutation::PutTopic(topic("fresh", 1, 2)),
                     Mutation::PutPartition(partition("fresh", 0, 1)),
                     Mutation::DeleteTopic(TopicName::new("missing").expect("valid")),
                 ],
@@ -489,6 +587,15 @@ mod tests {
             Batch {
                 version: 2,
                 mutations: vec![Mutation::PutSpu(spu(9)), Mutation::DeleteSpu(SpuId(3))],
+            },
+            // Topic ids are versions at creation: never 0, never ahead.
+            Batch {
+                version: 2,
+                mutations: vec![Mutation::PutTopic(topic("zero", 1, 0))],
+            },
+            Batch {
+                version: 2,
+                mutations: vec![Mutation::PutTopic(topic("ahead", 1, 3))],
             },
         ];
         for batch in &refused {

@@ -1,27 +1,28 @@
 //! The SPU's session with the SC: announce this SPU, apply the assignment
 //! stream, heartbeat the state of every replica — and when the SC is
-//! unreachable or the session ends, keep serving and reconnect with
-//! backoff until shutdown.
+//! unreachable, stops answering, or belongs to another cluster, keep
+//! serving and reconnect with backoff until shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use runnel_api::{SpuConnectRequest, SpuHeartbeatRequest};
-use runnel_metadata::SpuSpec;
-use runnel_transport::{Connection, TransportConfig, TransportError};
+use runnel_metadata::{AssignmentUpdate, SpuSpec};
+use runnel_transport::{Backoff, Connection, TransportConfig, TransportError};
 use runnel_types::SpuId;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::SpuConfig;
 use crate::replicas::Replicas;
 
 /// Assignment updates the SC may send ahead of the SPU applying them.
 const ASSIGNMENT_WINDOW: u32 = 64;
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Heartbeat intervals an SC may take to answer one before this SPU
+/// takes it for dead and reconnects.
+const HEARTBEAT_PATIENCE: u32 = 3;
 
 #[derive(Debug)]
 pub(crate) struct ScSession {
@@ -40,6 +41,9 @@ enum Ended {
     Unreachable(String),
     /// It was established (an assignment snapshot arrived), then lost.
     Lost(String),
+    /// This SPU refused the SC (another cluster's, or its cluster id
+    /// cannot be checked): nothing it sent was applied.
+    Refused(String),
 }
 
 impl ScSession {
@@ -59,33 +63,42 @@ impl ScSession {
     }
 
     /// Keeps a session with the SC until `shutdown`: reconnects after
-    /// 100 ms, doubling to 2 s while the SC stays unreachable.
+    /// [`Backoff::reconnect`] delays while the SC stays unreachable or
+    /// refused.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = FIRST_BACKOFF;
-        let mut reported_unreachable = false;
+        let mut backoff = Backoff::reconnect();
+        // The last problem logged at warn or error level: a problem that
+        // persists is said once, not on every retry.
+        let mut reported: Option<String> = None;
         loop {
             match self.session(&shutdown).await {
                 Ended::Shutdown => return,
                 Ended::Lost(reason) => {
                     warn!(sc_addr = %self.sc_addr, %reason, "lost the SC session; serving the current replicas and reconnecting");
-                    backoff = FIRST_BACKOFF;
-                    reported_unreachable = false;
+                    backoff.reset();
+                    reported = None;
                 }
                 Ended::Unreachable(reason) => {
-                    // Said once per outage, not on every retry.
-                    if reported_unreachable {
+                    if reported.is_some() {
                         debug!(sc_addr = %self.sc_addr, %reason, "SC still unreachable");
                     } else {
                         warn!(sc_addr = %self.sc_addr, %reason, "no session with the SC; serving the current replicas and retrying");
-                        reported_unreachable = true;
+                        reported = Some(reason);
+                    }
+                }
+                Ended::Refused(reason) => {
+                    if reported.as_ref() == Some(&reason) {
+                        debug!(sc_addr = %self.sc_addr, %reason, "SC still refused");
+                    } else {
+                        error!(sc_addr = %self.sc_addr, %reason, "refused the SC's assignments; serving the current replicas and retrying");
+                        reported = Some(reason);
                     }
                 }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -114,6 +127,8 @@ impl ScSession {
             self.heartbeat_interval,
             Arc::clone(&self.replicas),
         )));
+        // Set by the first snapshot, once its cluster id is checked: no
+        // update is applied before that.
         let mut established = false;
         let ended = |reason: String, established: bool| {
             if established {
@@ -134,11 +149,20 @@ impl ScSession {
                     // half done (a log opened but not recorded, a replica
                     // marked removed but still listed).
                     Some(Ok(update)) => {
+                        let snapshot = matches!(update, AssignmentUpdate::Snapshot { .. });
+                        if !established && !snapshot {
+                            return Ended::Refused(
+                                "the SC sent an assignment change before the full set; is it a Runnel SC of the same version?"
+                                    .to_string(),
+                            );
+                        }
+                        if let Err(refusal) = self.replicas.apply(update).await {
+                            return Ended::Refused(refusal.to_string());
+                        }
                         if !established {
                             info!(spu = %self.spec.id, sc_addr = %self.sc_addr, "connected to the SC");
                             established = true;
                         }
-                        self.replicas.apply(update).await;
                     }
                     Some(Err(error)) => {
                         return ended(format!("assignment stream failed: {error}"), established);
@@ -151,27 +175,40 @@ impl ScSession {
 }
 
 /// Reports every replica each heartbeat interval; returns why it had to
-/// stop (the connection failed).
+/// stop: the connection failed, or the SC did not answer within
+/// [`HEARTBEAT_PATIENCE`] intervals (an SC that hangs without closing the
+/// connection is as dead as one that closed it).
 async fn heartbeat(
     connection: Connection,
     id: SpuId,
     interval: Duration,
     replicas: Arc<Replicas>,
 ) -> String {
+    let patience = interval.saturating_mul(HEARTBEAT_PATIENCE);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        let reading = Arc::clone(&replicas);
+        let statuses = match tokio::task::spawn_blocking(move || reading.statuses()).await {
+            Ok(statuses) => statuses,
+            Err(error) => return format!("reading the replicas' state did not complete: {error}"),
+        };
         let request = SpuHeartbeatRequest {
             id,
-            replicas: replicas.statuses(),
+            replicas: statuses,
         };
-        match connection.call(&request).await {
-            Ok(()) => {}
-            Err(TransportError::Api(error)) => {
+        match tokio::time::timeout(patience, connection.call(&request)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(TransportError::Api(error))) => {
                 warn!(%error, code = %error.code, "the SC refused a heartbeat");
             }
-            Err(error) => return format!("heartbeat failed: {error}"),
+            Ok(Err(error)) => return format!("heartbeat failed: {error}"),
+            Err(_) => {
+                return format!(
+                    "the SC did not answer a heartbeat within {patience:?}; taking it for dead"
+                );
+            }
         }
     }
 }

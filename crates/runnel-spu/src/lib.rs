@@ -8,6 +8,8 @@
 //!   out, reconnecting forever.
 //! - `replicas` / `replica`: which partition logs this SPU holds, opened,
 //!   removed and kept within retention as the SC says.
+//! - `identity`: which cluster the data directory belongs to, and which
+//!   topic incarnation each replica directory holds.
 //! - `public`: the client api (produce, fetch streams, list offsets);
 //!   `private`: the peer listener (only `ApiVersions` until replication).
 //!
@@ -18,6 +20,7 @@
 
 mod controller;
 mod error;
+mod identity;
 mod private;
 mod public;
 mod replica;
@@ -27,10 +30,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runnel_api::{ApiError, ApiKey, ApiVersion, ApiVersionsResponse, ErrorCode, Listener};
 use runnel_transport::TransportConfig;
 use runnel_types::SpuId;
-use runnel_wire::frame::RequestHeader;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -52,9 +53,11 @@ pub struct SpuConfig {
     pub private_addr: String,
     /// The SC's private listener.
     pub sc_addr: String,
-    /// Replicas live in `data_dir/<topic>-<partition>/`.
+    /// Replicas live in `data_dir/<topic>-<partition>/`; `data_dir/cluster.id`
+    /// names the cluster they belong to.
     pub data_dir: PathBuf,
-    /// How often the SPU reports its replicas to the SC.
+    /// How often the SPU reports its replicas to the SC. An SC that leaves
+    /// a heartbeat unanswered for three intervals is taken for dead.
     pub heartbeat_interval: Duration,
     /// How often every log deletes segments past its retention.
     pub retention_check_interval: Duration,
@@ -159,60 +162,6 @@ async fn bind(listener: &'static str, addr: &str) -> Result<TcpListener, SpuErro
             addr: addr.to_string(),
             source,
         })
-}
-
-/// The versions of the apis a listener serves (`Any` apis included).
-fn api_versions(served: &[Listener]) -> ApiVersionsResponse {
-    let versions = ApiKey::ALL
-        .iter()
-        .filter(|key| served.contains(&key.listener()))
-        .map(|&key| {
-            let (min_version, max_version) = key.versions();
-            ApiVersion {
-                api_key: key as u16,
-                min_version,
-                max_version,
-            }
-        })
-        .collect();
-    ApiVersionsResponse { versions }
-}
-
-/// The api of a request, if a listener serving `served` speaks it in the
-/// requested version; otherwise the error to answer with.
-fn served_api(
-    header: &RequestHeader,
-    served: &[Listener],
-    listener_name: &str,
-) -> Result<ApiKey, ApiError> {
-    let Some(key) = ApiKey::from_u16(header.api_key) else {
-        return Err(ApiError::new(
-            ErrorCode::UNSUPPORTED_API,
-            format!(
-                "api key {} is unknown to this SPU; upgrade the SPU or use an api it lists in ApiVersions",
-                header.api_key
-            ),
-        ));
-    };
-    if !served.contains(&key.listener()) {
-        return Err(ApiError::new(
-            ErrorCode::UNSUPPORTED_API,
-            format!(
-                "{key:?} is not served on the SPU's {listener_name} listener; send it to the listener that serves it (see ApiVersions)"
-            ),
-        ));
-    }
-    let (min_version, max_version) = key.versions();
-    if !(min_version..=max_version).contains(&header.api_version) {
-        return Err(ApiError::new(
-            ErrorCode::UNSUPPORTED_API,
-            format!(
-                "{key:?} version {} is not supported; this SPU speaks versions {min_version} to {max_version}",
-                header.api_version
-            ),
-        ));
-    }
-    Ok(key)
 }
 
 /// Milliseconds since the Unix epoch: the clock logs are driven with

@@ -4,19 +4,20 @@
 use runnel_api::{ApiError, ApiKey, ApiVersionsRequest, ErrorCode, Listener};
 use runnel_transport::{Handler, IncomingRequest, Responder};
 
-use crate::{api_versions, served_api};
-
 const SERVED: &[Listener] = &[Listener::Any];
+const NAME: &str = "the SPU's private listener";
 
 #[derive(Debug)]
 pub(crate) struct PrivateApi;
 
 impl Handler for PrivateApi {
     async fn handle(&self, request: IncomingRequest, responder: Responder) {
-        let reply = served_api(&request.header, SERVED, "private").and_then(|api| match api {
+        let header = &request.header;
+        let served = runnel_api::check_served(header.api_key, header.api_version, SERVED, NAME);
+        let reply = served.and_then(|api| match api {
             ApiKey::ApiVersions => request
                 .decode::<ApiVersionsRequest>()
-                .map(|_| api_versions(SERVED))
+                .map(|_| runnel_api::api_versions(SERVED))
                 .map_err(|error| {
                     ApiError::new(
                         ErrorCode::MALFORMED_REQUEST,
@@ -25,7 +26,7 @@ impl Handler for PrivateApi {
                 }),
             other => Err(ApiError::new(
                 ErrorCode::UNSUPPORTED_API,
-                format!("{other:?} is not served on the SPU's private listener"),
+                format!("{other:?} is not served on {NAME}"),
             )),
         });
         responder.reply(&reply).await

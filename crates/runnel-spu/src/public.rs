@@ -4,7 +4,12 @@
 //! Fetch streams are pushed: a stream that has sent everything committed
 //! waits on its replica's high watermark and wakes the moment an append
 //! moves it. Nothing on this path sleeps or polls.
+//!
+//! Every call into a log runs on a blocking thread: the log's lock is held
+//! across an fsync when a segment rolls, and an async thread waiting for
+//! it would stall every connection it serves.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use runnel_api::{
@@ -12,6 +17,7 @@ use runnel_api::{
     ListOffsetsResponse, Listener, OffsetQuery, ProduceRequest, ProduceResponse, Reply,
     StreamFetchRequest,
 };
+use runnel_log::scan::Fault;
 use runnel_metadata::PartitionKey;
 use runnel_transport::{FileRange, Handler, IncomingRequest, Responder, StreamSender};
 use runnel_types::{LeaderEpoch, Offset, SpuId};
@@ -19,9 +25,9 @@ use runnel_wire::WireError;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{log_error_to_api, task_failed};
+use crate::now_ms;
 use crate::replica::Replica;
 use crate::replicas::{Lookup, Replicas};
-use crate::{api_versions, now_ms, served_api};
 
 /// Room left in a fetch item's frame for its header and message, besides
 /// the batches.
@@ -31,6 +37,7 @@ pub(crate) const FRAME_OVERHEAD_BYTES: usize = 1024;
 const MAX_FETCH_ITEM_BYTES: u64 = 8 << 20;
 
 const SERVED: &[Listener] = &[Listener::Any, Listener::SpuPublic];
+const NAME: &str = "the SPU's public listener";
 
 #[derive(Debug)]
 pub(crate) struct PublicApi {
@@ -43,7 +50,8 @@ pub(crate) struct PublicApi {
 
 impl Handler for PublicApi {
     async fn handle(&self, request: IncomingRequest, responder: Responder) {
-        let api = match served_api(&request.header, SERVED, "public") {
+        let header = &request.header;
+        let api = match runnel_api::check_served(header.api_key, header.api_version, SERVED, NAME) {
             Ok(api) => api,
             Err(error) => return reply_error(responder, error).await,
         };
@@ -51,7 +59,7 @@ impl Handler for PublicApi {
             ApiKey::ApiVersions => {
                 let reply = request
                     .decode::<ApiVersionsRequest>()
-                    .map(|_| api_versions(SERVED))
+                    .map(|_| runnel_api::api_versions(SERVED))
                     .map_err(|error| malformed("ApiVersions", error));
                 responder.reply(&reply).await
             }
@@ -104,19 +112,28 @@ impl PublicApi {
         }
         // The log stamps offsets and the leader epoch into the bytes.
         let mut batches = tail.to_vec();
-        let log = Arc::clone(replica.log());
+        let appending = Arc::clone(&replica);
+        let appending_key = key.clone();
         let appended = tokio::task::spawn_blocking(move || {
-            log.append_as_leader(&mut batches, epoch, now_ms())
+            let log = appending.log();
+            // Records appended after damage would be lost with it when the
+            // replica is repaired; reads below it may go on.
+            if let Some((path, fault)) = log.corruption() {
+                return Err(corrupt_log_error(&appending_key, log.dir(), &path, &fault));
+            }
+            let info = log
+                .append_as_leader(&mut batches, epoch, now_ms())
+                .map_err(|error| log_error_to_api(&appending_key, &error))?;
+            // Before the acknowledgement: a producer that reads after its
+            // ack finds its records committed.
+            appending.refresh_high_watermark();
+            Ok(info)
         })
         .await;
         let info = match appended {
-            Ok(Ok(info)) => info,
-            Ok(Err(error)) => return Err(log_error_to_api(&key, &error)),
+            Ok(result) => result?,
             Err(error) => return Err(task_failed(&key, "append", &error)),
         };
-        // Before the acknowledgement: a producer that reads after its ack
-        // finds its records committed.
-        replica.refresh_high_watermark();
         Ok(ProduceResponse {
             base_offset: info.first_offset,
             log_end_offset: info.log_end,
@@ -133,21 +150,28 @@ impl PublicApi {
         };
         let (replica, _) = self.leader_replica(&key)?;
         let high_watermark = replica.high_watermark();
-        let log_start_offset = replica.log().log_start_offset();
-        let offset = match list.query {
+        let log = Arc::clone(replica.log());
+        let query = list.query;
+        let looked_up = tokio::task::spawn_blocking(move || {
+            let by_time = match query {
+                OffsetQuery::Timestamp(timestamp) => log.offset_for_timestamp(timestamp)?,
+                OffsetQuery::Start | OffsetQuery::End => None,
+            };
+            Ok((log.log_start_offset(), by_time))
+        })
+        .await;
+        let (log_start_offset, by_time) = match looked_up {
+            Ok(Ok(looked_up)) => looked_up,
+            Ok(Err(error)) => return Err(log_error_to_api(&key, &error)),
+            Err(error) => return Err(task_failed(&key, "offset lookup", &error)),
+        };
+        let offset = match query {
             OffsetQuery::Start => log_start_offset,
             OffsetQuery::End => high_watermark,
-            OffsetQuery::Timestamp(timestamp) => {
-                let log = Arc::clone(replica.log());
-                let found =
-                    tokio::task::spawn_blocking(move || log.offset_for_timestamp(timestamp)).await;
-                match found {
-                    // Records past the high watermark are not visible yet.
-                    Ok(Ok(Some(offset))) => offset.min(high_watermark),
-                    Ok(Ok(None)) => high_watermark,
-                    Ok(Err(error)) => return Err(log_error_to_api(&key, &error)),
-                    Err(error) => return Err(task_failed(&key, "timestamp lookup", &error)),
-                }
+            // Records past the high watermark are not visible yet; no
+            // record that late means the end.
+            OffsetQuery::Timestamp(_) => {
+                by_time.map_or(high_watermark, |offset| offset.min(high_watermark))
             }
         };
         Ok(ListOffsetsResponse {
@@ -199,16 +223,23 @@ impl PublicApi {
             // Marks this value seen before reading: an append after it
             // wakes the wait below, so no commit is missed.
             let high_watermark = *committed.borrow_and_update();
-            let slice = match replica.log().read_below(offset, high_watermark, max_bytes) {
-                Ok(slice) => slice,
-                Err(error) => return Some(log_error_to_api(key, &error)),
+            let log = Arc::clone(replica.log());
+            let read = tokio::task::spawn_blocking(move || {
+                let slice = log.read_below(offset, high_watermark, max_bytes)?;
+                Ok((slice, log.log_start_offset()))
+            })
+            .await;
+            let (slice, log_start_offset) = match read {
+                Ok(Ok(read)) => read,
+                Ok(Err(error)) => return Some(log_error_to_api(key, &error)),
+                Err(error) => return Some(task_failed(key, "read", &error)),
             };
             match slice {
                 Some(slice) => {
                     let item = FetchItem {
                         first_offset: slice.first_offset,
                         next_offset: slice.next_offset,
-                        log_start_offset: replica.log().log_start_offset(),
+                        log_start_offset,
                         high_watermark,
                     };
                     let range = FileRange {
@@ -250,7 +281,7 @@ impl PublicApi {
         let spu = self.spu;
         let replica = match self.replicas.lookup(key) {
             Lookup::Ready(replica) => replica,
-            Lookup::Missing => return Err(self.removed_error(key)),
+            Lookup::Missing => return Err(self.not_hosted(key)),
             Lookup::Failed(reason) => {
                 return Err(ApiError::new(
                     ErrorCode::STORAGE,
@@ -277,11 +308,25 @@ impl PublicApi {
         }
     }
 
+    /// This SPU does not host `key`: not yet (its assignment is on the
+    /// way), or not any more (it moved). Retriable: the client's metadata
+    /// catches up and it retries where the partition is.
+    fn not_hosted(&self, key: &PartitionKey) -> ApiError {
+        ApiError::new(
+            ErrorCode::PARTITION_NOT_READY,
+            format!(
+                "partition {key} is not hosted by SPU {}; the client retries once its metadata catches up",
+                self.spu
+            ),
+        )
+    }
+
+    /// The replica a stream reads was removed: its topic was deleted.
     fn removed_error(&self, key: &PartitionKey) -> ApiError {
         ApiError::new(
             ErrorCode::PARTITION_NOT_FOUND,
             format!(
-                "partition {key} is not hosted by SPU {}; refresh metadata",
+                "partition {key} was removed from SPU {}: its topic was deleted; refresh metadata",
                 self.spu
             ),
         )
@@ -296,6 +341,27 @@ impl PublicApi {
             ),
         )
     }
+}
+
+/// The answer to a produce on a log that found damage in `segment`: new
+/// records are refused until an operator has looked at it.
+fn corrupt_log_error(
+    key: &PartitionKey,
+    log_dir: &Path,
+    segment: &Path,
+    fault: &Fault,
+) -> ApiError {
+    ApiError::new(
+        ErrorCode::STORAGE,
+        format!(
+            "partition {key} takes no records: {} is corrupt at byte {} (offset {}: {}); the operator must run `runnel debug verify-log {}` and repair the replica",
+            segment.display(),
+            fault.position,
+            fault.offset,
+            fault.kind,
+            log_dir.display(),
+        ),
+    )
 }
 
 fn malformed(api: &str, error: WireError) -> ApiError {

@@ -21,6 +21,8 @@ pub(crate) struct Leadership {
 #[derive(Debug)]
 pub(crate) struct Replica {
     key: PartitionKey,
+    /// The topic incarnation this replica's data belongs to.
+    topic_id: u64,
     log: Arc<Log>,
     /// The topic settings the log was opened with.
     config: TopicConfig,
@@ -43,6 +45,7 @@ impl Replica {
         let (log, report) = Log::open(dir, log_config(&assignment.config))?;
         let replica = Replica {
             key: assignment.key.clone(),
+            topic_id: assignment.topic_id,
             log: Arc::new(log),
             config: assignment.config.clone(),
             leadership: Mutex::new(Leadership {
@@ -60,6 +63,12 @@ impl Replica {
         &self.key
     }
 
+    pub fn topic_id(&self) -> u64 {
+        self.topic_id
+    }
+
+    /// The log. Most of its methods take its lock, which a roll holds
+    /// across an fsync: call them from a blocking task.
     pub fn log(&self) -> &Arc<Log> {
         &self.log
     }
@@ -89,6 +98,7 @@ impl Replica {
     /// waiting on it if it moved. With one replica, a record is committed
     /// once the flush policy is satisfied: durable under `always`, written
     /// under the relaxed policies (which accept losing it on power loss).
+    /// Blocking (it reads the log's end under its lock).
     pub fn refresh_high_watermark(&self) {
         let committed = match self.config.flush {
             FlushPolicy::Always => self.log.durable_offset(),
@@ -103,6 +113,7 @@ impl Replica {
         });
     }
 
+    /// What the heartbeat reports. Blocking (it takes the log's lock).
     pub fn status(&self, spu: SpuId) -> ReplicaStatus {
         ReplicaStatus {
             spu,
@@ -163,6 +174,7 @@ mod tests {
                 flush,
                 ..TopicConfig::default()
             },
+            topic_id: 1,
             replicas: vec![SpuId(1)],
             leader: Some(SpuId(1)),
             leader_epoch: LeaderEpoch(2),

@@ -3,9 +3,12 @@
 //! arrive, and kept within retention and their flush interval in the
 //! background.
 //!
-//! The SC is authoritative: a replica directory it does not assign is
-//! deleted when a snapshot arrives, which is how a topic deleted while
-//! this SPU was down loses its data here too.
+//! The SC is authoritative within its own cluster: a replica directory
+//! it does not assign is deleted when a snapshot arrives, which is how a
+//! topic deleted while this SPU was down loses its data here too. A
+//! snapshot from another cluster's SC is refused before anything is
+//! touched, and a replica directory created for an older topic of the
+//! same name is deleted before the new topic uses it (see `identity`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -13,13 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use runnel_log::Log;
+use runnel_log::{Log, RecoveryReport};
 use runnel_metadata::{AssignmentUpdate, PartitionKey, ReplicaAssignment, ReplicaStatus};
 use runnel_types::{FlushPolicy, PartitionId, SpuId, TopicName};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::identity::{self, CLUSTER_ID_FILE, ClusterCheck, ClusterRefusal, Incarnation};
 use crate::now_ms;
 use crate::replica::{Leadership, Replica};
 
@@ -72,7 +76,8 @@ impl Replicas {
         }
     }
 
-    /// The state of every replica served, for the heartbeat.
+    /// The state of every replica served, for the heartbeat. Blocking (it
+    /// reads each log under its lock).
     pub fn statuses(&self) -> Vec<(TopicName, PartitionId, ReplicaStatus)> {
         self.ready()
             .iter()
@@ -84,12 +89,45 @@ impl Replicas {
     }
 
     /// Applies one message of the SC's assignment stream. Updates are
-    /// applied one at a time, in order.
-    pub async fn apply(&self, update: AssignmentUpdate) {
+    /// applied one at a time, in order. A snapshot from the SC of another
+    /// cluster is refused whole: nothing is opened or deleted.
+    pub async fn apply(&self, update: AssignmentUpdate) -> Result<(), ClusterRefusal> {
         match update {
-            AssignmentUpdate::Snapshot(assignments) => self.apply_snapshot(assignments).await,
+            AssignmentUpdate::Snapshot {
+                cluster_id,
+                replicas,
+            } => {
+                self.claim_cluster(cluster_id).await?;
+                self.apply_snapshot(replicas).await;
+            }
             AssignmentUpdate::Upsert(assignment) => self.upsert(assignment).await,
             AssignmentUpdate::Remove(key) => self.remove(&key).await,
+        }
+        Ok(())
+    }
+
+    /// Checks that this SPU's data belongs to `cluster_id`, making it so
+    /// on the first session of an SPU whose data belongs to no cluster.
+    async fn claim_cluster(&self, cluster_id: String) -> Result<(), ClusterRefusal> {
+        let data_dir = self.data_dir.clone();
+        let offered = cluster_id.clone();
+        let claimed =
+            tokio::task::spawn_blocking(move || identity::claim_cluster(&data_dir, &offered)).await;
+        match claimed {
+            Ok(Ok(ClusterCheck::Same)) => Ok(()),
+            Ok(Ok(ClusterCheck::Adopted)) => {
+                info!(
+                    %cluster_id,
+                    data_dir = %self.data_dir.display(),
+                    "this SPU's data now belongs to the SC's cluster"
+                );
+                Ok(())
+            }
+            Ok(Err(refusal)) => Err(refusal),
+            Err(error) => Err(ClusterRefusal::Io {
+                path: self.data_dir.join(CLUSTER_ID_FILE),
+                source: io::Error::other(format!("the check did not complete: {error}")),
+            }),
         }
     }
 
@@ -127,8 +165,9 @@ impl Replicas {
         );
     }
 
-    /// Opens a newly assigned replica, retries one that failed to open, or
-    /// records a new leader of one already open.
+    /// Opens a newly assigned replica, retries one that failed to open,
+    /// records a new leader of one already open, or replaces one that
+    /// belongs to an older topic of the same name.
     async fn upsert(&self, assignment: ReplicaAssignment) {
         let key = assignment.key.clone();
         let leadership = Leadership {
@@ -140,22 +179,31 @@ impl Replicas {
             Some(Slot::Failed { .. }) | None => None,
         };
         if let Some(replica) = existing {
-            if replica.leadership() != leadership {
-                info!(partition = %key, leader = ?leadership.leader, epoch = %leadership.epoch, "leader changed");
-                replica.set_leadership(leadership);
+            if replica.topic_id() == assignment.topic_id {
+                if replica.leadership() != leadership {
+                    info!(partition = %key, leader = ?leadership.leader, epoch = %leadership.epoch, "leader changed");
+                    replica.set_leadership(leadership);
+                }
+                if replica.config() != &assignment.config {
+                    warn!(
+                        partition = %key,
+                        "the topic configuration changed; this replica keeps its current settings until the SPU restarts"
+                    );
+                }
+                return;
             }
-            if replica.config() != &assignment.config {
-                warn!(
-                    partition = %key,
-                    "the topic configuration changed; this replica keeps its current settings until the SPU restarts"
-                );
-            }
-            return;
+            warn!(
+                partition = %key,
+                old_topic_id = replica.topic_id(),
+                topic_id = assignment.topic_id,
+                "the topic was deleted and created again; deleting the old topic's replica"
+            );
+            self.remove(&key).await;
         }
         let dir = self.replica_dir(&key);
         let opening = tokio::task::spawn_blocking({
             let dir = dir.clone();
-            move || Replica::open(&dir, &assignment)
+            move || open_replica(&dir, &assignment)
         })
         .await;
         let slot = match opening {
@@ -167,21 +215,20 @@ impl Replicas {
                 }
                 info!(
                     partition = %key,
+                    topic_id = replica.topic_id(),
                     leader = ?leadership.leader,
                     epoch = %leadership.epoch,
-                    log_start = %replica.log().log_start_offset(),
-                    log_end = %replica.log().log_end_offset(),
+                    log_start = %report.log_start,
+                    log_end = %report.log_end,
                     "serving replica"
                 );
                 let replica = Arc::new(replica);
                 self.start_flush_ticker(&replica);
                 Slot::Ready(replica)
             }
-            Ok(Err(error)) => {
-                error!(partition = %key, dir = %dir.display(), %error, "cannot open replica; it is not served");
-                Slot::Failed {
-                    reason: error.to_string(),
-                }
+            Ok(Err(reason)) => {
+                error!(partition = %key, dir = %dir.display(), %reason, "cannot open replica; it is not served");
+                Slot::Failed { reason }
             }
             Err(error) => {
                 error!(partition = %key, %error, "opening replica did not complete; it is not served");
@@ -306,18 +353,27 @@ impl Replicas {
                     _ = replica.removed() => return,
                     _ = ticker.tick() => {}
                 }
-                let log = Arc::clone(replica.log());
-                if log.durable_offset() >= log.log_end_offset() {
+                // Under this policy the high watermark is the log's end as
+                // of the last append. The durable offset is behind a lock
+                // that is never held across I/O (unlike the log's main
+                // lock), so this check does not block.
+                if replica.log().durable_offset() >= replica.high_watermark() {
                     continue;
                 }
-                match tokio::task::spawn_blocking(move || log.tick(now_ms())).await {
+                let ticking = Arc::clone(&replica);
+                let ticked = tokio::task::spawn_blocking(move || {
+                    let ticked = ticking.log().tick(now_ms());
+                    ticking.refresh_high_watermark();
+                    ticked
+                })
+                .await;
+                match ticked {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => {
                         warn!(partition = %replica.key(), %error, "interval flush failed")
                     }
                     Err(_) => return,
                 }
-                replica.refresh_high_watermark();
             }
         });
     }
@@ -378,6 +434,54 @@ fn delete_unassigned_dirs(data_dir: &Path, keep: &BTreeSet<PartitionKey>) -> io:
     Ok(())
 }
 
+/// Opens the replica of `assignment` in `dir`, first deleting what an
+/// older topic of the same name left there. Blocking. The error says what
+/// failed, naming the directory.
+fn open_replica(
+    dir: &Path,
+    assignment: &ReplicaAssignment,
+) -> Result<(Replica, RecoveryReport), String> {
+    let topic_id = assignment.topic_id;
+    match identity::incarnation(dir, topic_id) {
+        Incarnation::Matches => {}
+        Incarnation::Absent => create_replica_dir(dir, topic_id)?,
+        Incarnation::NotADirectory => {
+            return Err(format!(
+                "{} is not a directory; move it out of the data directory",
+                dir.display()
+            ));
+        }
+        Incarnation::Other(found) => {
+            replace_replica_dir(dir, topic_id, &format!("it holds topic id {found}"))?
+        }
+        Incarnation::Unknown(reason) => replace_replica_dir(
+            dir,
+            topic_id,
+            &format!("{reason}, so its topic id is unknown"),
+        )?,
+    }
+    Replica::open(dir, assignment).map_err(|error| error.to_string())
+}
+
+fn create_replica_dir(dir: &Path, topic_id: u64) -> Result<(), String> {
+    identity::create_replica_dir(dir, topic_id)
+        .map_err(|error| format!("cannot create {}: {error}", dir.display()))
+}
+
+/// Deletes `dir`, which is not known to hold topic `topic_id` (`reason`
+/// says what it holds), and creates it anew for that topic.
+fn replace_replica_dir(dir: &Path, topic_id: u64, reason: &str) -> Result<(), String> {
+    warn!(
+        path = %dir.display(),
+        found = %reason,
+        topic_id,
+        "deleting a replica directory that is not this topic's: an older topic of the same name left it"
+    );
+    remove_dir_if_exists(dir)
+        .map_err(|error| format!("cannot delete {}: {error}", dir.display()))?;
+    create_replica_dir(dir, topic_id)
+}
+
 fn remove_dir_if_exists(dir: &Path) -> io::Result<()> {
     match std::fs::remove_dir_all(dir) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -403,10 +507,18 @@ mod tests {
     fn assignment(topic: &str, partition: u32, leader: u32, epoch: i32) -> ReplicaAssignment {
         ReplicaAssignment {
             key: key(topic, partition),
+            topic_id: 1,
             config: TopicConfig::default(),
             replicas: vec![SpuId(leader)],
             leader: Some(SpuId(leader)),
             leader_epoch: LeaderEpoch(epoch),
+        }
+    }
+
+    fn snapshot(replicas: Vec<ReplicaAssignment>) -> AssignmentUpdate {
+        AssignmentUpdate::Snapshot {
+            cluster_id: "cluster-a".to_string(),
+            replicas,
         }
     }
 
@@ -444,11 +556,12 @@ mod tests {
         let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
 
         replicas
-            .apply(AssignmentUpdate::Snapshot(vec![
+            .apply(snapshot(vec![
                 assignment("kept", 0, 1, 0),
                 assignment("kept", 1, 2, 0),
             ]))
-            .await;
+            .await
+            .expect("applied");
         assert!(!stale.exists());
         assert!(unrelated.exists());
         assert!(dir.path().join("kept-0").is_dir());
@@ -457,10 +570,9 @@ mod tests {
 
         // A second snapshot without kept-1 removes it and its data.
         replicas
-            .apply(AssignmentUpdate::Snapshot(vec![assignment(
-                "kept", 0, 1, 0,
-            )]))
-            .await;
+            .apply(snapshot(vec![assignment("kept", 0, 1, 0)]))
+            .await
+            .expect("applied");
         assert!(matches!(replicas.lookup(&key("kept", 1)), Lookup::Missing));
         assert!(!dir.path().join("kept-1").exists());
         assert!(dir.path().join("kept-0").is_dir());
@@ -473,19 +585,15 @@ mod tests {
         let key = key("t", 0);
         replicas
             .apply(AssignmentUpdate::Upsert(assignment("t", 0, 1, 0)))
-            .await;
+            .await
+            .expect("applied");
         let replica = ready(&replicas, &key);
-        let mut builder = BatchBuilder::new(Compression::None);
-        builder.push(1, None, Some(b"x".to_vec()), Vec::new());
-        let mut bytes = builder.build().encode().expect("encodable");
-        replica
-            .log()
-            .append_as_leader(&mut bytes, LeaderEpoch(0), 1)
-            .expect("append");
+        append_one(&replica);
 
         replicas
             .apply(AssignmentUpdate::Upsert(assignment("t", 0, 3, 1)))
-            .await;
+            .await
+            .expect("applied");
         let same = ready(&replicas, &key);
         assert!(Arc::ptr_eq(&replica, &same), "the open replica is kept");
         assert_eq!(
@@ -498,6 +606,104 @@ mod tests {
         assert_eq!(same.log().log_end_offset(), Offset(1));
     }
 
+    fn append_one(replica: &Replica) {
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(1, None, Some(b"x".to_vec()), Vec::new());
+        let mut bytes = builder.build().encode().expect("encodable");
+        replica
+            .log()
+            .append_as_leader(&mut bytes, LeaderEpoch(0), 1)
+            .expect("append");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_of_another_cluster_is_refused_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        replicas
+            .apply(snapshot(vec![assignment("kept", 0, 1, 0)]))
+            .await
+            .expect("the first cluster is adopted");
+        let unlisted = dir.path().join("other-0");
+        std::fs::create_dir(&unlisted).expect("unlisted dir");
+
+        let foreign = AssignmentUpdate::Snapshot {
+            cluster_id: "cluster-b".to_string(),
+            replicas: vec![assignment("new", 0, 1, 0)],
+        };
+        let refusal = replicas.apply(foreign).await.expect_err("refused");
+        assert!(
+            matches!(refusal, ClusterRefusal::Foreign { .. }),
+            "{refusal}"
+        );
+        ready(&replicas, &key("kept", 0));
+        assert!(dir.path().join("kept-0").is_dir());
+        assert!(unlisted.is_dir(), "nothing is deleted");
+        assert!(!dir.path().join("new-0").exists(), "nothing is opened");
+    }
+
+    #[tokio::test]
+    async fn a_new_topic_id_replaces_the_replica_in_memory_and_on_disk() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        let key = key("t", 0);
+        replicas
+            .apply(AssignmentUpdate::Upsert(assignment("t", 0, 1, 0)))
+            .await
+            .expect("applied");
+        let old = ready(&replicas, &key);
+        append_one(&old);
+
+        let second = ReplicaAssignment {
+            topic_id: 2,
+            ..assignment("t", 0, 1, 0)
+        };
+        replicas
+            .apply(AssignmentUpdate::Upsert(second))
+            .await
+            .expect("applied");
+        assert!(old.is_removed(), "streams on the old topic's replica end");
+        let new = ready(&replicas, &key);
+        assert_eq!(new.topic_id(), 2);
+        assert_eq!(new.log().log_end_offset(), Offset(0));
+        append_one(&new);
+        drop((old, new));
+        replicas.close_all().await;
+
+        // On disk: a restarted SPU assigned a third incarnation, and a
+        // directory without a marker.
+        let unmarked = dir.path().join("u-0");
+        std::fs::create_dir(&unmarked).expect("unmarked dir");
+        std::fs::write(unmarked.join("00000000000000000000.log"), b"old").expect("old data");
+        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        for assignment in [
+            ReplicaAssignment {
+                topic_id: 3,
+                ..assignment("t", 0, 1, 0)
+            },
+            assignment("u", 0, 1, 0),
+        ] {
+            let key = assignment.key.clone();
+            replicas
+                .apply(AssignmentUpdate::Upsert(assignment))
+                .await
+                .expect("applied");
+            assert_eq!(
+                ready(&replicas, &key).log().log_end_offset(),
+                Offset(0),
+                "{key} starts empty"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("t-0").join("replica.id")).expect("marker"),
+            "3\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(unmarked.join("replica.id")).expect("marker"),
+            "1\n"
+        );
+    }
+
     #[tokio::test]
     async fn remove_ends_streams_and_deletes_the_directory() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -505,9 +711,13 @@ mod tests {
         let key = key("t", 4);
         replicas
             .apply(AssignmentUpdate::Upsert(assignment("t", 4, 1, 0)))
-            .await;
+            .await
+            .expect("applied");
         let replica = ready(&replicas, &key);
-        replicas.apply(AssignmentUpdate::Remove(key.clone())).await;
+        replicas
+            .apply(AssignmentUpdate::Remove(key.clone()))
+            .await
+            .expect("applied");
         assert!(replica.is_removed());
         assert!(matches!(replicas.lookup(&key), Lookup::Missing));
         assert!(!dir.path().join("t-4").exists());
@@ -522,7 +732,8 @@ mod tests {
         let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
         replicas
             .apply(AssignmentUpdate::Upsert(assignment("t", 0, 1, 0)))
-            .await;
+            .await
+            .expect("applied");
         let Lookup::Failed(reason) = replicas.lookup(&key("t", 0)) else {
             panic!("the replica should have failed to open");
         };
@@ -543,15 +754,10 @@ mod tests {
         };
         replicas
             .apply(AssignmentUpdate::Upsert(os_flush.clone()))
-            .await;
+            .await
+            .expect("applied");
         let replica = ready(&replicas, &key("t", 0));
-        let mut builder = BatchBuilder::new(Compression::None);
-        builder.push(1, None, Some(b"x".to_vec()), Vec::new());
-        let mut bytes = builder.build().encode().expect("encodable");
-        replica
-            .log()
-            .append_as_leader(&mut bytes, LeaderEpoch(0), 1)
-            .expect("append");
+        append_one(&replica);
         drop(replica);
         replicas.close_all().await;
         assert!(replicas.statuses().is_empty());

@@ -36,10 +36,30 @@ fn upserted(update: AssignmentUpdate) -> ReplicaAssignment {
 }
 
 fn snapshot(update: AssignmentUpdate) -> Vec<ReplicaAssignment> {
+    snapshot_of_cluster(update).1
+}
+
+/// The cluster id and the replicas of a snapshot.
+fn snapshot_of_cluster(update: AssignmentUpdate) -> (String, Vec<ReplicaAssignment>) {
     match update {
-        AssignmentUpdate::Snapshot(assignments) => assignments,
+        AssignmentUpdate::Snapshot {
+            cluster_id,
+            replicas,
+        } => (cluster_id, replicas),
         other => panic!("expected a Snapshot, got {other:?}"),
     }
+}
+
+async fn list_topic(client: &runnel_transport::Connection, topic: &str) -> Topic {
+    let mut topics = bounded(
+        "list",
+        client.call(&ListTopicsRequest {
+            names: vec![name(topic)],
+        }),
+    )
+    .await
+    .expect("listed");
+    topics.pop().expect("the topic asked for")
 }
 
 #[tokio::test]
@@ -62,6 +82,8 @@ async fn a_topic_waits_for_an_spu_then_is_placed() {
         topics,
         vec![Topic {
             spec: spec.clone(),
+            // The version the creation committed as: the store was empty.
+            topic_id: 1,
             state: TopicState::Pending {
                 reason: "1 replica per partition needs 1 online SPU but 0 are online; \
                          start SPUs with `runnel cluster start`"
@@ -87,6 +109,8 @@ async fn a_topic_waits_for_an_spu_then_is_placed() {
                 topic: name("early"),
                 partition: PartitionId(index),
             },
+            // Placing the pending topic kept its id.
+            topic_id: 1,
             config: TopicConfig::default(),
             replicas: vec![SpuId(7)],
             leader: Some(SpuId(7)),
@@ -380,6 +404,100 @@ async fn metadata_survives_a_restart() {
         .collect();
     assert_eq!(keys, vec!["kept-0", "kept-1", "kept-2", "second-0"]);
     sc.stop().await;
+}
+
+/// The cluster id stays with the store; a topic created again under the
+/// same name is a new incarnation with a new id, before and after a
+/// restart, and SPUs are told both.
+#[tokio::test]
+async fn the_cluster_id_is_kept_and_topic_ids_are_never_reused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sc = Sc::start(dir.path(), PATIENT).await;
+    let client = sc.client().await;
+    let mut spu = sc.spu(1).await;
+    let (cluster_id, replicas) = snapshot_of_cluster(spu.next().await);
+    assert_eq!(replicas, vec![]);
+    assert!(!cluster_id.is_empty());
+
+    let create = |text: &'static str| {
+        let client = client.clone();
+        async move {
+            bounded(
+                "create",
+                client.call(&CreateTopicRequest {
+                    spec: topic_spec(text, 1, 1),
+                }),
+            )
+            .await
+            .expect("created");
+        }
+    };
+    let delete = |text: &'static str| {
+        let client = client.clone();
+        async move {
+            bounded(
+                "delete",
+                client.call(&DeleteTopicRequest { name: name(text) }),
+            )
+            .await
+            .expect("deleted");
+        }
+    };
+    create("events").await;
+    let first = list_topic(&client, "events").await.topic_id;
+    assert_eq!(upserted(spu.next().await).topic_id, first);
+    delete("events").await;
+    assert!(matches!(spu.next().await, AssignmentUpdate::Remove(_)));
+    create("events").await;
+    let second = list_topic(&client, "events").await.topic_id;
+    assert_ne!(second, first, "a new incarnation has a new id");
+    assert_eq!(upserted(spu.next().await).topic_id, second);
+
+    drop((spu, client));
+    let (public_addr, private_addr) = (sc.public_addr.clone(), sc.private_addr.clone());
+    sc.stop().await;
+    let sc = Sc::start_on(dir.path(), PATIENT, public_addr, private_addr).await;
+    let client = sc.client().await;
+    assert_eq!(list_topic(&client, "events").await.topic_id, second);
+    let mut spu = sc.spu(1).await;
+    let (same_cluster, replicas) = snapshot_of_cluster(spu.next().await);
+    assert_eq!(
+        same_cluster, cluster_id,
+        "the cluster id survives a restart"
+    );
+    let ids: Vec<u64> = replicas.iter().map(|replica| replica.topic_id).collect();
+    assert_eq!(ids, vec![second]);
+
+    bounded(
+        "delete",
+        client.call(&DeleteTopicRequest {
+            name: name("events"),
+        }),
+    )
+    .await
+    .expect("deleted");
+    bounded(
+        "create",
+        client.call(&CreateTopicRequest {
+            spec: topic_spec("events", 1, 1),
+        }),
+    )
+    .await
+    .expect("created");
+    let third = list_topic(&client, "events").await.topic_id;
+    assert!(
+        ![first, second].contains(&third),
+        "ids stay unique across a restart: {first}, {second}, {third}"
+    );
+    sc.stop().await;
+
+    // Another store is another cluster.
+    let other_dir = tempfile::tempdir().expect("temp dir");
+    let other = Sc::start(other_dir.path(), PATIENT).await;
+    let mut stranger = other.spu(1).await;
+    let (other_cluster, _) = snapshot_of_cluster(stranger.next().await);
+    assert_ne!(other_cluster, cluster_id);
+    other.stop().await;
 }
 
 /// A body no request decodes from: a string length with nothing after it.

@@ -8,7 +8,7 @@ use runnel_api::{
     ApiVersionsRequest, ErrorCode, ListOffsetsRequest, ListOffsetsResponse, OffsetQuery,
     ProduceRequest, StreamFetchRequest,
 };
-use runnel_metadata::PartitionKey;
+use runnel_metadata::{PartitionKey, ReplicaAssignment};
 use runnel_transport::{Connection, TransportConfig, TransportError};
 use runnel_types::{Offset, SpuId};
 
@@ -225,11 +225,14 @@ async fn requests_the_spu_cannot_serve_get_clear_errors() {
     assert!(not_leader.code.is_retriable());
     assert!(not_leader.message.contains("SPU 9"), "{not_leader}");
 
+    // Not hosted here (yet, or any more): the client retries once its
+    // metadata catches up.
     let unknown = api_error(produce(&connection, &key("events", 7), &["x"]).await);
-    assert_eq!(unknown.code, ErrorCode::PARTITION_NOT_FOUND);
+    assert_eq!(unknown.code, ErrorCode::PARTITION_NOT_READY);
+    assert!(unknown.code.is_retriable());
     assert_eq!(
         unknown.message,
-        "partition events-7 is not hosted by SPU 1; refresh metadata"
+        "partition events-7 is not hosted by SPU 1; the client retries once its metadata catches up"
     );
     let mut stream = connection
         .stream(&fetch(&key("other", 0), 0, 1024), 1)
@@ -237,7 +240,16 @@ async fn requests_the_spu_cannot_serve_get_clear_errors() {
         .expect("open a fetch stream");
     assert_eq!(
         stream_error(&mut stream).await.code,
-        ErrorCode::PARTITION_NOT_FOUND
+        ErrorCode::PARTITION_NOT_READY
+    );
+    let missing = ListOffsetsRequest {
+        topic: key("other", 0).topic,
+        partition: key("other", 0).partition,
+        query: OffsetQuery::End,
+    };
+    assert_eq!(
+        api_error(connection.call(&missing).await).code,
+        ErrorCode::PARTITION_NOT_READY
     );
 
     let mut stream = connection
@@ -375,12 +387,13 @@ async fn removing_a_replica_ends_its_streams_and_deletes_its_data() {
     sc.remove(&doomed);
     let ended = stream_error(&mut stream).await;
     assert_eq!(ended.code, ErrorCode::PARTITION_NOT_FOUND);
+    assert!(ended.message.contains("topic was deleted"), "{ended}");
     sc.heartbeat_listing(std::slice::from_ref(&kept)).await;
     assert!(!data.path().join("events-0").exists());
     assert!(data.path().join("events-1").is_dir());
     assert_eq!(
         api_error(produce(&connection, &doomed, &["x"]).await).code,
-        ErrorCode::PARTITION_NOT_FOUND
+        ErrorCode::PARTITION_NOT_READY
     );
     spu.stop().await;
 }
@@ -464,5 +477,199 @@ async fn retention_moves_the_log_start_and_old_offsets_go_out_of_range() {
     assert_eq!(expired.code, ErrorCode::OFFSET_OUT_OF_RANGE);
     let remaining = read_until(&connection, &events, start.offset.0, 10).await;
     assert_eq!(remaining.last(), Some(&(9, "9".to_string())));
+    spu.stop().await;
+}
+
+/// The same assignment for another incarnation of the topic.
+fn incarnation(mut assignment: ReplicaAssignment, topic_id: u64) -> ReplicaAssignment {
+    assignment.topic_id = topic_id;
+    assignment
+}
+
+/// A topic deleted and created again under the same name while the SPU
+/// missed the deletion (its session was lost, or it was down) starts
+/// empty: the old topic's records are deleted, never served as the new
+/// topic's.
+#[tokio::test]
+async fn a_topic_created_again_never_serves_the_old_records() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let events = key("events", 0);
+    let sc = FakeSc::start(vec![assignment("events", 0, SPU, 0)]).await;
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(std::slice::from_ref(&events)).await;
+    let connection = spu.connect().await;
+    produce(&connection, &events, &["old", "older"])
+        .await
+        .expect("produce");
+    let mut stream = connection
+        .stream(&fetch(&events, 2, 1024), 1)
+        .await
+        .expect("open a fetch stream");
+
+    // While running: the same partition arrives with a new topic id.
+    sc.forget_heartbeats();
+    sc.upsert(incarnation(assignment("events", 0, SPU, 0), 2));
+    let ended = stream_error(&mut stream).await;
+    assert_eq!(ended.code, ErrorCode::PARTITION_NOT_FOUND, "{ended}");
+    sc.heartbeat_where("the new, empty replica", |heartbeat| {
+        heartbeat
+            .replicas
+            .iter()
+            .any(|(_, _, status)| status.log_end_offset == Offset(0))
+    })
+    .await;
+    let fresh = produce(&connection, &events, &["new"])
+        .await
+        .expect("produce");
+    assert_eq!(fresh.base_offset, Offset(0), "the new topic starts empty");
+    assert_eq!(
+        read_until(&connection, &events, 0, 1).await,
+        expected(&[(0, "new")])
+    );
+    spu.stop().await;
+    drop(connection);
+
+    // While down: the directory on disk is the older topic's.
+    sc.upsert(incarnation(assignment("events", 0, SPU, 0), 3));
+    sc.forget_heartbeats();
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(std::slice::from_ref(&events)).await;
+    let connection = spu.connect().await;
+    let end = list_offsets(&connection, &events, OffsetQuery::End).await;
+    assert_eq!(end.offset, Offset(0), "the old records are gone");
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("events-0").join("replica.id"))
+            .expect("the marker"),
+        "3\n"
+    );
+    spu.stop().await;
+}
+
+/// An SPU whose SC turns out to be another cluster's (one that lost its
+/// store and started over, or a wrong --sc-addr) keeps its data, serves
+/// it, and keeps retrying; the foreign snapshot, which lists nothing, is
+/// not applied.
+#[tokio::test]
+async fn an_sc_of_another_cluster_deletes_nothing() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let events = key("events", 0);
+    let sc = FakeSc::start(vec![assignment("events", 0, SPU, 0)]).await;
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(std::slice::from_ref(&events)).await;
+    sc.connects_reach(1).await;
+    let connection = spu.connect().await;
+    produce(&connection, &events, &["kept"])
+        .await
+        .expect("produce");
+
+    sc.restart_as("fedcba9876543210", vec![]);
+    // Refused, and tried again.
+    sc.connects_reach(3).await;
+    assert_eq!(
+        read_until(&connection, &events, 0, 1).await,
+        expected(&[(0, "kept")])
+    );
+    let next = produce(&connection, &events, &["still"])
+        .await
+        .expect("produce");
+    assert_eq!(next.base_offset, Offset(1));
+    assert!(data.path().join("events-0").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("cluster.id")).expect("cluster id"),
+        format!("{CLUSTER}\n")
+    );
+    spu.stop().await;
+    drop(connection);
+
+    // Started against it, the SPU deletes nothing either: once it has
+    // connected twice, it has refused the first snapshot.
+    let before = sc.connects();
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.connects_reach(before + 2).await;
+    assert!(data.path().join("events-0").is_dir());
+    spu.stop().await;
+
+    // Back with its own cluster, it serves its data again.
+    sc.restart_as(CLUSTER, vec![assignment("events", 0, SPU, 0)]);
+    sc.forget_heartbeats();
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(std::slice::from_ref(&events)).await;
+    let connection = spu.connect().await;
+    assert_eq!(
+        read_until(&connection, &events, 0, 2).await,
+        expected(&[(0, "kept"), (1, "still")])
+    );
+    spu.stop().await;
+}
+
+/// An SC that stops answering heartbeats without closing the connection
+/// is taken for dead: the SPU reconnects.
+#[tokio::test]
+async fn an_sc_that_stops_answering_is_left() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let events = key("events", 0);
+    let sc = FakeSc::start(vec![assignment("events", 0, SPU, 0)]).await;
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(std::slice::from_ref(&events)).await;
+    sc.connects_reach(1).await;
+
+    sc.stall_heartbeats();
+    // The SPU's heartbeat interval is 50 ms; the transport's own request
+    // timeout (30 s) is far past the wait.
+    sc.connects_reach(2).await;
+    let connection = spu.connect().await;
+    produce(&connection, &events, &["served"])
+        .await
+        .expect("produce while the SC hangs");
+    spu.stop().await;
+}
+
+/// A log that found damage in a sealed segment takes no more records and
+/// says how to look at it; the records after the damage are still read.
+#[tokio::test]
+async fn a_corrupt_log_refuses_produce() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let events = key("events", 0);
+    let mut small = assignment("events", 0, SPU, 0);
+    // About three one-record batches per segment.
+    small.config.segment_size = runnel_types::ByteSize(256);
+    let sc = FakeSc::start(vec![small]).await;
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(std::slice::from_ref(&events)).await;
+    let connection = spu.connect().await;
+    for value in ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"] {
+        produce(&connection, &events, &[value])
+            .await
+            .expect("produce");
+    }
+    spu.stop().await;
+    drop(connection);
+
+    // Flip a byte inside the first, sealed segment; without its index
+    // the next open scans it and finds the damage.
+    let dir = data.path().join("events-0");
+    let segment = dir.join(format!("{:020}.log", 0));
+    std::fs::remove_file(segment.with_extension("index")).expect("remove the index");
+    let mut bytes = std::fs::read(&segment).expect("read the segment");
+    assert!(bytes.len() > 100, "the segment holds batches");
+    bytes[100] ^= 0xff;
+    std::fs::write(&segment, &bytes).expect("write the damage");
+
+    sc.forget_heartbeats();
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(std::slice::from_ref(&events)).await;
+    let connection = spu.connect().await;
+    let refused = api_error(produce(&connection, &events, &["more"]).await);
+    assert_eq!(refused.code, ErrorCode::STORAGE, "{refused}");
+    let verify = format!("runnel debug verify-log {}", dir.display());
+    assert!(refused.message.contains(&verify), "{refused}");
+    assert!(
+        refused.message.contains(&segment.display().to_string()),
+        "names the damaged segment: {refused}"
+    );
+    assert_eq!(
+        read_until(&connection, &events, 9, 10).await,
+        expected(&[(9, "9")])
+    );
     spu.stop().await;
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,9 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub const SPU: SpuId = SpuId(1);
 
+/// The cluster id a [`FakeSc`] sends unless told otherwise.
+pub const CLUSTER: &str = "0123456789abcdef";
+
 /// Waits for `future`, failing the test if it takes longer than [`WAIT`].
 pub async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
     tokio::time::timeout(WAIT, future)
@@ -41,9 +45,11 @@ pub fn key(topic: &str, partition: u32) -> PartitionKey {
     }
 }
 
+/// An assignment of a partition of the topic with id 1.
 pub fn assignment(topic: &str, partition: u32, leader: SpuId, epoch: i32) -> ReplicaAssignment {
     ReplicaAssignment {
         key: key(topic, partition),
+        topic_id: 1,
         config: TopicConfig::default(),
         replicas: vec![leader],
         leader: Some(leader),
@@ -62,10 +68,17 @@ pub fn free_addr() -> String {
 #[derive(Debug)]
 pub struct FakeSc {
     pub addr: String,
+    cluster_id: Mutex<String>,
+    /// Cancelled to end every open session.
+    sessions: Mutex<CancellationToken>,
     assignments: Mutex<BTreeMap<PartitionKey, ReplicaAssignment>>,
     updates: broadcast::Sender<AssignmentUpdate>,
     /// The latest heartbeat; `None` until one arrives (or after `forget_heartbeats`).
     heartbeat: watch::Sender<Option<SpuHeartbeatRequest>>,
+    /// SpuConnect requests received.
+    connects: watch::Sender<usize>,
+    /// While set, heartbeats are received but never answered.
+    stall_heartbeats: AtomicBool,
     shutdown: CancellationToken,
 }
 
@@ -75,9 +88,20 @@ impl FakeSc {
     }
 
     pub async fn start_at(addr: &str, assignments: Vec<ReplicaAssignment>) -> Arc<FakeSc> {
+        FakeSc::start_cluster(addr, CLUSTER, assignments).await
+    }
+
+    /// An SC of the cluster `cluster_id`.
+    pub async fn start_cluster(
+        addr: &str,
+        cluster_id: &str,
+        assignments: Vec<ReplicaAssignment>,
+    ) -> Arc<FakeSc> {
         let listener = TcpListener::bind(addr).await.expect("bind the fake SC");
         let sc = Arc::new(FakeSc {
             addr: listener.local_addr().expect("local address").to_string(),
+            cluster_id: Mutex::new(cluster_id.to_string()),
+            sessions: Mutex::new(CancellationToken::new()),
             assignments: Mutex::new(
                 assignments
                     .into_iter()
@@ -86,6 +110,8 @@ impl FakeSc {
             ),
             updates: broadcast::channel(64).0,
             heartbeat: watch::Sender::new(None),
+            connects: watch::Sender::new(0),
+            stall_heartbeats: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(runnel_transport::serve(
@@ -144,6 +170,41 @@ impl FakeSc {
         .await
     }
 
+    /// Becomes the SC of another cluster holding `assignments`, as an SC
+    /// that lost its store and started over: ends every session, and
+    /// sends the new cluster id to the SPUs that connect again.
+    pub fn restart_as(&self, cluster_id: &str, assignments: Vec<ReplicaAssignment>) {
+        *self.cluster_id.lock().expect("cluster id lock") = cluster_id.to_string();
+        *self.assignments.lock().expect("assignments lock") = assignments
+            .into_iter()
+            .map(|assignment| (assignment.key.clone(), assignment))
+            .collect();
+        let ended = std::mem::take(&mut *self.sessions.lock().expect("sessions lock"));
+        ended.cancel();
+    }
+
+    /// SpuConnect requests received so far.
+    pub fn connects(&self) -> usize {
+        *self.connects.borrow()
+    }
+
+    /// Waits until SPUs have opened `count` sessions in all.
+    pub async fn connects_reach(&self, count: usize) {
+        let mut connects = self.connects.subscribe();
+        bounded(
+            &format!("{count} SpuConnect requests"),
+            connects.wait_for(|connects| *connects >= count),
+        )
+        .await
+        .expect("the fake SC keeps its connect counter");
+    }
+
+    /// From now on, heartbeats are left unanswered on open connections,
+    /// as by an SC that hangs.
+    pub fn stall_heartbeats(&self) {
+        self.stall_heartbeats.store(true, Ordering::SeqCst);
+    }
+
     /// Makes the next waits see only heartbeats sent from now on.
     pub fn forget_heartbeats(&self) {
         self.heartbeat.send_replace(None);
@@ -158,6 +219,7 @@ impl FakeSc {
             let error = ApiError::new(ErrorCode::MALFORMED_REQUEST, error.to_string());
             return responder.reply(&Err::<(), _>(error)).await;
         }
+        self.connects.send_modify(|connects| *connects += 1);
         let (snapshot, mut updates) = {
             let assignments = self.assignments.lock().expect("assignments lock");
             (
@@ -165,17 +227,22 @@ impl FakeSc {
                 self.updates.subscribe(),
             )
         };
+        let ended = self.sessions.lock().expect("sessions lock").clone();
         let mut stream = responder.into_stream();
-        if stream
-            .send(&AssignmentUpdate::Snapshot(snapshot))
-            .await
-            .is_err()
-        {
+        let snapshot = AssignmentUpdate::Snapshot {
+            cluster_id: self.cluster_id.lock().expect("cluster id lock").clone(),
+            replicas: snapshot,
+        };
+        if stream.send(&snapshot).await.is_err() {
             return;
         }
         loop {
             let update = tokio::select! {
                 _ = stream.cancelled() => return,
+                _ = ended.cancelled() => {
+                    let error = ApiError::new(ErrorCode::SHUTTING_DOWN, "the fake SC restarted");
+                    return stream.end(Err(error)).await;
+                }
                 update = updates.recv() => match update {
                     Ok(update) => update,
                     Err(error) => panic!("the fake SC lost updates: {error}"),
@@ -193,6 +260,9 @@ impl Handler for FakeSc {
         match ApiKey::from_u16(request.header.api_key) {
             Some(ApiKey::SpuConnect) => self.serve_spu(request, responder).await,
             Some(ApiKey::SpuHeartbeat) => {
+                if self.stall_heartbeats.load(Ordering::SeqCst) {
+                    return self.shutdown.cancelled().await;
+                }
                 let reply = match request.decode::<SpuHeartbeatRequest>() {
                     Ok(heartbeat) => {
                         self.heartbeat.send_replace(Some(heartbeat));
