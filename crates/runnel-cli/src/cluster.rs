@@ -29,9 +29,10 @@ const PROFILE: &str = "local";
 
 #[derive(Debug, Args)]
 pub struct StartArgs {
-    /// Number of SPUs.
-    #[arg(long, default_value_t = 3)]
-    spus: u32,
+    /// Number of SPUs (3 for a new cluster; an existing one keeps its
+    /// count unless this asks for more).
+    #[arg(long)]
+    spus: Option<u32>,
     /// First of the ports the cluster uses: the SC takes P and P+1, SPU i
     /// takes P+2i and P+2i+1.
     #[arg(long)]
@@ -42,6 +43,7 @@ pub struct StartArgs {
 }
 
 const DEFAULT_BASE_PORT: u16 = 9003;
+const DEFAULT_SPUS: u32 = 3;
 
 /// The settings a cluster was created with; later starts reuse them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +157,22 @@ impl Layout {
             .join(format!("{}.log", process.name()))
     }
 
+    /// Holds the cluster's lock file until dropped: one `start`, `stop` or
+    /// `delete` at a time, so two never both start an SC.
+    fn lock(&self) -> Result<fs::File, Box<dyn std::error::Error>> {
+        fs::create_dir_all(&self.root)?;
+        let path = self.root.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|error| format!("cannot open {}: {error}", path.display()))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|error| format!("cannot lock {}: {error}", path.display()))?;
+        Ok(file)
+    }
+
     fn settings(&self) -> Result<Option<Settings>, Box<dyn std::error::Error>> {
         match fs::read(self.settings_path()) {
             Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|error| {
@@ -197,6 +215,10 @@ impl Layout {
 
 pub async fn run(command: ClusterCommand) -> CommandResult {
     let layout = Layout::new()?;
+    let _lock = match command {
+        ClusterCommand::Status { .. } => None,
+        _ => Some(layout.lock()?),
+    };
     match command {
         ClusterCommand::Start(args) => start(&layout, args).await,
         ClusterCommand::Status { output } => status(&layout, output).await,
@@ -206,13 +228,13 @@ pub async fn run(command: ClusterCommand) -> CommandResult {
 }
 
 async fn start(layout: &Layout, args: StartArgs) -> CommandResult {
-    if args.spus == 0 {
+    if args.spus == Some(0) {
         return Err("--spus must be at least 1".into());
     }
     let settings = match layout.settings()? {
         None => Settings {
             base_port: args.base_port.unwrap_or(DEFAULT_BASE_PORT),
-            spus: args.spus,
+            spus: args.spus.unwrap_or(DEFAULT_SPUS),
             data_dir: match args.data_dir {
                 Some(dir) => std::path::absolute(dir)?,
                 None => layout.root.join("data"),
@@ -240,7 +262,7 @@ async fn start(layout: &Layout, args: StartArgs) -> CommandResult {
                 }
             }
             Settings {
-                spus: existing.spus.max(args.spus),
+                spus: existing.spus.max(args.spus.unwrap_or(0)),
                 ..existing
             }
         }
@@ -258,22 +280,15 @@ async fn start(layout: &Layout, args: StartArgs) -> CommandResult {
     fs::create_dir_all(layout.root.join("logs"))?;
 
     let mut started = Vec::new();
-    for process in settings.processes() {
-        if layout.running_pid(&settings, process).is_some() {
-            continue;
+    let launched = launch_missing(layout, &settings, &mut started).await;
+    if let Err(error) = launched {
+        // Nothing half-started stays behind: what this run started stops.
+        for (process, pid) in &started {
+            let _ = terminate(*pid);
+            let _ = fs::remove_file(layout.pid_path(*process));
         }
-        fs::create_dir_all(settings.data_dir_of(process))?;
-        let pid = spawn(layout, &settings, process)?;
-        started.push((process, pid));
+        return Err(error);
     }
-
-    let mut profiles = Profiles::load(&runnel_home()?)?;
-    profiles.upsert(PROFILE, &settings.sc_public());
-    profiles.switch(PROFILE)?;
-    profiles.save()?;
-
-    let ids: Vec<SpuId> = (1..=settings.spus).map(SpuId).collect();
-    wait_until_online(layout, &settings, &ids).await?;
 
     if started.is_empty() {
         println!("the local cluster is already running");
@@ -289,6 +304,31 @@ async fn start(layout: &Layout, args: StartArgs) -> CommandResult {
     println!("logs: {}", layout.root.join("logs").display());
     println!("data: {}", settings.data_dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts every process of the cluster that is not running, points the
+/// `local` profile at it, and waits until every SPU is online.
+async fn launch_missing(
+    layout: &Layout,
+    settings: &Settings,
+    started: &mut Vec<(Process, i32)>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for process in settings.processes() {
+        if layout.running_pid(settings, process).is_some() {
+            continue;
+        }
+        fs::create_dir_all(settings.data_dir_of(process))?;
+        let pid = spawn(layout, settings, process)?;
+        started.push((process, pid));
+    }
+
+    let mut profiles = Profiles::load(&runnel_home()?)?;
+    profiles.upsert(PROFILE, &settings.sc_public());
+    profiles.switch(PROFILE)?;
+    profiles.save()?;
+
+    let ids: Vec<SpuId> = (1..=settings.spus).map(SpuId).collect();
+    wait_until_online(layout, settings, &ids).await
 }
 
 fn spawn(
@@ -315,7 +355,10 @@ fn spawn(
         .spawn()
         .map_err(|error| format!("cannot start {}: {error}", process.name()))?;
     let pid = child.id() as i32;
-    fs::write(layout.pid_path(process), format!("{pid}\n"))?;
+    let pid_path = layout.pid_path(process);
+    let tmp = pid_path.with_extension("pid.tmp");
+    fs::write(&tmp, format!("{pid}\n"))?;
+    fs::rename(&tmp, &pid_path)?;
     Ok(pid)
 }
 
@@ -496,11 +539,17 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Removes what the cluster created: each process's data directory (and
+/// the data directory itself only if that leaves it empty: it may be a
+/// directory of the user's), then RUNNEL_HOME/local.
 fn delete(layout: &Layout) -> CommandResult {
     let settings = layout.settings()?;
     stop(layout)?;
     if let Some(settings) = settings {
-        remove_dir(&settings.data_dir)?;
+        for process in settings.processes() {
+            remove_dir(&settings.data_dir_of(process))?;
+        }
+        let _ = fs::remove_dir(&settings.data_dir);
     }
     remove_dir(&layout.root)?;
     let mut profiles = Profiles::load(&runnel_home()?)?;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use runnel_client::{DeliveryFuture, ProducerConfig};
+use runnel_client::{DeliveryFuture, MAX_BATCH_BYTES, ProducerConfig};
 use runnel_types::{ByteSize, Duration, PartitionId, TopicName};
 use runnel_wire::Compression;
 use serde_json::json;
@@ -85,10 +85,22 @@ pub async fn run(profile: Option<String>, args: ProduceArgs) -> CommandResult {
     let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
     let reader = std::thread::spawn(move || -> io::Result<()> {
         let mut input = BufReader::with_capacity(1 << 20, input);
-        loop {
+        for number in 1.. {
             let mut line = Vec::new();
-            if input.read_until(b'\n', &mut line)? == 0 {
+            // A line is read only up to the largest record (and its line
+            // end), so input without newlines cannot fill the memory.
+            let limit = MAX_BATCH_BYTES as u64 + 2;
+            if (&mut input).take(limit).read_until(b'\n', &mut line)? == 0 {
                 return Ok(());
+            }
+            if line.len() as u64 == limit && line.last() != Some(&b'\n') {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "line {number} exceeds the largest record ({} MiB); split it",
+                        MAX_BATCH_BYTES >> 20
+                    ),
+                ));
             }
             progress.inc(line.len() as u64);
             if line.last() == Some(&b'\n') {
@@ -101,6 +113,7 @@ pub async fn run(profile: Option<String>, args: ProduceArgs) -> CommandResult {
                 return Ok(());
             }
         }
+        Ok(())
     });
 
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();

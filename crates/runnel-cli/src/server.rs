@@ -14,6 +14,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::CommandResult;
 
+/// Exit status when a second signal cuts a shutdown short (as a shell
+/// reports a process ended by SIGTERM).
+const EXIT_SECOND_SIGNAL: i32 = 143;
+
 #[derive(Debug, Args)]
 pub struct ScArgs {
     /// Address clients connect to.
@@ -100,8 +104,14 @@ where
                 _ = terminate.recv() => {}
                 _ = interrupt.recv() => {}
             }
-            tracing::info!("stopping on signal");
+            tracing::info!("stopping on signal; a second signal stops at once");
             stopper.cancel();
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            tracing::warn!("stopping at once on a second signal");
+            std::process::exit(EXIT_SECOND_SIGNAL);
         });
         process(shutdown).await?;
         Ok::<_, Box<dyn std::error::Error>>(())

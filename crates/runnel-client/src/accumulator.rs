@@ -165,6 +165,16 @@ impl<T> Accumulator<T> {
         Next::WaitUntil(deadline)
     }
 
+    /// Takes every record waiting, in closed and open batches, oldest
+    /// first, leaving the accumulator empty: for failing them unsent.
+    pub fn take_all(&mut self) -> Vec<T> {
+        self.close_open();
+        self.ready
+            .drain(..)
+            .flat_map(|batch| batch.tickets)
+            .collect()
+    }
+
     fn close_open(&mut self) {
         if let Some(open) = self.open.take() {
             self.ready.push_back(ReadyBatch {
@@ -294,6 +304,25 @@ mod tests {
             "draining sends at once"
         );
         assert_eq!(accumulator.request_flush(), 3);
+    }
+
+    #[test]
+    fn take_all_empties_closed_and_open_batches_in_order() {
+        let now = Instant::now();
+        let linger = Duration::from_secs(60);
+        let one = record_size(None, b"0123456789", &[]);
+        let mut accumulator = Accumulator::new(BATCH_HEADER_LEN + 2 * one, Compression::None);
+        for ticket in 0..5 {
+            accumulator.append(now, record("0123456789"), ticket);
+        }
+        assert_eq!(accumulator.take_all(), [0, 1, 2, 3, 4]);
+        assert!(matches!(accumulator.next(now, linger, true), Next::Idle));
+        accumulator.append(now, record("0123456789"), 5);
+        assert_eq!(
+            sent(accumulator.next(now, linger, true)).tickets,
+            [5],
+            "records after it batch as usual"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use runnel_metadata::{
     MetadataUpdate, MetadataView, Partition, PartitionKey, Spu, SpuSpec, Topic, TopicSpec,
 };
 use runnel_transport::{
-    CancellationToken, Connection, ResponseStream, TransportConfig, TransportError,
+    Backoff, CancellationToken, Connection, ResponseStream, TransportConfig, TransportError,
 };
 use runnel_types::{PartitionId, SpuId, TopicName};
 use serde::de::DeserializeOwned;
@@ -33,10 +33,6 @@ use crate::pool::SpuPool;
 use crate::profile::Profile;
 use crate::{ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig};
 
-/// First wait before reconnecting to the SC; doubled after each failure.
-const RECONNECT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-/// Longest wait between two reconnection attempts.
-const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Metadata updates the SC may send ahead of the client's reading.
 const METADATA_WINDOW: u32 = 16;
 
@@ -246,17 +242,18 @@ impl RunnelClient {
         self.shared.metadata.subscribe()
     }
 
-    /// The leader's address and a connection to it.
+    /// The leader, its address and a connection to it. Nothing is sent
+    /// yet, so a failure here proves the partition got nothing.
     pub(crate) async fn leader_connection(
         &self,
         key: &PartitionKey,
-    ) -> Result<(String, Connection), ClientError> {
-        let addr = self
+    ) -> Result<Leader, ClientError> {
+        let (spu, addr) = self
             .shared
             .metadata
             .borrow()
             .leader_address(key)
-            .map(|(_, addr)| addr.to_string())
+            .map(|(spu, addr)| (spu, addr.to_string()))
             .ok_or_else(|| ClientError::NoLeader(key.clone()))?;
         let connection = self
             .shared
@@ -264,7 +261,56 @@ impl RunnelClient {
             .get(&addr)
             .await
             .map_err(|error| ClientError::from_spu(key, &addr, error))?;
-        Ok((addr, connection))
+        Ok(Leader {
+            spu,
+            addr,
+            connection,
+        })
+    }
+
+    /// Forgets the pooled connection to `addr`: for one that timed out
+    /// yet still looks open.
+    pub(crate) async fn discard_connection(&self, addr: &str) {
+        self.shared.pool.discard(addr).await;
+    }
+
+    /// Why `key` has no usable leader now, for an error after waiting for
+    /// one: the leader the metadata names (if any), and what is wrong with
+    /// it and what to do, completing "partition t-2 …". `last_error` is
+    /// the last failure seen while trying.
+    pub(crate) fn leader_problem(
+        &self,
+        key: &PartitionKey,
+        last_error: &str,
+    ) -> (Option<SpuId>, String) {
+        let view = self.shared.metadata.borrow();
+        let Some(partition) = view.partitions.get(key) else {
+            return (
+                None,
+                format!(
+                    "is not in the cluster metadata ({last_error}); check `runnel partition list`"
+                ),
+            );
+        };
+        let Some(leader) = partition.status.leader else {
+            return (
+                None,
+                "has no leader: none of its replicas is leading it; check `runnel partition list` and `runnel spu list`".into(),
+            );
+        };
+        let problem = match view.spus.get(&leader) {
+            None => format!(
+                "has no online leader (SPU {leader} is not registered); check `runnel spu list`"
+            ),
+            Some(spu) if !spu.online => format!(
+                "has no online leader (SPU {leader} is offline); start it with `runnel cluster start`"
+            ),
+            Some(spu) => format!(
+                "cannot be read from its leader, SPU {leader} at {addr} ({last_error}); check that it is running with `runnel spu list`",
+                addr = spu.spec.public_addr
+            ),
+        };
+        (Some(leader), problem)
     }
 
     /// A unary call to the leader of `key`, with `tail` after the message.
@@ -278,14 +324,14 @@ impl RunnelClient {
         R: Request<Response = Result<T, ApiError>>,
         T: DeserializeOwned,
     {
-        let (addr, connection) = self.leader_connection(key).await?;
-        match connection.call_with_tail(request, tail).await {
+        let leader = self.leader_connection(key).await?;
+        match leader.connection.call_with_tail(request, tail).await {
             Ok(reply) => Ok(reply),
             Err(error) => {
                 if matches!(error, TransportError::Timeout(_)) {
-                    self.shared.pool.discard(&addr).await;
+                    self.discard_connection(&leader.addr).await;
                 }
-                Err(ClientError::from_spu(key, &addr, error))
+                Err(ClientError::from_spu(key, &leader.addr, error))
             }
         }
     }
@@ -325,6 +371,14 @@ impl RunnelClient {
         *self.shared.sc.lock().expect("sc connection lock") = Some(fresh.clone());
         Ok(fresh)
     }
+}
+
+/// The leader of a partition and a connection to it.
+#[derive(Debug)]
+pub(crate) struct Leader {
+    pub spu: SpuId,
+    pub addr: String,
+    pub connection: Connection,
 }
 
 /// Fails if `partition` is not one of the `count` partitions of `topic`.
@@ -383,14 +437,15 @@ async fn follow_metadata(shared: Arc<Shared>, mut stream: ResponseStream<Metadat
 }
 
 /// Connects to the SC again and opens a new metadata stream, waiting
-/// 100 ms, then twice as long after each failure up to 2 s. `None` once
-/// the client is dropped.
+/// before each attempt as [`Backoff::reconnect`] says. `None` once the
+/// client is dropped.
 async fn reconnect(shared: &Shared) -> Option<ResponseStream<MetadataUpdate>> {
-    let mut backoff = RECONNECT_BACKOFF_INITIAL;
+    let mut backoff = Backoff::reconnect();
     loop {
+        let delay = backoff.next_delay();
         tokio::select! {
             _ = shared.shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
         let attempt = async {
             let connection = Connection::connect(&shared.sc_addr, shared.transport.clone())
@@ -406,8 +461,7 @@ async fn reconnect(shared: &Shared) -> Option<ResponseStream<MetadataUpdate>> {
                 return Some(stream);
             }
             Err(error) => {
-                debug!(sc = %shared.sc_addr, %error, ?backoff, "SC reconnection failed");
-                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                debug!(sc = %shared.sc_addr, %error, next_delay = ?backoff.peek(), "SC reconnection failed");
             }
         }
     }

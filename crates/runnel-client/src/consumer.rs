@@ -4,29 +4,31 @@
 //!
 //! A stream broken by a leader move, a closed connection or a retriable
 //! error resumes from the next offset on the leader the metadata names
-//! once it changes (or after a backoff). A batch that fails its checks is
-//! an error naming its partition and offset; none of its records are
-//! delivered.
+//! once it changes (or after a backoff); it ends with an error once the
+//! topic is gone from the metadata. A batch that fails its checks (CRC,
+//! framing, or offsets other than those expected: see `fetched`) is an
+//! error naming its partition and offset, none of its records are
+//! delivered, and the partition's stream stops.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use runnel_api::{OffsetQuery, StreamFetchRequest};
-use runnel_metadata::PartitionKey;
+use runnel_api::{ListOffsetsResponse, OffsetQuery, StreamFetchRequest};
+use runnel_metadata::{MetadataView, PartitionKey};
+use runnel_transport::Backoff;
 use runnel_types::{Offset, PartitionId, TopicName};
-use runnel_wire::{DecodeLimits, RecordBatch, RecordHeader};
-use tokio::sync::{mpsc, oneshot};
+use runnel_wire::{RecordBatch, RecordHeader};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::client::check_partition;
+use crate::fetched::check_item;
 use crate::{ClientError, RunnelClient};
 
-/// First wait before resuming a broken stream; doubled after each failure.
-const RESUME_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-/// Longest wait between two attempts to resume a stream.
-const RESUME_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Decoded fetch items queued per partition ahead of the reader.
 const QUEUED_ITEMS_PER_PARTITION: usize = 2;
 
@@ -59,6 +61,11 @@ pub struct ConsumerConfig {
     /// Items the SPU may push ahead of this consumer, per partition.
     /// Default 4.
     pub window: u32,
+    /// How long starting may wait for each partition's leader to answer
+    /// where to start (and, with `stop_at_end`, where to end) before
+    /// [`RunnelClient::consumer`] fails naming the partition and its
+    /// leader. Default 30 s.
+    pub start_timeout: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -69,6 +76,7 @@ impl Default for ConsumerConfig {
             stop_at_end: false,
             max_bytes: 1 << 20,
             window: 4,
+            start_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -99,9 +107,11 @@ pub struct Consumer {
 
 impl Consumer {
     /// Starts a stream per partition and returns once each has found its
-    /// start offset (or failed: its error is the first thing it
-    /// delivers), so a record produced after this returns is delivered
-    /// even when starting at the end.
+    /// start offset, so a record produced after this returns is delivered
+    /// even when starting at the end. Fails with the first partition's
+    /// error, among them [`ClientError::NoReachableLeader`] for a
+    /// partition whose leader did not answer within
+    /// [`ConsumerConfig::start_timeout`].
     pub(crate) async fn new(
         client: RunnelClient,
         topic: &TopicName,
@@ -120,6 +130,7 @@ impl Consumer {
                 chosen
             }
         };
+        let start_deadline = Instant::now() + config.start_timeout;
         let (sender, deliveries) =
             mpsc::channel(QUEUED_ITEMS_PER_PARTITION * partitions.len().max(1));
         let mut tasks = JoinSet::new();
@@ -137,11 +148,20 @@ impl Consumer {
                 window: config.window.max(1),
                 sender: sender.clone(),
             };
-            tasks.spawn(stream.run(config.start, config.stop_at_end, started));
+            tasks.spawn(stream.run(
+                Start {
+                    from: config.start,
+                    stop_at_end: config.stop_at_end,
+                    deadline: start_deadline,
+                    timeout: config.start_timeout,
+                },
+                started,
+            ));
         }
+        // Every start is bounded by the deadline; dropping the tasks on
+        // an error stops the others.
         for start in starts {
-            // An error instead of a start is queued for `next`.
-            let _ = start.await;
+            start.await.unwrap_or(Err(ClientError::Closed))?;
         }
         Ok(Consumer {
             deliveries,
@@ -166,9 +186,21 @@ impl Consumer {
     }
 }
 
+/// Where and how a partition's stream starts.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    from: StartFrom,
+    stop_at_end: bool,
+    /// Finding the start offset gives up then.
+    deadline: Instant,
+    /// The start timeout the deadline came from, for the error.
+    timeout: Duration,
+}
+
 /// Why one stream of a partition stopped.
 enum Interruption {
-    /// Done: the end was reached or the consumer is gone.
+    /// Done: the end was reached, the consumer is gone, or an error was
+    /// delivered that ends the partition.
     Finished,
     /// Broken; resume from the next offset.
     Broken(ClientError),
@@ -183,22 +215,25 @@ struct PartitionStream {
 }
 
 impl PartitionStream {
-    async fn run(self, start: StartFrom, stop_at_end: bool, started: oneshot::Sender<()>) {
-        if let Err(error) = self.consume(start, stop_at_end, started).await {
+    async fn run(self, start: Start, started: oneshot::Sender<Result<(), ClientError>>) {
+        let (next, high_watermark) = match self.resolve_start(start).await {
+            Ok(found) => found,
+            Err(error) => {
+                let _ = started.send(Err(error));
+                return;
+            }
+        };
+        let _ = started.send(Ok(()));
+        let end = start.stop_at_end.then_some(high_watermark);
+        if let Err(error) = self.consume(next, end).await {
             let _ = self.sender.send(Err(error)).await;
         }
     }
 
-    async fn consume(
-        &self,
-        start: StartFrom,
-        stop_at_end: bool,
-        started: oneshot::Sender<()>,
-    ) -> Result<(), ClientError> {
-        let (mut next, high_watermark) = self.resolve_start(start).await?;
-        let _ = started.send(());
-        let end = stop_at_end.then_some(high_watermark);
-        let mut backoff = RESUME_BACKOFF_INITIAL;
+    /// Follows the partition from `next` (to `end`, if given), resuming
+    /// broken streams while the error may pass.
+    async fn consume(&self, mut next: Offset, end: Option<Offset>) -> Result<(), ClientError> {
+        let mut backoff = Backoff::reconnect();
         let mut metadata = self.client.subscribe_metadata();
         loop {
             if end.is_some_and(|end| next >= end) {
@@ -209,58 +244,59 @@ impl PartitionStream {
                 Interruption::Finished => return Ok(()),
                 Interruption::Broken(error) => error,
             };
-            self.wait_before_retry(error, &mut backoff, &mut metadata)
-                .await?;
+            let error = self.check_retriable(error)?;
+            self.wait_before_retry(&error, &mut backoff, &mut metadata, None)
+                .await;
         }
     }
 
-    /// Waits for a metadata change or the backoff, if `error` may pass;
-    /// otherwise returns it.
-    async fn wait_before_retry(
-        &self,
-        error: ClientError,
-        backoff: &mut Duration,
-        metadata: &mut tokio::sync::watch::Receiver<runnel_metadata::MetadataView>,
-    ) -> Result<(), ClientError> {
+    /// Returns `error` unless it may pass on a later attempt; a topic
+    /// gone from the metadata is [`ClientError::TopicDeleted`].
+    fn check_retriable(&self, error: ClientError) -> Result<ClientError, ClientError> {
         if !self.client.topic_exists(&self.key.topic) {
-            return Err(ClientError::TopicNotFound(self.key.topic.clone()));
+            return Err(ClientError::TopicDeleted(self.key.topic.clone()));
         }
-        if !error.is_retriable_on_data_path() {
+        if !error.is_retriable() {
             return Err(error);
         }
-        if *backoff >= RESUME_BACKOFF_MAX {
+        Ok(error)
+    }
+
+    /// After `error`, waits for a metadata change (it may name a new
+    /// leader) or the backoff, whichever comes first, and at most until
+    /// `deadline`.
+    async fn wait_before_retry(
+        &self,
+        error: &(dyn fmt::Display + Sync),
+        backoff: &mut Backoff,
+        metadata: &mut watch::Receiver<MetadataView>,
+        deadline: Option<Instant>,
+    ) {
+        if backoff.at_max() {
             warn!(partition = %self.key, %error, "partition stream interrupted; retrying");
         } else {
             debug!(partition = %self.key, %error, "partition stream interrupted; retrying");
         }
-        let _ = tokio::time::timeout(*backoff, metadata.changed()).await;
-        *backoff = (*backoff * 2).min(RESUME_BACKOFF_MAX);
-        Ok(())
+        let mut until = Instant::now() + backoff.next_delay();
+        if let Some(deadline) = deadline {
+            until = until.min(deadline);
+        }
+        let _ = tokio::time::timeout_at(until, metadata.changed()).await;
     }
 
     /// The first offset to read and the high watermark at the start,
-    /// retrying while the partition has no reachable leader.
-    async fn resolve_start(&self, start: StartFrom) -> Result<(Offset, Offset), ClientError> {
-        let query = match start {
+    /// retrying while the partition has no reachable leader, until the
+    /// start deadline.
+    async fn resolve_start(&self, start: Start) -> Result<(Offset, Offset), ClientError> {
+        let query = match start.from {
             StartFrom::Beginning | StartFrom::Offset(_) => OffsetQuery::Start,
             StartFrom::End | StartFrom::FromEnd(_) => OffsetQuery::End,
             StartFrom::Timestamp(timestamp) => OffsetQuery::Timestamp(timestamp),
         };
-        let mut backoff = RESUME_BACKOFF_INITIAL;
-        let mut metadata = self.client.subscribe_metadata();
-        let listed = loop {
-            metadata.mark_unchanged();
-            match self.client.list_offset_of(&self.key, query).await {
-                Ok(listed) => break listed,
-                Err(error) => {
-                    self.wait_before_retry(error, &mut backoff, &mut metadata)
-                        .await?
-                }
-            }
-        };
+        let listed = self.list_offset_until(query, start).await?;
         let log_start = listed.log_start_offset;
         let high_watermark = listed.high_watermark;
-        let first = match start {
+        let first = match start.from {
             StartFrom::Offset(requested) => {
                 if requested < log_start.0 || requested > high_watermark.0 {
                     return Err(ClientError::OffsetOutOfRange {
@@ -281,15 +317,52 @@ impl PartitionStream {
         Ok((first, high_watermark))
     }
 
+    /// Asks the leader for `query`, retrying errors that may pass until
+    /// the start deadline; then fails naming the partition's leader and
+    /// what is wrong with it.
+    async fn list_offset_until(
+        &self,
+        query: OffsetQuery,
+        start: Start,
+    ) -> Result<ListOffsetsResponse, ClientError> {
+        let mut backoff = Backoff::reconnect();
+        let mut metadata = self.client.subscribe_metadata();
+        let mut last_error = format!("no answer within {:?}", start.timeout);
+        loop {
+            metadata.mark_unchanged();
+            let attempt = self.client.list_offset_of(&self.key, query);
+            match tokio::time::timeout_at(start.deadline, attempt).await {
+                Ok(Ok(listed)) => return Ok(listed),
+                Ok(Err(error)) => last_error = self.check_retriable(error)?.to_string(),
+                Err(_) => {}
+            }
+            if Instant::now() >= start.deadline {
+                let (leader, problem) = self.client.leader_problem(&self.key, &last_error);
+                return Err(ClientError::NoReachableLeader {
+                    partition: self.key.clone(),
+                    leader,
+                    problem,
+                });
+            }
+            self.wait_before_retry(
+                &last_error,
+                &mut backoff,
+                &mut metadata,
+                Some(start.deadline),
+            )
+            .await;
+        }
+    }
+
     /// Follows one fetch stream from `next`, delivering records and
     /// advancing `next`, until it ends.
     async fn stream(
         &self,
         next: &mut Offset,
         end: Option<Offset>,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Interruption {
-        let (addr, connection) = match self.client.leader_connection(&self.key).await {
+        let leader = match self.client.leader_connection(&self.key).await {
             Ok(found) => found,
             Err(error) => return Interruption::Broken(error),
         };
@@ -299,10 +372,10 @@ impl PartitionStream {
             offset: *next,
             max_bytes: self.max_bytes,
         };
-        let mut stream = match connection.stream(&request, self.window).await {
+        let mut stream = match leader.connection.stream(&request, self.window).await {
             Ok(stream) => stream,
             Err(error) => {
-                return Interruption::Broken(ClientError::from_spu(&self.key, &addr, error));
+                return Interruption::Broken(ClientError::from_spu(&self.key, &leader.addr, error));
             }
         };
         loop {
@@ -313,27 +386,33 @@ impl PartitionStream {
             let (item, tail) = match item {
                 Some(Ok(item)) => item,
                 Some(Err(error)) => {
-                    return Interruption::Broken(ClientError::from_spu(&self.key, &addr, error));
+                    return Interruption::Broken(ClientError::from_spu(
+                        &self.key,
+                        &leader.addr,
+                        error,
+                    ));
                 }
                 None => {
                     return Interruption::Broken(ClientError::SpuUnavailable {
                         partition: self.key.clone(),
-                        addr,
+                        addr: leader.addr,
                         reason: "the stream ended".into(),
                     });
                 }
             };
-            *backoff = RESUME_BACKOFF_INITIAL;
-            let (records, outcome) = self.decode(&tail, next, end);
-            if outcome.is_ok() && end.is_none_or(|end| *next < end) {
-                // Past everything in the item, even offsets no record
-                // holds any more.
-                *next = (*next).max(item.next_offset);
-            }
+            backoff.reset();
+            let checked = check_item(&item, &tail, *next);
+            let records = self.records_of(checked.batches, next, end);
             if !records.is_empty() && self.sender.send(Ok(records)).await.is_err() {
                 return Interruption::Finished;
             }
-            if let Err(error) = outcome {
+            if let Some(fault) = checked.fault {
+                let error = ClientError::CorruptBatch {
+                    partition: self.key.clone(),
+                    offset: fault.offset,
+                    leader: leader.spu,
+                    reason: fault.reason,
+                };
                 let _ = self.sender.send(Err(error)).await;
                 return Interruption::Finished;
             }
@@ -343,41 +422,20 @@ impl PartitionStream {
         }
     }
 
-    /// Decodes the batches of one item: the records at or after `next`
-    /// (and before `end`), advancing `next`. A batch that fails its checks
-    /// stops decoding; the records of the batches before it are returned
-    /// with the error.
-    fn decode(
+    /// The records of checked `batches` at or after `next` (and before
+    /// `end`), advancing `next` past each batch.
+    fn records_of(
         &self,
-        tail: &[u8],
+        batches: Vec<RecordBatch>,
         next: &mut Offset,
         end: Option<Offset>,
-    ) -> (Vec<ConsumerRecord>, Result<(), ClientError>) {
+    ) -> Vec<ConsumerRecord> {
         let mut records = Vec::new();
-        let mut position = 0;
-        while position < tail.len() {
-            let rest = &tail[position..];
-            let (batch, used) = match RecordBatch::decode(rest, DecodeLimits::default()) {
-                Ok(decoded) => decoded,
-                Err(error) => {
-                    let offset = rest
-                        .first_chunk::<8>()
-                        .map_or(*next, |bytes| Offset(i64::from_be_bytes(*bytes)));
-                    return (
-                        records,
-                        Err(ClientError::CorruptBatch {
-                            partition: self.key.clone(),
-                            offset,
-                            reason: error.to_string(),
-                        }),
-                    );
-                }
-            };
-            position += used;
-            let mut batch = batch;
-            let base_offset = batch.header.base_offset;
+        for mut batch in batches {
+            let base_offset = batch.header.base_offset();
             for record in std::mem::take(&mut batch.records) {
-                let offset = Offset(base_offset + i64::from(record.offset_delta));
+                // Checked: the deltas count from zero within the batch.
+                let offset = base_offset.plus(i64::from(record.offset_delta));
                 if offset < *next {
                     continue;
                 }
@@ -385,7 +443,7 @@ impl PartitionStream {
                     && offset >= end
                 {
                     *next = end;
-                    return (records, Ok(()));
+                    return records;
                 }
                 records.push(ConsumerRecord {
                     partition: self.key.partition,
@@ -399,6 +457,6 @@ impl PartitionStream {
             }
             *next = (*next).max(batch.header.next_offset());
         }
-        (records, Ok(()))
+        records
     }
 }

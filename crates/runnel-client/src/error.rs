@@ -8,10 +8,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use runnel_api::{ApiError, ErrorCode};
+use runnel_api::ApiError;
 use runnel_metadata::PartitionKey;
 use runnel_transport::TransportError;
-use runnel_types::{Offset, PartitionId, TopicName};
+use runnel_types::{ByteSize, Offset, PartitionId, SpuId, TopicName};
+
+use crate::producer::MAX_BATCH_BYTES;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
@@ -86,14 +88,17 @@ pub enum ClientError {
     },
     #[error("the cluster metadata did not reach the awaited state within {0:?}")]
     MetadataTimeout(Duration),
-    /// A fetched batch failed its checks (CRC, framing); none of its
-    /// records were delivered.
+    /// A fetched batch failed its checks (CRC, framing, offsets); none
+    /// of its records were delivered and the partition's stream stopped.
     #[error(
-        "corrupt record batch in {partition} at offset {offset}: {reason}; none of its records were delivered: report this to the cluster operator"
+        "corrupt record batch in partition {partition} at offset {offset}: {reason}; none of its records were delivered; run `runnel debug verify-log` on the replica directory of {partition} on its leader, SPU {leader}, and report this to the cluster operator"
     )]
     CorruptBatch {
         partition: PartitionKey,
+        /// The offset the consumer expected the batch to hold.
         offset: Offset,
+        /// The SPU that sent the batch.
+        leader: SpuId,
         reason: String,
     },
     #[error(
@@ -105,10 +110,40 @@ pub enum ClientError {
         log_start: Offset,
         high_watermark: Offset,
     },
+    /// A record too large for any batch the SPU accepts.
     #[error(
-        "a record of {size} bytes exceeds the producer's limit of {limit} bytes; split it or raise ProducerConfig::max_buffered_bytes"
+        "record of {size} bytes exceeds the {limit} batch limit (the largest batch an SPU accepts, header included); split it into smaller records",
+        limit = ByteSize(MAX_BATCH_BYTES as u64)
     )]
-    RecordTooLarge { size: usize, limit: usize },
+    RecordTooLarge { size: usize },
+    /// A record larger than the producer's whole buffer: it could never
+    /// get room.
+    #[error(
+        "record of {size} bytes exceeds the producer's buffer of {limit} bytes; raise ProducerConfig::max_buffered_bytes or split the record"
+    )]
+    RecordExceedsBuffer { size: usize, limit: usize },
+    /// A setting of a producer or consumer configuration is out of range.
+    #[error("invalid {setting} {value}: it must be {allowed}")]
+    InvalidConfig {
+        /// The setting, as `ProducerConfig::batch_size`.
+        setting: &'static str,
+        value: String,
+        allowed: String,
+    },
+    /// A consumer could not find a leader to read a partition from
+    /// within [`crate::ConsumerConfig::start_timeout`].
+    #[error("partition {partition} {problem}")]
+    NoReachableLeader {
+        partition: PartitionKey,
+        /// The leader the metadata names, if any.
+        leader: Option<SpuId>,
+        /// What is wrong and what to do, as "has no online leader (SPU 3
+        /// is offline); start it with `runnel cluster start`".
+        problem: String,
+    },
+    /// The topic was deleted while it was being read.
+    #[error("topic '{0}' was deleted while it was being read")]
+    TopicDeleted(TopicName),
     /// The client's background work stopped (its runtime is shutting
     /// down).
     #[error("the client is shut down; create a new one")]
@@ -172,20 +207,6 @@ impl ClientError {
             },
         }
     }
-
-    /// Whether a data-path call (produce, fetch, list offsets) about a
-    /// partition of a topic that still exists may succeed on the leader
-    /// the metadata names next. Besides the retriable codes, an SPU that
-    /// does not host the partition (yet, or any more) is waited out: the
-    /// topic was just created, or its leader moved.
-    pub(crate) fn is_retriable_on_data_path(&self) -> bool {
-        match self {
-            ClientError::Api(error) => {
-                error.code.is_retriable() || error.code == ErrorCode::PARTITION_NOT_FOUND
-            }
-            other => other.is_retriable(),
-        }
-    }
 }
 
 /// Why a produced record was not acknowledged.
@@ -210,13 +231,38 @@ pub enum ProduceError {
         last_error: String,
     },
     #[error(
-        "no acknowledgement from partition {partition} within the delivery timeout of {timeout:?} ({attempts} attempts; last: {last_error}); check that its leader SPU is running (`runnel spu list`)"
+        "no acknowledgement from partition {partition} within the delivery timeout of {timeout:?} ({attempts} attempts; last: {last_error}); the records are not stored; check that its leader SPU is running (`runnel spu list`)"
     )]
     DeliveryTimeout {
         partition: PartitionKey,
         timeout: Duration,
         attempts: u32,
         last_error: String,
+    },
+    /// The request carrying the record's batch was sent, and then no
+    /// answer came: it timed out or the connection closed. The leader may
+    /// or may not have stored the batch. The batches queued behind it
+    /// failed with [`ProduceError::NotSentAfterUnknownOutcome`].
+    #[error(
+        "outcome unknown: the request to SPU {spu} for partition {partition} was sent, then {cause}; the records may or may not be stored; resend them if duplicates are acceptable"
+    )]
+    OutcomeUnknown {
+        partition: PartitionKey,
+        spu: SpuId,
+        /// What happened after sending, as "the delivery timeout of 30s
+        /// ran out".
+        cause: String,
+    },
+    /// The record was never sent: an earlier batch of its partition has
+    /// an unknown outcome, and sending this one could have stored it
+    /// before a resend of the earlier one.
+    #[error(
+        "not sent, to keep order: an earlier batch for partition {partition} has an unknown outcome (the request to SPU {spu} was sent, then {cause}); this record is not stored: resend it, after the earlier ones to keep their order"
+    )]
+    NotSentAfterUnknownOutcome {
+        partition: PartitionKey,
+        spu: SpuId,
+        cause: String,
     },
     #[error("topic '{0}' was deleted while records for it were being sent")]
     TopicDeleted(TopicName),

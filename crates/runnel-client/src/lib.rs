@@ -7,10 +7,12 @@
 //!
 //! - [`Admin`]: topics and SPUs, through the SC.
 //! - [`Producer`]: records placed on partitions (Kafka's murmur2 for
-//!   keys), batched per partition, sent to each leader with retries, one
-//!   batch in flight per partition so order holds.
+//!   keys), batched per partition, sent to each leader with retries while
+//!   a failure proves nothing was stored, one batch in flight per
+//!   partition so order holds.
 //! - [`Consumer`]: records pushed by each partition's leader as they are
-//!   committed, checked (CRC) and delivered in order per partition.
+//!   committed, checked (CRC, and offsets against those expected) and
+//!   delivered in order per partition.
 //! - [`Profiles`]: which cluster to talk to, kept in
 //!   `$RUNNEL_HOME/config.toml`.
 //!
@@ -21,6 +23,7 @@ mod accumulator;
 mod client;
 mod consumer;
 mod error;
+mod fetched;
 mod partitioner;
 mod pool;
 mod producer;
@@ -30,7 +33,9 @@ pub use client::{Admin, RunnelClient};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};
 pub use error::{ClientError, ProduceError};
 pub use partitioner::{Partitioner, key_partition, murmur2};
-pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use producer::{
+    DeliveryFuture, MAX_BATCH_BYTES, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+};
 pub use profile::{CONFIG_FILE, Profile, Profiles, runnel_home};
 
 pub use runnel_api::{ListOffsetsResponse, OffsetQuery};

@@ -3,15 +3,22 @@
 //! partition to the partition's leader.
 //!
 //! Each partition has at most one batch in flight, so records stay in
-//! order even when a batch is retried. Retriable failures (no leader, a
-//! leader that moved, a closed connection, a timeout, a partition not
-//! ready yet) wait for the metadata to change or for a backoff, then try
-//! the leader the metadata names then. Without an idempotent producer a
-//! retry after a lost acknowledgement can store a batch twice.
+//! order. A batch is retried only when a failure proves the leader did
+//! not store it: no leader or no connection yet (nothing was sent), or an
+//! error *reply* that may pass (`NOT_LEADER`, `PARTITION_NOT_READY`, …);
+//! each retry waits for the metadata to change or for a backoff, then
+//! tries the leader the metadata names then.
 //!
-//! Memory is bounded: records waiting to be acknowledged hold
-//! [`ProducerConfig::max_buffered_bytes`] between them, and `send` waits
-//! for room beyond that.
+//! A request that was sent and then got no answer (a timeout, a closed
+//! connection) may or may not have been stored. Without an idempotent
+//! producer a retry could store it twice, and sending the next batch
+//! could put it before a later resend: so that batch and every batch
+//! queued behind it on the partition fail, and the records sent after
+//! that go on as usual.
+//!
+//! Memory is bounded: records held until their outcome is known take at
+//! most [`ProducerConfig::max_buffered_bytes`] between them, and `send`
+//! waits for room beyond that.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,9 +30,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use runnel_api::ProduceRequest;
 use runnel_metadata::PartitionKey;
-use runnel_transport::CancellationToken;
-use runnel_types::{Offset, PartitionId, TopicName};
-use runnel_wire::{Compression, RecordHeader};
+use runnel_transport::{Backoff, CancellationToken, TransportError};
+use runnel_types::{ByteSize, Offset, PartitionId, SpuId, TopicName};
+use runnel_wire::batch::BATCH_HEADER_LEN;
+use runnel_wire::{BatchBuilder, Compression, RecordHeader};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::debug;
 
@@ -33,19 +41,54 @@ use crate::accumulator::{Accumulator, Next, ReadyBatch, RecordParts, record_size
 use crate::client::check_partition;
 use crate::{ClientError, Partitioner, ProduceError, RunnelClient};
 
-/// Longest wait between two attempts at one batch; the backoff doubles up
-/// to this.
+/// Largest record batch an SPU accepts, header included: the default
+/// `max_batch_bytes` of its log. No batch the producer builds is larger,
+/// and a record that cannot fit in one is refused at `send`.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Smallest [`ProducerConfig::batch_size`]: below it the batch header
+/// (61 bytes) outweighs the records.
+const MIN_BATCH_BYTES: usize = 1 << 10;
+/// Longest [`ProducerConfig::linger`]: records wait in memory meanwhile.
+const MAX_LINGER: Duration = Duration::from_secs(60);
+/// Longest wait between two attempts at one batch, unless the first wait
+/// is longer; the backoff doubles up to this.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How a producer batches and retries.
+///
+/// # Delivery guarantees
+///
+/// Records of one partition are stored in the order they were sent, and
+/// each record's [`DeliveryFuture`] says whether it was stored:
+///
+/// - `Ok`: stored once, at the offset given.
+/// - [`ProduceError::OutcomeUnknown`]: its request reached the leader's
+///   connection and no answer came (the delivery timeout or the transport's
+///   request timeout ran out, or the connection closed). It may or may not
+///   be stored. The producer never resends such a batch by itself: that
+///   could store it twice.
+/// - [`ProduceError::NotSentAfterUnknownOutcome`]: not stored. It was
+///   queued behind a batch whose outcome is unknown and failed with it,
+///   so that resending the unknown batch cannot put it after this one.
+///   Records sent after that failure are delivered as usual.
+/// - Any other error: not stored. Retries are automatic, up to
+///   [`ProducerConfig::max_retries`] and the delivery timeout, but only
+///   while each failure proves the batch was not stored: no leader, no
+///   connection (nothing was sent), or a retriable error reply such as
+///   `NOT_LEADER` or `PARTITION_NOT_READY`.
+///
+/// To have every record stored at least once, resend the records of both
+/// kinds of failure in their order; that may store an unknown one twice.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     /// Largest batch (uncompressed, header included) before it is sent
     /// without waiting for the linger time; a larger record goes alone.
-    /// Default 16 KiB, as Kafka's `batch.size`.
+    /// 1 KiB to [`MAX_BATCH_BYTES`]. Default 16 KiB, as Kafka's
+    /// `batch.size`.
     pub batch_size: usize,
-    /// How long a batch waits for more records. Default 5 ms: a few more
-    /// records per batch at a small cost in latency.
+    /// How long a batch waits for more records; at most 1 minute.
+    /// Default 5 ms: a few more records per batch at a small cost in
+    /// latency.
     pub linger: Duration,
     /// Codec of the batches; `None` uses the topic's.
     pub compression: Option<Compression>,
@@ -53,17 +96,22 @@ pub struct ProducerConfig {
     /// the delivery timeout bounds retrying.
     pub max_retries: u32,
     /// First wait before retrying a batch (cut short by a metadata
-    /// change); doubled after each attempt up to 1 s. Default 100 ms.
+    /// change); doubled after each attempt up to 1 s (or this, if
+    /// longer). Default 100 ms.
     pub retry_backoff: Duration,
-    /// How long a record may take from send to acknowledgement, retries
-    /// included. Default 30 s.
+    /// How long a record may take from send to acknowledgement, waiting
+    /// in its batch and retries included; more than zero. A batch whose
+    /// request is in flight when it runs out fails with
+    /// [`ProduceError::OutcomeUnknown`]. Default 30 s.
     pub delivery_timeout: Duration,
     pub partitioner: Partitioner,
-    /// Bytes of records sent but not yet acknowledged; `send` waits while
-    /// they are used up. Also the largest record accepted. Default 32 MiB.
+    /// Most bytes of records the producer holds, from `send` until each
+    /// record's outcome is known: records lingering in open batches,
+    /// batches queued or in flight. Counted uncompressed. `send` waits
+    /// for room while they are used up. At least `batch_size`; a record
+    /// larger than this is refused. Default 32 MiB.
     pub max_buffered_bytes: usize,
 }
-
 impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
@@ -76,6 +124,53 @@ impl Default for ProducerConfig {
             partitioner: Partitioner::KeyHash,
             max_buffered_bytes: 32 << 20,
         }
+    }
+}
+
+impl ProducerConfig {
+    /// Checks every setting is in its range; the error names the first
+    /// that is not and its allowed range.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        let invalid = |setting, value: String, allowed: String| {
+            Err(ClientError::InvalidConfig {
+                setting,
+                value,
+                allowed,
+            })
+        };
+        if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&self.batch_size) {
+            return invalid(
+                "ProducerConfig::batch_size",
+                format!("{} bytes", self.batch_size),
+                format!(
+                    "between {} and {} (the largest batch an SPU accepts)",
+                    ByteSize(MIN_BATCH_BYTES as u64),
+                    ByteSize(MAX_BATCH_BYTES as u64)
+                ),
+            );
+        }
+        if self.max_buffered_bytes < self.batch_size {
+            return invalid(
+                "ProducerConfig::max_buffered_bytes",
+                format!("{} bytes", self.max_buffered_bytes),
+                format!("at least the batch size, {} bytes", self.batch_size),
+            );
+        }
+        if self.linger > MAX_LINGER {
+            return invalid(
+                "ProducerConfig::linger",
+                format!("{:?}", self.linger),
+                format!("at most {MAX_LINGER:?}"),
+            );
+        }
+        if self.delivery_timeout.is_zero() {
+            return invalid(
+                "ProducerConfig::delivery_timeout",
+                format!("{:?}", self.delivery_timeout),
+                "more than zero".into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -117,6 +212,10 @@ impl Future for DeliveryFuture {
 /// Sends records to one topic. Clones share the batches; once the last
 /// clone is dropped the records it holds are still sent (await
 /// [`Producer::flush`] first to know how that went).
+///
+/// Records of a partition are stored in send order, each at most once
+/// unless the caller resends it; see [`ProducerConfig`] for what each
+/// delivery outcome means and when the producer retries by itself.
 #[derive(Debug, Clone)]
 pub struct Producer {
     inner: Arc<ProducerInner>,
@@ -175,6 +274,7 @@ impl Producer {
         topic: &TopicName,
         config: ProducerConfig,
     ) -> Result<Producer, ClientError> {
+        config.validate()?;
         let (count, topic_compression) = {
             let view = client.metadata_ref();
             let found = view
@@ -184,10 +284,9 @@ impl Producer {
             (found.spec.partitions, found.spec.config.compression)
         };
         let compression = config.compression.unwrap_or(topic_compression);
-        // Permits are counted in u32 per acquisition and capped by tokio.
-        let max_buffered_bytes = config
-            .max_buffered_bytes
-            .clamp(1, (u32::MAX as usize).min(Semaphore::MAX_PERMITS));
+        // Permits are capped by tokio; each acquisition counts in u32,
+        // and no record is larger than a batch.
+        let max_buffered_bytes = config.max_buffered_bytes.min(Semaphore::MAX_PERMITS);
         let closing = CancellationToken::new();
         let context = Arc::new(SenderContext {
             client,
@@ -267,8 +366,11 @@ impl Producer {
     pub async fn send_record(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
         let inner = &self.inner;
         let size = record_size(record.key.as_deref(), &record.value, &record.headers);
+        if size > MAX_BATCH_BYTES - BATCH_HEADER_LEN {
+            return Err(ClientError::RecordTooLarge { size });
+        }
         if size > inner.max_record_bytes {
-            return Err(ClientError::RecordTooLarge {
+            return Err(ClientError::RecordExceedsBuffer {
                 size,
                 limit: inner.max_record_bytes,
             });
@@ -289,8 +391,9 @@ impl Producer {
                 inner.partitioner.partition(key, count, sequence)
             }
         };
+        let permits = u32::try_from(size).expect("a record fits in a batch, far below 4 GiB");
         let memory = Arc::clone(&inner.memory)
-            .acquire_many_owned(size as u32)
+            .acquire_many_owned(permits)
             .await
             .map_err(|_| ClientError::Closed)?;
         let (delivery, receiver) = oneshot::channel();
@@ -341,8 +444,9 @@ impl Producer {
 }
 
 /// The sender of one partition: takes batches as they are ready and
-/// delivers them one at a time. Stops once the producer is dropped and
-/// its records are all delivered or failed.
+/// delivers them one at a time. After a batch whose outcome is unknown it
+/// fails the batches queued behind it. Stops once the producer is dropped
+/// and its records are all delivered or failed.
 async fn run_partition(
     context: Arc<SenderContext>,
     state: Arc<PartitionState>,
@@ -356,7 +460,11 @@ async fn run_partition(
             draining,
         );
         match next {
-            Next::Send(batch) => context.deliver(&state, batch).await,
+            Next::Send(batch) => {
+                if let Some(unknown) = context.deliver(&state, batch).await {
+                    fail_queued(&state, &unknown);
+                }
+            }
             Next::WaitUntil(deadline) => {
                 tokio::select! {
                     _ = state.wake.notified() => {}
@@ -375,9 +483,52 @@ async fn run_partition(
     }
 }
 
+/// A batch whose request was sent and then got no answer.
+#[derive(Debug)]
+struct UnknownOutcome {
+    spu: SpuId,
+    /// What happened after the request was sent.
+    cause: String,
+}
+
+/// Fails every record queued on the partition (in closed or open
+/// batches) behind a batch whose outcome is unknown: sending them could
+/// store them before a resend of that batch.
+fn fail_queued(state: &PartitionState, unknown: &UnknownOutcome) {
+    let queued = state
+        .accumulator
+        .lock()
+        .expect("accumulator lock")
+        .take_all();
+    if queued.is_empty() {
+        return;
+    }
+    let count = queued.len() as u64;
+    debug!(
+        partition = %state.key,
+        records = count,
+        "failing the records queued behind a batch of unknown outcome"
+    );
+    for pending in queued {
+        let _ = pending
+            .delivery
+            .send(Err(ProduceError::NotSentAfterUnknownOutcome {
+                partition: state.key.clone(),
+                spu: unknown.spu,
+                cause: unknown.cause.clone(),
+            }));
+    }
+    state.completed.send_modify(|completed| *completed += count);
+}
+
 impl SenderContext {
     /// Sends one batch and reports the outcome to each of its records.
-    async fn deliver(&self, state: &PartitionState, batch: ReadyBatch<Pending>) {
+    /// Returns what happened if its outcome is unknown.
+    async fn deliver(
+        &self,
+        state: &PartitionState,
+        batch: ReadyBatch<Pending>,
+    ) -> Option<UnknownOutcome> {
         let ReadyBatch {
             builder,
             tickets,
@@ -386,69 +537,146 @@ impl SenderContext {
         let count = tickets.len() as u64;
         let outcome = self.send_batch(&state.key, builder, opened_at).await;
         let partition = state.key.partition;
+        let outcome = match outcome {
+            Ok(base_offset) => Ok(base_offset),
+            Err(Failure::Known(error)) => Err((error, None)),
+            Err(Failure::Unknown(unknown)) => {
+                let error = ProduceError::OutcomeUnknown {
+                    partition: state.key.clone(),
+                    spu: unknown.spu,
+                    cause: unknown.cause.clone(),
+                };
+                Err((error, Some(unknown)))
+            }
+        };
         for (index, pending) in tickets.into_iter().enumerate() {
             let result = match &outcome {
                 Ok(base_offset) => Ok(RecordMetadata {
                     partition,
                     offset: base_offset.plus(index as i64),
                 }),
-                Err(error) => Err(error.clone()),
+                Err((error, _)) => Err(error.clone()),
             };
             // A caller that dropped its delivery future does not want it.
             let _ = pending.delivery.send(result);
         }
         state.completed.send_modify(|completed| *completed += count);
+        outcome.err().and_then(|(_, unknown)| unknown)
     }
 
     /// Sends the batch until it is acknowledged, a failure cannot be
-    /// retried, or the retries or the delivery timeout run out. Returns
-    /// the offset of its first record.
+    /// retried, the retries or the delivery timeout run out, or a sent
+    /// request gets no answer. Returns the offset of its first record.
     async fn send_batch(
         &self,
         key: &PartitionKey,
-        builder: runnel_wire::BatchBuilder,
+        builder: BatchBuilder,
         opened_at: Instant,
-    ) -> Result<Offset, ProduceError> {
-        let bytes =
-            builder
-                .build()
-                .encode()
-                .map(Bytes::from)
-                .map_err(|error| ProduceError::Encode {
-                    partition: key.clone(),
-                    reason: error.to_string(),
-                })?;
+    ) -> Result<Offset, Failure> {
+        let bytes = builder.build().encode().map(Bytes::from).map_err(|error| {
+            Failure::Known(ProduceError::Encode {
+                partition: key.clone(),
+                reason: error.to_string(),
+            })
+        })?;
         let request = ProduceRequest {
             topic: key.topic.clone(),
             partition: key.partition,
         };
-        let deadline = opened_at + self.delivery_timeout;
+        let deadline = tokio::time::Instant::from_std(opened_at + self.delivery_timeout);
         let mut metadata = self.client.subscribe_metadata();
-        let mut backoff = self.retry_backoff;
+        let mut backoff = Backoff::new(
+            self.retry_backoff.min(MAX_RETRY_BACKOFF),
+            MAX_RETRY_BACKOFF.max(self.retry_backoff),
+        );
         let mut attempts = 0u32;
+        let mut last_error = String::from("the batch waited in the queue until then");
         loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Failure::Known(ProduceError::DeliveryTimeout {
+                    partition: key.clone(),
+                    timeout: self.delivery_timeout,
+                    attempts,
+                    last_error,
+                }));
+            }
             attempts += 1;
             // Changes from here on cut the wait before the next attempt.
             metadata.mark_unchanged();
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let attempt = self.client.call_leader(key, &request, bytes.clone());
-            let error = match tokio::time::timeout(remaining, attempt).await {
-                Ok(Ok(response)) => return Ok(response.base_offset),
-                Ok(Err(error)) => error,
+            // Nothing is sent before the connection is there: running out
+            // of time here leaves the batch unstored.
+            let leader =
+                tokio::time::timeout_at(deadline, self.client.leader_connection(key)).await;
+            let error = match leader {
                 Err(_) => {
-                    return Err(ProduceError::DeliveryTimeout {
+                    return Err(Failure::Known(ProduceError::DeliveryTimeout {
                         partition: key.clone(),
                         timeout: self.delivery_timeout,
                         attempts,
-                        last_error: "the last attempt was not answered".into(),
-                    });
+                        last_error: "no connection to the leader before the deadline".into(),
+                    }));
+                }
+                Ok(Err(error)) => error,
+                Ok(Ok(leader)) => {
+                    let call = leader.connection.call_with_tail(&request, bytes.clone());
+                    match tokio::time::timeout_at(deadline, call).await {
+                        Ok(Ok(response)) => return Ok(response.base_offset),
+                        Ok(Err(TransportError::Api(error))) => ClientError::Api(error),
+                        Ok(Err(error @ TransportError::FrameTooLarge { .. })) => {
+                            return Err(Failure::Known(ProduceError::Failed {
+                                partition: key.clone(),
+                                reason: error.to_string(),
+                            }));
+                        }
+                        Ok(Err(TransportError::Connect { source, .. })) => {
+                            ClientError::SpuUnavailable {
+                                partition: key.clone(),
+                                addr: leader.addr,
+                                reason: source.to_string(),
+                            }
+                        }
+                        Ok(Err(error)) => {
+                            let cause = match &error {
+                                TransportError::Timeout(timeout) => {
+                                    format!(
+                                        "no reply came within the request timeout of {timeout:?}"
+                                    )
+                                }
+                                TransportError::Closed | TransportError::Io(_) => {
+                                    format!("the connection broke ({error})")
+                                }
+                                _ => format!("its reply could not be read ({error})"),
+                            };
+                            // A connection that timed out may look open.
+                            self.client.discard_connection(&leader.addr).await;
+                            return Err(Failure::Unknown(UnknownOutcome {
+                                spu: leader.spu,
+                                cause,
+                            }));
+                        }
+                        Err(_) => {
+                            // Dropping the call cancelled it on the leader,
+                            // which may have stored the batch already.
+                            return Err(Failure::Unknown(UnknownOutcome {
+                                spu: leader.spu,
+                                cause: format!(
+                                    "the delivery timeout of {:?} ran out",
+                                    self.delivery_timeout
+                                ),
+                            }));
+                        }
+                    }
                 }
             };
+            // Here the batch was not stored: nothing was sent, or the
+            // leader answered with an error.
             if !self.client.topic_exists(&key.topic) {
-                return Err(ProduceError::TopicDeleted(key.topic.clone()));
+                return Err(Failure::Known(ProduceError::TopicDeleted(
+                    key.topic.clone(),
+                )));
             }
-            if !error.is_retriable_on_data_path() {
-                return Err(match error {
+            if !error.is_retriable() {
+                return Err(Failure::Known(match error {
                     ClientError::Api(error) => ProduceError::Rejected {
                         partition: key.clone(),
                         error,
@@ -457,31 +685,35 @@ impl SenderContext {
                         partition: key.clone(),
                         reason: other.to_string(),
                     },
-                });
+                }));
             }
             if attempts > self.max_retries {
-                return Err(ProduceError::RetriesExhausted {
+                return Err(Failure::Known(ProduceError::RetriesExhausted {
                     partition: key.clone(),
                     attempts,
                     last_error: error.to_string(),
-                });
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(ProduceError::DeliveryTimeout {
-                    partition: key.clone(),
-                    timeout: self.delivery_timeout,
-                    attempts,
-                    last_error: error.to_string(),
-                });
+                }));
             }
             debug!(partition = %key, %error, attempts, "retrying a batch");
-            let wait = backoff.min(deadline - now);
+            last_error = error.to_string();
+            let wait = backoff.next_delay();
             // A metadata change may name a new leader: retry at once.
-            let _ = tokio::time::timeout(wait, metadata.changed()).await;
-            backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+            let _ = tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + wait),
+                metadata.changed(),
+            )
+            .await;
         }
     }
+}
+
+/// Why a batch was not acknowledged.
+#[derive(Debug)]
+enum Failure {
+    /// The batch was not stored.
+    Known(ProduceError),
+    /// Its request was sent and got no answer: it may be stored.
+    Unknown(UnknownOutcome),
 }
 
 /// Milliseconds since the Unix epoch, the record timestamp unit.

@@ -142,14 +142,7 @@ fn records_survive_cluster_stop_start_and_an_spu_killed_with_sigkill() {
         .clone();
     assert_eq!(spu_1["running"], false, "status sees the dead SPU");
 
-    let started = cluster.ok(&[
-        "cluster",
-        "start",
-        "--spus",
-        "2",
-        "--base-port",
-        &cluster.base_port.to_string(),
-    ]);
+    let started = cluster.cluster_start();
     assert!(
         started.contains("started spu-1"),
         "only the missing SPU starts: {started}"
@@ -344,4 +337,34 @@ fn the_benchmark_produces_and_reads_back_its_records() {
     assert!(report[0]["consume_mb_per_second"].as_f64().unwrap() > 0.0);
     let topics = cluster.json_lines(&["topic", "list", "-O", "json"], b"");
     assert!(topics.is_empty(), "the benchmark removes its topic");
+}
+
+#[test]
+fn cluster_delete_removes_only_what_the_cluster_created() {
+    let user_dir = tempfile::tempdir().unwrap();
+    let mine = user_dir.path().join("keep.txt");
+    std::fs::write(&mine, "the user's own file").unwrap();
+    let data_dir = user_dir.path().to_str().unwrap();
+    let cluster = TestCluster::start_with(1, &["--data-dir", data_dir]);
+    assert!(user_dir.path().join("spu-1").is_dir());
+
+    // A later start without flags keeps the cluster's own settings.
+    cluster.ok(&["cluster", "stop"]);
+    cluster.cluster_start();
+    let status = cluster.json_lines(&["cluster", "status", "-O", "json"], b"");
+    let processes = status[0]["processes"].as_array().unwrap();
+    assert_eq!(
+        processes.len(),
+        2,
+        "still one SC and one SPU: {processes:?}"
+    );
+
+    let error = cluster.fails(&["cluster", "start", "--data-dir", "/elsewhere"], b"");
+    assert!(error.contains("runnel cluster delete"), "{error}");
+
+    cluster.ok(&["cluster", "delete"]);
+    assert!(mine.exists(), "the user's file stays");
+    assert!(!user_dir.path().join("spu-1").exists());
+    assert!(!user_dir.path().join("sc").exists());
+    assert!(cluster.pid("sc").is_none());
 }

@@ -19,34 +19,40 @@ pub fn runnel_binary() -> &'static str {
 pub struct TestCluster {
     pub home: tempfile::TempDir,
     pub base_port: u16,
-    pub spus: u32,
 }
 
 impl TestCluster {
     /// Starts an SC and `spus` SPUs with `runnel cluster start`.
     pub fn start(spus: u32) -> TestCluster {
+        TestCluster::start_with(spus, &[])
+    }
+
+    /// Starts a cluster with more `cluster start` flags.
+    pub fn start_with(spus: u32, flags: &[&str]) -> TestCluster {
         let home = tempfile::tempdir().expect("temporary RUNNEL_HOME");
         let cluster = TestCluster {
             base_port: free_base_port(2 + 2 * spus as u16),
             home,
-            spus,
         };
-        cluster.cluster_start();
-        cluster
-    }
-
-    /// `runnel cluster start` again: starts whatever is not running.
-    pub fn cluster_start(&self) {
-        let base_port = self.base_port.to_string();
-        let spus = self.spus.to_string();
-        self.ok(&[
+        let base_port = cluster.base_port.to_string();
+        let spus = spus.to_string();
+        let mut args = vec![
             "cluster",
             "start",
             "--spus",
             &spus,
             "--base-port",
             &base_port,
-        ]);
+        ];
+        args.extend_from_slice(flags);
+        cluster.ok(&args);
+        cluster
+    }
+
+    /// `runnel cluster start` again, with no flags: the cluster's settings
+    /// are remembered, and whatever is not running starts.
+    pub fn cluster_start(&self) -> String {
+        self.ok(&["cluster", "start"])
     }
 
     pub fn sc_addr(&self) -> String {
@@ -75,8 +81,13 @@ impl TestCluster {
         let stdin = stdin.to_vec();
         let writer = std::thread::spawn(move || input.write_all(&stdin));
         let output = child.wait_with_output().expect("runnel runs");
-        writer.join().expect("stdin writer").expect("stdin written");
-        output
+        // A command may stop reading early (it refused the input).
+        match writer.join().expect("stdin writer") {
+            Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+                panic!("writing runnel's stdin: {error}")
+            }
+            _ => output,
+        }
     }
 
     /// Runs `runnel ARGS` and returns its standard output; panics with

@@ -27,15 +27,16 @@ async fn keyed_records_come_back_in_order_on_their_key_partitions() {
     let client = cluster.client().await;
     let topic = cluster.create_topic(&client, "orders", 2).await;
     let config = ProducerConfig {
-        // Small batches: several per partition.
-        batch_size: 256,
+        // The smallest batches, and values of about 100 bytes: several
+        // batches per partition.
+        batch_size: 1 << 10,
         ..ProducerConfig::default()
     };
     let producer = client.producer(&topic, config).await.expect("producer");
     let mut deliveries = Vec::new();
     for index in 0..60 {
         let key = format!("key-{}", index % 7);
-        let value = format!("value-{index}");
+        let value = format!("value-{index}-{}", "x".repeat(100));
         let delivery = producer
             .send(Some(Bytes::from(key.clone())), Bytes::from(value.clone()))
             .await

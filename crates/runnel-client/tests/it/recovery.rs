@@ -1,11 +1,13 @@
-//! Failures the client rides out: a leader that refuses, an SPU marked
-//! offline, an SC that goes away and comes back.
+//! Failures the client rides out: a leader that refuses, a partition not
+//! ready yet, an SPU marked offline, an SC that goes away and comes back;
+//! and the ends it does not: a removed replica, a deleted topic.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use runnel_api::ErrorCode;
 use runnel_client::{ClientError, ConsumerConfig, ProducerConfig, StartFrom};
-use runnel_metadata::{TopicConfig, TopicSpec};
+use runnel_metadata::{PartitionKey, TopicConfig, TopicSpec};
 use runnel_types::{Offset, PartitionId};
 
 use crate::support::{FakeCluster, WAIT, bounded, topic_name};
@@ -204,6 +206,19 @@ async fn a_consumer_resumes_after_its_leader_restarts() {
     }
 
     cluster.restart_spu().await;
+    // Once the consumer has opened its new stream, the client has seen
+    // the old connection close: the produce below cannot go out on it
+    // (which would leave its outcome unknown).
+    bounded(
+        "the consumer's stream on the new connection",
+        cluster
+            .spu
+            .fetch_streams
+            .subscribe()
+            .wait_for(|opened| *opened >= 2),
+    )
+    .await
+    .expect("the SPU lives");
     let delivery = producer
         .send(None, Bytes::from_static(b"three"))
         .await
@@ -241,4 +256,127 @@ async fn dropping_the_last_clone_stops_the_metadata_watch() {
     bounded("the watch to end", watchers.wait_for(|count| *count == 0))
         .await
         .expect("watch ended");
+}
+
+#[tokio::test]
+async fn a_partition_not_ready_yet_is_waited_for() {
+    let cluster = FakeCluster::start().await;
+    let client = cluster.client().await;
+    let topic = cluster.create_topic(&client, "pending", 1).await;
+    let key = PartitionKey {
+        topic: topic.clone(),
+        partition: PartitionId(0),
+    };
+    cluster.spu.set_hosted(&key, false);
+    let producer = client
+        .producer(&topic, ProducerConfig::default())
+        .await
+        .expect("producer");
+    let delivery = producer
+        .send(None, Bytes::from_static(b"early"))
+        .await
+        .expect("send");
+    let config = ConsumerConfig {
+        start: StartFrom::Beginning,
+        ..ConsumerConfig::default()
+    };
+    let consumer = tokio::spawn({
+        let client = client.clone();
+        let topic = topic.clone();
+        async move { client.consumer(&topic, config).await }
+    });
+    cluster.spu.wait_for_produce_requests(2).await;
+    cluster.spu.set_hosted(&key, true);
+    let metadata = bounded("delivery", delivery)
+        .await
+        .expect("delivered once hosted");
+    assert_eq!(metadata.offset, Offset(0));
+    let mut consumer = bounded("the consumer start", consumer)
+        .await
+        .expect("the start task")
+        .expect("started once hosted");
+    let record = bounded("record", consumer.next())
+        .await
+        .expect("a record")
+        .expect("valid");
+    assert_eq!(record.value, Bytes::from_static(b"early"));
+}
+
+#[tokio::test]
+async fn a_stream_ended_by_a_removed_replica_is_not_retried() {
+    let cluster = FakeCluster::start().await;
+    let client = cluster.client().await;
+    let topic = cluster.create_topic(&client, "evicted", 1).await;
+    let key = PartitionKey {
+        topic: topic.clone(),
+        partition: PartitionId(0),
+    };
+    let mut consumer = bounded(
+        "consumer",
+        client.consumer(&topic, ConsumerConfig::default()),
+    )
+    .await
+    .expect("consumer");
+    bounded(
+        "the fetch stream",
+        cluster
+            .spu
+            .fetch_streams
+            .subscribe()
+            .wait_for(|opened| *opened >= 1),
+    )
+    .await
+    .expect("the SPU lives");
+    // The SPU drops the replica while the metadata still names it: the
+    // stream's end is final, and later requests would only be answered
+    // "not ready".
+    cluster.spu.remove_replica(&key);
+    let error = bounded("the stream's end", consumer.next())
+        .await
+        .expect("an error, not the end")
+        .expect_err("removed");
+    assert!(
+        matches!(&error, ClientError::Api(error) if error.code == ErrorCode::PARTITION_NOT_FOUND),
+        "{error}"
+    );
+    assert!(bounded("end", consumer.next()).await.is_none());
+}
+
+#[tokio::test]
+async fn a_deleted_topic_ends_its_consumers() {
+    let cluster = FakeCluster::start().await;
+    let client = cluster.client().await;
+    let topic = cluster.create_topic(&client, "vanishing", 1).await;
+    let key = PartitionKey {
+        topic: topic.clone(),
+        partition: PartitionId(0),
+    };
+    let mut consumer = bounded(
+        "consumer",
+        client.consumer(&topic, ConsumerConfig::default()),
+    )
+    .await
+    .expect("consumer");
+    bounded("delete", client.admin().delete_topic(&topic))
+        .await
+        .expect("deleted");
+    bounded(
+        "the deletion in the metadata",
+        client.wait_for_metadata(|view| !view.topics.contains_key(&topic), WAIT),
+    )
+    .await
+    .expect("gone");
+    cluster.spu.remove_replica(&key);
+    let error = bounded("the stream's end", consumer.next())
+        .await
+        .expect("an error, not the end")
+        .expect_err("deleted");
+    assert!(
+        matches!(&error, ClientError::TopicDeleted(name) if *name == topic),
+        "{error}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "topic 'vanishing' was deleted while it was being read"
+    );
 }

@@ -6,10 +6,14 @@
 //!   and started again on the same address.
 //! - The fake SPU leads every partition the SC places on it. It keeps
 //!   produced batches in memory, stamping base offsets into them as a
-//!   leader does, and pushes them to fetch streams as they arrive. It can
-//!   refuse produces with `NOT_LEADER` and corrupt a stored batch.
+//!   leader does, and pushes them to fetch streams as they arrive. Like
+//!   the real one it answers `PARTITION_NOT_READY` for a partition it
+//!   does not host (yet, or any more) and ends the fetch streams of a
+//!   removed replica with `PARTITION_NOT_FOUND`. Tests can make it refuse
+//!   produces with `NOT_LEADER`, leave produces unanswered, corrupt a
+//!   stored batch or rewrite its base offset.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -292,6 +296,7 @@ impl FakeSc {
         }
         changes.push(Change::Upsert(Object::Topic(Topic {
             spec,
+            topic_id: store.version + 1,
             state: TopicState::Provisioned,
         })));
         self.change(&mut store, changes);
@@ -469,12 +474,18 @@ fn unsupported() -> Reply<()> {
 #[derive(Debug, Default)]
 pub struct FakeSpu {
     logs: Mutex<HashMap<PartitionKey, Vec<StoredBatch>>>,
-    /// Bumped on every append, to wake fetch streams.
+    /// Partitions it does not host: answered with `PARTITION_NOT_READY`.
+    unhosted: Mutex<HashSet<PartitionKey>>,
+    /// Bumped on every append and removal, to wake fetch streams.
     appended: watch::Sender<u64>,
     /// Produce requests to refuse with `NOT_LEADER` before serving again.
     refuse_produces: AtomicU32,
+    /// Produce requests to store and then never answer.
+    unanswered_produces: AtomicU32,
     /// Produce requests received, refused ones included.
-    produce_requests: AtomicU32,
+    produce_requests: watch::Sender<u32>,
+    /// Fetch streams opened so far.
+    pub fetch_streams: watch::Sender<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -490,8 +501,73 @@ impl FakeSpu {
         self.refuse_produces.store(count, Ordering::SeqCst);
     }
 
+    /// Stores the next `count` produced batches and never answers their
+    /// requests (until the client gives up on them).
+    pub fn leave_next_produces_unanswered(&self, count: u32) {
+        self.unanswered_produces.store(count, Ordering::SeqCst);
+    }
+
     pub fn produce_requests(&self) -> u32 {
-        self.produce_requests.load(Ordering::SeqCst)
+        *self.produce_requests.borrow()
+    }
+
+    /// Waits until `count` produce requests have been received.
+    pub async fn wait_for_produce_requests(&self, count: u32) {
+        let mut requests = self.produce_requests.subscribe();
+        bounded(
+            "produce requests at the SPU",
+            requests.wait_for(|received| *received >= count),
+        )
+        .await
+        .expect("the SPU lives");
+    }
+
+    /// Hosts `key` or not: requests about a partition it does not host
+    /// are answered with `PARTITION_NOT_READY`.
+    pub fn set_hosted(&self, key: &PartitionKey, hosted: bool) {
+        let mut unhosted = self.unhosted.lock().expect("unhosted lock");
+        if hosted {
+            unhosted.remove(key);
+        } else {
+            unhosted.insert(key.clone());
+        }
+    }
+
+    /// Removes the replica of `key`, as when its topic is deleted: its
+    /// data goes, its fetch streams end with `PARTITION_NOT_FOUND`, and
+    /// later requests are answered with `PARTITION_NOT_READY`.
+    pub fn remove_replica(&self, key: &PartitionKey) {
+        self.set_hosted(key, false);
+        self.logs.lock().expect("logs lock").remove(key);
+        self.appended.send_modify(|count| *count += 1);
+    }
+
+    fn not_ready(&self, key: &PartitionKey) -> Result<(), ApiError> {
+        if self.unhosted.lock().expect("unhosted lock").contains(key) {
+            return Err(ApiError::new(
+                ErrorCode::PARTITION_NOT_READY,
+                format!("SPU {SPU} does not host {key}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes `new_base` as the base offset of the stored batch holding
+    /// `offset`, leaving the SPU's own record of where it is alone: the
+    /// CRC does not cover the base offset, so only its reader can tell.
+    pub fn rewrite_base_offset(&self, key: &PartitionKey, offset: i64, new_base: i64) {
+        let mut logs = self.logs.lock().expect("logs lock");
+        let batch = logs
+            .get_mut(key)
+            .and_then(|batches| {
+                batches
+                    .iter_mut()
+                    .find(|batch| batch.base_offset <= offset && offset < batch.next_offset)
+            })
+            .expect("a stored batch holds the offset");
+        let mut bytes = batch.bytes.to_vec();
+        set_base_offset(&mut bytes, Offset(new_base));
+        batch.bytes = Bytes::from(bytes);
     }
 
     /// Flips a byte inside the records of the stored batch holding
@@ -517,10 +593,14 @@ impl FakeSpu {
     }
 
     fn produce(&self, request: &IncomingRequest) -> Reply<ProduceResponse> {
-        self.produce_requests.fetch_add(1, Ordering::SeqCst);
+        self.produce_requests.send_modify(|count| *count += 1);
         let (produce, tail) = request
             .decode_with_tail::<ProduceRequest>()
             .map_err(malformed)?;
+        self.not_ready(&PartitionKey {
+            topic: produce.topic.clone(),
+            partition: produce.partition,
+        })?;
         let refused = self
             .refuse_produces
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
@@ -575,6 +655,7 @@ impl FakeSpu {
             topic: list.topic,
             partition: list.partition,
         };
+        self.not_ready(&key)?;
         let logs = self.logs.lock().expect("logs lock");
         let end = Offset(logs.get(&key).map_or(0, |batches| Self::log_end(batches)));
         let offset = match list.query {
@@ -631,10 +712,22 @@ impl FakeSpu {
             partition: fetch.partition,
         };
         let mut appended = self.appended.subscribe();
-        let mut stream = responder.into_stream();
+        let stream = responder.into_stream();
+        if let Err(error) = self.not_ready(&key) {
+            return stream.end(Err(error)).await;
+        }
+        self.fetch_streams.send_modify(|count| *count += 1);
+        let mut stream = stream;
         let mut offset = fetch.offset.0;
         loop {
             appended.borrow_and_update();
+            if self.not_ready(&key).is_err() {
+                let removed = ApiError::new(
+                    ErrorCode::PARTITION_NOT_FOUND,
+                    format!("the replica of {key} was removed from SPU {SPU}"),
+                );
+                return stream.end(Err(removed)).await;
+            }
             match self.read(&key, offset, fetch.max_bytes as usize) {
                 Some((item, tail)) => {
                     offset = item.next_offset.0;
@@ -660,7 +753,25 @@ impl FakeSpu {
 impl Handler for FakeSpu {
     async fn handle(&self, request: IncomingRequest, responder: Responder) {
         match ApiKey::from_u16(request.header.api_key) {
-            Some(ApiKey::Produce) => responder.reply(&self.produce(&request)).await,
+            Some(ApiKey::Produce) => {
+                let reply = self.produce(&request);
+                let unanswered = self
+                    .unanswered_produces
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                        left.checked_sub(1)
+                    })
+                    .is_ok();
+                if unanswered {
+                    // Stored (or refused), and no answer: the client's
+                    // timeout or a closed connection ends the wait.
+                    tokio::select! {
+                        _ = responder.cancelled() => {}
+                        _ = tokio::time::sleep(WAIT) => {}
+                    }
+                    return;
+                }
+                responder.reply(&reply).await
+            }
             Some(ApiKey::ListOffsets) => responder.reply(&self.list_offsets(&request)).await,
             Some(ApiKey::StreamFetch) => self.stream_fetch(&request, responder).await,
             _ => responder.reply(&unsupported()).await,
