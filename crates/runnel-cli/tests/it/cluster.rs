@@ -335,8 +335,34 @@ fn the_benchmark_produces_and_reads_back_its_records() {
     assert_eq!(report.len(), 1);
     assert_eq!(report[0]["records"], 1048, "1 MiB of 1000-byte records");
     assert!(report[0]["consume_mb_per_second"].as_f64().unwrap() > 0.0);
+    let e2e = cluster.json_lines(
+        &[
+            "benchmark",
+            "e2e",
+            "--total-bytes",
+            "200KB",
+            "--record-size",
+            "100B",
+            "--partitions",
+            "2",
+            "--consumers",
+            "2",
+            "--producers",
+            "2",
+            "--keyed",
+            "-O",
+            "json",
+        ],
+        b"",
+    );
+    assert_eq!(e2e[0]["records"], 2000);
+    assert!(
+        e2e[0]["e2e_latency_ms_max"].as_f64().unwrap() > 0.0,
+        "{}",
+        e2e[0]
+    );
     let topics = cluster.json_lines(&["topic", "list", "-O", "json"], b"");
-    assert!(topics.is_empty(), "the benchmark removes its topic");
+    assert!(topics.is_empty(), "the benchmark removes its topics");
 }
 
 #[test]
