@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use runnel_wire::batch::BATCH_HEADER_LEN;
-use runnel_wire::{BatchBuilder, Compression, RecordHeader};
+use runnel_wire::{BatchEncoder, Compression, RecordHeader};
 
 /// Most bytes a record adds to a batch besides its key, value and headers:
 /// its length, attributes, timestamp and offset deltas, key and value
@@ -44,7 +44,7 @@ pub(crate) struct RecordParts {
 /// (whatever the caller needs to report each record's outcome).
 #[derive(Debug)]
 pub(crate) struct ReadyBatch<T> {
-    pub builder: BatchBuilder,
+    pub encoder: BatchEncoder,
     pub tickets: Vec<T>,
     /// When its first record arrived: the delivery timeout counts from
     /// here.
@@ -53,7 +53,7 @@ pub(crate) struct ReadyBatch<T> {
 
 #[derive(Debug)]
 struct OpenBatch<T> {
-    builder: BatchBuilder,
+    encoder: BatchEncoder,
     tickets: Vec<T>,
     size_bytes: usize,
     opened_at: Instant,
@@ -115,18 +115,18 @@ impl<T> Accumulator<T> {
         let open = self.open.get_or_insert_with(|| {
             wake = true;
             OpenBatch {
-                builder: BatchBuilder::new(compression),
+                encoder: BatchEncoder::new(compression),
                 tickets: Vec::new(),
                 size_bytes: BATCH_HEADER_LEN,
                 opened_at: now,
                 first_sequence,
             }
         });
-        open.builder.push(
+        open.encoder.push(
             record.timestamp,
-            record.key.map(|key| key.to_vec()),
-            Some(record.value.to_vec()),
-            record.headers,
+            record.key.as_deref(),
+            Some(&record.value),
+            &record.headers,
         );
         open.tickets.push(ticket);
         open.size_bytes += size;
@@ -178,7 +178,7 @@ impl<T> Accumulator<T> {
     fn close_open(&mut self) {
         if let Some(open) = self.open.take() {
             self.ready.push_back(ReadyBatch {
-                builder: open.builder,
+                encoder: open.encoder,
                 tickets: open.tickets,
                 opened_at: open.opened_at,
             });
@@ -210,7 +210,7 @@ mod tests {
 
     /// Values of a batch, decoded from its encoding.
     fn values(batch: ReadyBatch<u32>) -> Vec<String> {
-        let bytes = batch.builder.build().encode().expect("encode");
+        let bytes = batch.encoder.finish().expect("encode");
         let (decoded, _) = RecordBatch::decode(&bytes, DecodeLimits::default()).expect("decode");
         decoded
             .records
@@ -264,7 +264,7 @@ mod tests {
             matches!(accumulator.next(now, linger, false), Next::WaitUntil(_)),
             "the last record lingers in an open batch"
         );
-        let encoded = first.builder.build().encode().expect("encode");
+        let encoded = first.encoder.finish().expect("encode");
         assert!(encoded.len() <= BATCH_HEADER_LEN + 3 * one);
     }
 
@@ -354,7 +354,7 @@ mod tests {
             1,
         );
         let batch = sent(accumulator.next(now, Duration::ZERO, false));
-        let bytes = batch.builder.build().encode().expect("encode");
+        let bytes = batch.encoder.finish().expect("encode");
         let (decoded, _) = RecordBatch::decode(&bytes, DecodeLimits::default()).expect("decode");
         let first = &decoded.records[0];
         assert_eq!(first.key.as_deref(), Some(&b"k"[..]));

@@ -33,7 +33,7 @@ use runnel_metadata::PartitionKey;
 use runnel_transport::{Backoff, CancellationToken, TransportError};
 use runnel_types::{ByteSize, Offset, PartitionId, SpuId, TopicName};
 use runnel_wire::batch::BATCH_HEADER_LEN;
-use runnel_wire::{BatchBuilder, Compression, RecordHeader};
+use runnel_wire::{BatchEncoder, Compression, RecordHeader};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::debug;
 
@@ -530,12 +530,12 @@ impl SenderContext {
         batch: ReadyBatch<Pending>,
     ) -> Option<UnknownOutcome> {
         let ReadyBatch {
-            builder,
+            encoder,
             tickets,
             opened_at,
         } = batch;
         let count = tickets.len() as u64;
-        let outcome = self.send_batch(&state.key, builder, opened_at).await;
+        let outcome = self.send_batch(&state.key, encoder, opened_at).await;
         let partition = state.key.partition;
         let outcome = match outcome {
             Ok(base_offset) => Ok(base_offset),
@@ -570,10 +570,10 @@ impl SenderContext {
     async fn send_batch(
         &self,
         key: &PartitionKey,
-        builder: BatchBuilder,
+        encoder: BatchEncoder,
         opened_at: Instant,
     ) -> Result<Offset, Failure> {
-        let bytes = builder.build().encode().map(Bytes::from).map_err(|error| {
+        let bytes = encoder.finish().map(Bytes::from).map_err(|error| {
             Failure::Known(ProduceError::Encode {
                 partition: key.clone(),
                 reason: error.to_string(),

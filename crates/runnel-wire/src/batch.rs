@@ -250,9 +250,21 @@ pub struct Record {
     pub headers: Vec<RecordHeader>,
 }
 
-impl Record {
+/// A record's fields borrowed from wherever they are, for encoding
+/// without copying them into a [`Record`] first.
+#[derive(Clone, Copy, Debug)]
+struct RecordView<'a> {
+    attributes: i8,
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    headers: &'a [RecordHeader],
+}
+
+impl RecordView<'_> {
     fn body_len(&self) -> usize {
-        let bytes_len = |bytes: &Option<Vec<u8>>| match bytes {
+        let bytes_len = |bytes: Option<&[u8]>| match bytes {
             Some(bytes) => varint_len(bytes.len() as i32) + bytes.len(),
             None => varint_len(-1),
         };
@@ -260,19 +272,22 @@ impl Record {
             .headers
             .iter()
             .map(|header| {
-                varint_len(header.key.len() as i32) + header.key.len() + bytes_len(&header.value)
+                varint_len(header.key.len() as i32)
+                    + header.key.len()
+                    + bytes_len(header.value.as_deref())
             })
             .sum();
         1 + varlong_len(self.timestamp_delta)
             + varint_len(self.offset_delta)
-            + bytes_len(&self.key)
-            + bytes_len(&self.value)
+            + bytes_len(self.key)
+            + bytes_len(self.value)
             + varint_len(self.headers.len() as i32)
             + headers
     }
 
+    /// Appends the record: its length, then its body.
     fn encode(&self, out: &mut Vec<u8>) {
-        fn put_bytes(out: &mut Vec<u8>, bytes: &Option<Vec<u8>>) {
+        fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
             match bytes {
                 Some(bytes) => {
                     put_varint(out, bytes.len() as i32);
@@ -285,14 +300,35 @@ impl Record {
         out.push(self.attributes as u8);
         put_varlong(out, self.timestamp_delta);
         put_varint(out, self.offset_delta);
-        put_bytes(out, &self.key);
-        put_bytes(out, &self.value);
+        put_bytes(out, self.key);
+        put_bytes(out, self.value);
         put_varint(out, self.headers.len() as i32);
-        for header in &self.headers {
+        for header in self.headers {
             put_varint(out, header.key.len() as i32);
             out.extend_from_slice(&header.key);
-            put_bytes(out, &header.value);
+            put_bytes(out, header.value.as_deref());
         }
+    }
+}
+
+impl Record {
+    fn view(&self) -> RecordView<'_> {
+        RecordView {
+            attributes: self.attributes,
+            timestamp_delta: self.timestamp_delta,
+            offset_delta: self.offset_delta,
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            headers: &self.headers,
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        self.view().body_len()
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.view().encode(out)
     }
 
     /// Decodes one record from the front of `input`, advancing it.
@@ -486,37 +522,12 @@ impl RecordBatch {
                 varint_len(body as i32) + body
             })
             .sum();
-        let mut out = vec![0; BATCH_HEADER_LEN];
-        if codec == Compression::None {
-            out.reserve(records_len);
-            for record in &self.records {
-                record.encode(&mut out);
-            }
-        } else {
-            let mut plain = Vec::with_capacity(records_len);
-            for record in &self.records {
-                record.encode(&mut plain);
-            }
-            out.extend_from_slice(&compression::compress(codec, &plain));
+        let mut out = Vec::with_capacity(BATCH_HEADER_LEN + records_len);
+        out.resize(BATCH_HEADER_LEN, 0);
+        for record in &self.records {
+            record.encode(&mut out);
         }
-        let batch_length =
-            i32::try_from(out.len() - LOG_OVERHEAD).map_err(|_| WireError::TooLarge(out.len()))?;
-        let record_count =
-            i32::try_from(self.records.len()).map_err(|_| WireError::TooLarge(out.len()))?;
-        let header = BatchHeader {
-            batch_length,
-            magic: MAGIC,
-            crc: 0,
-            record_count,
-            ..self.header
-        };
-        let fixed: &mut [u8; BATCH_HEADER_LEN] = (&mut out[..BATCH_HEADER_LEN])
-            .try_into()
-            .expect("header slice");
-        header.write(fixed);
-        let crc = compute_crc(&out);
-        out[CRC_POSITION..CRC_START].copy_from_slice(&crc.to_be_bytes());
-        Ok(out)
+        seal(out, &self.header, self.records.len(), codec)
     }
 
     /// Absolute timestamp of a record of this batch.
@@ -528,6 +539,105 @@ impl RecordBatch {
                 .base_timestamp
                 .wrapping_add(record.timestamp_delta)
         }
+    }
+}
+
+/// Completes a batch whose records follow a reserved header in `out`:
+/// compresses them with `codec`, then writes the header (`batch_length`,
+/// `crc` and `record_count` computed, every other field from `header`).
+fn seal(
+    mut out: Vec<u8>,
+    header: &BatchHeader,
+    record_count: usize,
+    codec: Compression,
+) -> Result<Vec<u8>, WireError> {
+    if codec != Compression::None {
+        let compressed = compression::compress(codec, &out[BATCH_HEADER_LEN..]);
+        out.truncate(BATCH_HEADER_LEN);
+        out.extend_from_slice(&compressed);
+    }
+    let batch_length =
+        i32::try_from(out.len() - LOG_OVERHEAD).map_err(|_| WireError::TooLarge(out.len()))?;
+    let record_count = i32::try_from(record_count).map_err(|_| WireError::TooLarge(out.len()))?;
+    let header = BatchHeader {
+        batch_length,
+        magic: MAGIC,
+        crc: 0,
+        record_count,
+        ..*header
+    };
+    let fixed: &mut [u8; BATCH_HEADER_LEN] = (&mut out[..BATCH_HEADER_LEN])
+        .try_into()
+        .expect("header slice");
+    header.write(fixed);
+    let crc = compute_crc(&out);
+    out[CRC_POSITION..CRC_START].copy_from_slice(&crc.to_be_bytes());
+    Ok(out)
+}
+
+/// Encodes a batch record by record as a producer adds them, writing each
+/// straight into the batch's buffer: no record is kept or copied twice.
+/// The encoding is exactly [`BatchBuilder`]'s.
+#[derive(Debug, Clone)]
+pub struct BatchEncoder {
+    header: BatchHeader,
+    /// A reserved header, then the records so far, uncompressed.
+    out: Vec<u8>,
+    record_count: usize,
+}
+
+impl BatchEncoder {
+    pub fn new(compression: Compression) -> BatchEncoder {
+        BatchEncoder {
+            header: BatchBuilder::new(compression).header,
+            out: vec![0; BATCH_HEADER_LEN],
+            record_count: 0,
+        }
+    }
+
+    /// Appends a record; the first one's timestamp is the batch's base.
+    pub fn push(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[RecordHeader],
+    ) {
+        if self.record_count == 0 {
+            self.header.base_timestamp = timestamp;
+            self.header.max_timestamp = timestamp;
+        }
+        self.header.max_timestamp = self.header.max_timestamp.max(timestamp);
+        let offset_delta = self.record_count as i32;
+        self.header.last_offset_delta = offset_delta;
+        RecordView {
+            attributes: 0,
+            timestamp_delta: timestamp.wrapping_sub(self.header.base_timestamp),
+            offset_delta,
+            key,
+            value,
+            headers,
+        }
+        .encode(&mut self.out);
+        self.record_count += 1;
+    }
+
+    pub fn record_count(&self) -> usize {
+        self.record_count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.record_count == 0
+    }
+
+    /// Bytes of the batch so far, before compression.
+    pub fn encoded_len(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn finish(self) -> Result<Vec<u8>, WireError> {
+        let codec = self.header.compression()?;
+        seal(self.out, &self.header, self.record_count, codec)
     }
 }
 

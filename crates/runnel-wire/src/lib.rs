@@ -11,6 +11,8 @@ mod error;
 pub mod frame;
 mod varint;
 
-pub use batch::{BatchBuilder, BatchHeader, DecodeLimits, Record, RecordBatch, RecordHeader};
+pub use batch::{
+    BatchBuilder, BatchEncoder, BatchHeader, DecodeLimits, Record, RecordBatch, RecordHeader,
+};
 pub use compression::Compression;
 pub use error::WireError;
