@@ -20,7 +20,6 @@
 //!   latencies in microseconds from 1 µs to 1 h with 3 significant digits,
 //!   every message counted (no warm-up is dropped).
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -42,7 +41,7 @@ usage:
                         [--stream NAME] [--subject SUBJ] [--batch N] [--keep]
 
 Defaults: --url nats://127.0.0.1:4222, --stream bench, --subject bench.data,
---record-size 1000, --batch 256 publishes in flight, --consumer pull,
+--record-size 1000, --batch 1024 publishes in flight, --consumer pull,
 --pull-batch 1000 messages per pull request.";
 
 #[derive(Debug)]
@@ -67,7 +66,7 @@ fn parse(args: &[String]) -> Result<Opts, Error> {
         subject: "bench.data".into(),
         record_size: 1000,
         count: 0,
-        batch: 256,
+        batch: 1024,
         consumer: "pull".into(),
         pull_batch: 1000,
         rate: 0.0,
@@ -137,9 +136,9 @@ async fn connect(opts: &Opts) -> Result<(async_nats::Client, jetstream::Context)
         .await?;
     let context = jetstream::context::ContextBuilder::new()
         .timeout(Duration::from_secs(30))
-        // The driver bounds what it has in flight itself (--batch); the
-        // context's semaphore only has to be larger.
-        .max_ack_inflight(opts.batch.max(1) * 2)
+        // At most --batch publishes await their PubAck at once; the next
+        // publish waits for a permit.
+        .max_ack_inflight(opts.batch)
         .backpressure_on_inflight(true)
         .build(client.clone());
     Ok((client, context))
@@ -193,16 +192,26 @@ fn now_ns() -> u64 {
         .as_nanos() as u64
 }
 
-/// Awaits the oldest pending PubAck, recording its latency.
-async fn settle_oldest(
-    pending: &mut VecDeque<(Instant, jetstream::context::PublishAckFuture)>,
-    acks: &mut Histogram<u64>,
-) -> Result<(), Error> {
-    if let Some((sent, ack)) = pending.pop_front() {
-        ack.await?;
-        record_us(acks, sent.elapsed());
-    }
-    Ok(())
+type PendingAck = (Instant, jetstream::context::PublishAckFuture);
+
+/// Awaits every PubAck in publish order as it arrives, recording the time
+/// from the publish call to the ack. The context's ack semaphore (the
+/// `--batch` window) bounds how many are outstanding: a `PublishAckFuture`
+/// holds its permit until it is awaited here.
+fn ack_collector() -> (
+    tokio::sync::mpsc::UnboundedSender<PendingAck>,
+    tokio::task::JoinHandle<Result<Histogram<u64>, Error>>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PendingAck>();
+    let task = tokio::spawn(async move {
+        let mut acks = histogram();
+        while let Some((sent, ack)) = rx.recv().await {
+            ack.await?;
+            record_us(&mut acks, sent.elapsed());
+        }
+        Ok(acks)
+    });
+    (tx, task)
 }
 
 async fn produce(opts: &Opts) -> Result<Value, Error> {
@@ -213,23 +222,25 @@ async fn produce(opts: &Opts) -> Result<Value, Error> {
     fresh_stream(&context, opts).await?;
     let payload = Bytes::from(vec![b'r'; opts.record_size]);
     let subject = async_nats::Subject::from(opts.subject.as_str());
-    let mut pending = VecDeque::with_capacity(opts.batch);
-    let mut acks = histogram();
+    let (pending, collector) = ack_collector();
     let started = Instant::now();
     for _ in 0..opts.count {
-        if pending.len() >= opts.batch {
-            settle_oldest(&mut pending, &mut acks).await?;
-        }
         let sent = Instant::now();
         let ack = context.publish(subject.clone(), payload.clone()).await?;
-        pending.push_back((sent, ack));
+        pending
+            .send((sent, ack))
+            .map_err(|_| "the ack collector stopped")?;
     }
-    while !pending.is_empty() {
-        settle_oldest(&mut pending, &mut acks).await?;
-    }
+    drop(pending);
+    let acks = collector.await??;
     let seconds = started.elapsed().as_secs_f64();
     let bytes = opts.count as f64 * opts.record_size as f64;
-    let info = context.get_stream(&opts.stream).await?.info().await?.clone();
+    let info = context
+        .get_stream(&opts.stream)
+        .await?
+        .info()
+        .await?
+        .clone();
     if info.state.messages != opts.count {
         return Err(format!(
             "the stream holds {} messages, {} were acknowledged",
@@ -342,11 +353,25 @@ async fn e2e(opts: &Opts) -> Result<Value, Error> {
     // The publisher tells the subscriber how many messages to expect once
     // it is done.
     let (total_tx, mut total_rx) = tokio::sync::watch::channel(None::<u64>);
+    // Debugging aid: NATS_DRIVER_TRACE=FILE writes "send_ns latency_us" for
+    // every message, to see when the slow ones happen.
+    let trace_path = std::env::var_os("NATS_DRIVER_TRACE");
     let subscriber = tokio::spawn(async move {
         let mut latencies = histogram();
         let mut received = 0u64;
+        let mut trace = Vec::new();
         loop {
-            if total_rx.borrow_and_update().is_some_and(|total| received >= total) {
+            if total_rx
+                .borrow_and_update()
+                .is_some_and(|total| received >= total)
+            {
+                if let Some(path) = trace_path {
+                    let text: String = trace
+                        .iter()
+                        .map(|(sent, us)| format!("{sent} {us}\n"))
+                        .collect();
+                    std::fs::write(path, text)?;
+                }
                 return Ok::<_, Error>((latencies, received));
             }
             let message = tokio::select! {
@@ -361,10 +386,11 @@ async fn e2e(opts: &Opts) -> Result<Value, Error> {
             if message.payload.len() >= STAMP_LEN {
                 let stamp =
                     u64::from_be_bytes(message.payload[..STAMP_LEN].try_into().expect("8 bytes"));
-                record_us(
-                    &mut latencies,
-                    Duration::from_nanos(now.saturating_sub(stamp)),
-                );
+                let latency = Duration::from_nanos(now.saturating_sub(stamp));
+                record_us(&mut latencies, latency);
+                if trace_path.is_some() {
+                    trace.push((stamp, latency.as_micros() as u64));
+                }
             }
             received += 1;
         }
@@ -372,31 +398,30 @@ async fn e2e(opts: &Opts) -> Result<Value, Error> {
 
     let subject = async_nats::Subject::from(opts.subject.as_str());
     let filler = vec![b'r'; opts.record_size];
-    let mut pending = VecDeque::with_capacity(opts.batch);
-    let mut acks = histogram();
+    let (pending, collector) = ack_collector();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(opts.duration);
     let mut sent = 0u64;
     loop {
-        let due = started
-            + Duration::from_secs_f64((sent * opts.record_size as u64) as f64 / opts.rate);
+        let due =
+            started + Duration::from_secs_f64((sent * opts.record_size as u64) as f64 / opts.rate);
         if due >= deadline || Instant::now() >= deadline {
             break;
         }
-        tokio::time::sleep_until(due.into()).await;
-        if pending.len() >= opts.batch {
-            settle_oldest(&mut pending, &mut acks).await?;
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
         }
         let mut value = BytesMut::from(&filler[..]);
         value[..STAMP_LEN].copy_from_slice(&now_ns().to_be_bytes());
         let handed = Instant::now();
         let ack = context.publish(subject.clone(), value.freeze()).await?;
-        pending.push_back((handed, ack));
+        pending
+            .send((handed, ack))
+            .map_err(|_| "the ack collector stopped")?;
         sent += 1;
     }
-    while !pending.is_empty() {
-        settle_oldest(&mut pending, &mut acks).await?;
-    }
+    drop(pending);
+    let acks = collector.await??;
     let produce_seconds = started.elapsed().as_secs_f64();
     total_tx.send_replace(Some(sent));
     let (latencies, received) = tokio::time::timeout(Duration::from_secs(120), subscriber)
