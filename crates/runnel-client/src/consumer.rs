@@ -19,7 +19,7 @@ use runnel_api::{ListOffsetsResponse, OffsetQuery, StreamFetchRequest};
 use runnel_metadata::{MetadataView, PartitionKey};
 use runnel_transport::Backoff;
 use runnel_types::{Offset, PartitionId, TopicName};
-use runnel_wire::{RecordBatch, RecordHeader};
+use runnel_wire::{RecordHeader, SharedBatch};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -426,7 +426,7 @@ impl PartitionStream {
     /// `end`), advancing `next` past each batch.
     fn records_of(
         &self,
-        batches: Vec<RecordBatch>,
+        batches: Vec<SharedBatch>,
         next: &mut Offset,
         end: Option<Offset>,
     ) -> Vec<ConsumerRecord> {
@@ -449,8 +449,8 @@ impl PartitionStream {
                     partition: self.key.partition,
                     offset,
                     timestamp: batch.timestamp_of(&record),
-                    key: record.key.map(Bytes::from),
-                    value: record.value.map(Bytes::from).unwrap_or_default(),
+                    key: record.key,
+                    value: record.value.unwrap_or_default(),
                     headers: record.headers,
                 });
                 *next = offset.plus(1);

@@ -8,16 +8,17 @@
 //! no gap and no overlap, and that the item's own positions agree with
 //! them. Pure: bytes in, batches or a fault out.
 
+use bytes::Bytes;
 use runnel_api::FetchItem;
 use runnel_types::Offset;
-use runnel_wire::{DecodeLimits, RecordBatch};
+use runnel_wire::{DecodeLimits, SharedBatch};
 
 /// The outcome of checking one item.
 #[derive(Debug)]
 pub(crate) struct CheckedItem {
     /// The batches that passed every check, in order, up to the first
     /// that did not. Empty when the item's own positions are wrong.
-    pub batches: Vec<RecordBatch>,
+    pub batches: Vec<SharedBatch>,
     /// The first thing found wrong, if any.
     pub fault: Option<Fault>,
 }
@@ -39,14 +40,14 @@ pub(crate) struct Fault {
 /// - Within a batch, record `i` has offset delta `i` and the last offset
 ///   delta is the record count minus one.
 /// - `item.next_offset` is right after the last batch.
-pub(crate) fn check_item(item: &FetchItem, tail: &[u8], wanted: Offset) -> CheckedItem {
+pub(crate) fn check_item(item: &FetchItem, tail: &Bytes, wanted: Offset) -> CheckedItem {
     let mut batches = Vec::new();
     let mut position = 0;
     // Where the next batch must start; the first may start before.
     let mut expected = wanted;
     while position < tail.len() {
         let first = batches.is_empty();
-        let batch = match RecordBatch::decode(&tail[position..], DecodeLimits::default()) {
+        let batch = match SharedBatch::decode(&tail.slice(position..), DecodeLimits::default()) {
             Ok((batch, used)) => {
                 position += used;
                 batch
@@ -103,7 +104,7 @@ pub(crate) fn check_item(item: &FetchItem, tail: &[u8], wanted: Offset) -> Check
 /// Checks the offsets of one decoded batch; returns the offset after it,
 /// or what is wrong.
 fn check_batch(
-    batch: &RecordBatch,
+    batch: &SharedBatch,
     first: bool,
     expected: Offset,
     item_first_offset: Offset,
@@ -163,7 +164,7 @@ fn check_batch(
 #[cfg(test)]
 mod tests {
     use runnel_wire::batch::set_base_offset;
-    use runnel_wire::{BatchBuilder, Compression};
+    use runnel_wire::{BatchBuilder, Compression, RecordBatch};
 
     use super::*;
 
@@ -202,7 +203,11 @@ mod tests {
         (first, next): (i64, i64),
         wanted: i64,
     ) -> (usize, Option<(i64, String)>) {
-        let checked = check_item(&item(first, next), &encode(batches), Offset(wanted));
+        let checked = check_item(
+            &item(first, next),
+            &Bytes::from(encode(batches)),
+            Offset(wanted),
+        );
         (
             checked.batches.len(),
             checked.fault.map(|fault| (fault.offset.0, fault.reason)),
@@ -297,7 +302,7 @@ mod tests {
         let mut bytes = encode(&contiguous());
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
-        let checked = check_item(&item(0, 6), &bytes, Offset(0));
+        let checked = check_item(&item(0, 6), &Bytes::from(bytes), Offset(0));
         assert_eq!(checked.batches.len(), 2);
         let fault = checked.fault.expect("a fault");
         assert_eq!(fault.offset, Offset(5));

@@ -23,6 +23,8 @@
 
 use runnel_types::{LeaderEpoch, Offset};
 
+use bytes::Bytes;
+
 use crate::WireError;
 use crate::compression::{self, Compression};
 use crate::varint::{get_varint, get_varlong, put_varint, put_varlong, varint_len, varlong_len};
@@ -330,9 +332,22 @@ impl Record {
     fn encode(&self, out: &mut Vec<u8>) {
         self.view().encode(out)
     }
+}
 
+/// A decoded record whose key and value are still the batch's bytes.
+#[derive(Debug)]
+struct RecordRef<'a> {
+    attributes: i8,
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    headers: Vec<RecordHeader>,
+}
+
+impl<'a> RecordRef<'a> {
     /// Decodes one record from the front of `input`, advancing it.
-    fn decode(input: &mut &[u8], index: i32) -> Result<Record, WireError> {
+    fn decode(input: &mut &'a [u8], index: i32) -> Result<RecordRef<'a>, WireError> {
         let malformed = |reason| WireError::MalformedRecord { index, reason };
         let length = get_varint(input)?;
         let length = usize::try_from(length).map_err(|_| malformed("negative record length"))?;
@@ -361,12 +376,15 @@ impl Record {
                 .map_err(malformed)?
                 .ok_or(malformed("header key is null"))?;
             let value = take_nullable(&mut body, Field::HeaderValue).map_err(malformed)?;
-            headers.push(RecordHeader { key, value });
+            headers.push(RecordHeader {
+                key: key.to_vec(),
+                value: value.map(<[u8]>::to_vec),
+            });
         }
         if !body.is_empty() {
             return Err(malformed("bytes left over after the headers"));
         }
-        Ok(Record {
+        Ok(RecordRef {
             attributes: attributes as i8,
             timestamp_delta,
             offset_delta,
@@ -421,7 +439,7 @@ const NULL_LENGTH: i32 = -1;
 /// A varint length (-1 for null) followed by that many bytes. Kafka's
 /// writers use no other negative length, so any other one means the record
 /// is corrupt, and rejecting it gives every accepted batch one meaning.
-fn take_nullable(input: &mut &[u8], field: Field) -> Result<Option<Vec<u8>>, &'static str> {
+fn take_nullable<'a>(input: &mut &'a [u8], field: Field) -> Result<Option<&'a [u8]>, &'static str> {
     let length = get_varint(input).map_err(|error| match error {
         WireError::Truncated { .. } => field.past_end(),
         _ => field.length_too_long(),
@@ -435,7 +453,7 @@ fn take_nullable(input: &mut &[u8], field: Field) -> Result<Option<Vec<u8>>, &'s
     }
     let (bytes, rest) = input.split_at(length);
     *input = rest;
-    Ok(Some(bytes.to_vec()))
+    Ok(Some(bytes))
 }
 
 /// A decoded batch: its header and its records.
@@ -465,47 +483,15 @@ impl RecordBatch {
     /// with the number of bytes it took. Verifies length, magic, CRC, codec,
     /// and that the records fill the batch and match its record count.
     pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<(RecordBatch, usize), WireError> {
-        let header = BatchHeader::parse(bytes)?;
-        let total = header.total_len();
-        let batch = bytes.get(..total).ok_or(WireError::Truncated {
-            needed: total,
-            available: bytes.len(),
+        let (header, records_section, total) = open_batch(bytes, limits)?;
+        let records = decode_records(&header, records_section.as_ref(), |record| Record {
+            attributes: record.attributes,
+            timestamp_delta: record.timestamp_delta,
+            offset_delta: record.offset_delta,
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+            headers: record.headers,
         })?;
-        verify_crc(batch)?;
-        if header.record_count < 0 {
-            return Err(WireError::BadRecordCount(header.record_count));
-        }
-        let codec = header.compression()?;
-        let section = &batch[BATCH_HEADER_LEN..];
-        let decompressed;
-        let mut input = if codec == Compression::None {
-            section
-        } else {
-            decompressed = compression::decompress(codec, section, limits.max_decompressed_bytes)?;
-            decompressed.as_slice()
-        };
-        // Every record takes at least MIN_RECORD_LEN bytes, so the count from
-        // the header cannot make us reserve more than the input could hold.
-        let expected = header.record_count as usize;
-        if expected > input.len() / MIN_RECORD_LEN {
-            return Err(WireError::RecordCountMismatch {
-                header: header.record_count,
-                actual: (input.len() / MIN_RECORD_LEN) as i32,
-            });
-        }
-        let mut records = Vec::with_capacity(expected);
-        while !input.is_empty() {
-            if records.len() == expected {
-                return Err(WireError::TrailingBytes(input.len()));
-            }
-            records.push(Record::decode(&mut input, records.len() as i32)?);
-        }
-        if records.len() != expected {
-            return Err(WireError::RecordCountMismatch {
-                header: header.record_count,
-                actual: records.len() as i32,
-            });
-        }
         Ok((RecordBatch { header, records }, total))
     }
 
@@ -532,6 +518,139 @@ impl RecordBatch {
 
     /// Absolute timestamp of a record of this batch.
     pub fn timestamp_of(&self, record: &Record) -> i64 {
+        if self.header.is_log_append_time() {
+            self.header.max_timestamp
+        } else {
+            self.header
+                .base_timestamp
+                .wrapping_add(record.timestamp_delta)
+        }
+    }
+}
+
+/// The records section of a batch, as stored or decompressed.
+enum Section<'a> {
+    Stored(&'a [u8]),
+    Decompressed(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Section<'_> {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Section::Stored(bytes) => bytes,
+            Section::Decompressed(bytes) => bytes,
+        }
+    }
+}
+
+/// Checks the batch at the front of `bytes` (length, CRC, record count)
+/// and returns its header, its records section (decompressed within
+/// `limits`) and its total length.
+fn open_batch(
+    bytes: &[u8],
+    limits: DecodeLimits,
+) -> Result<(BatchHeader, Section<'_>, usize), WireError> {
+    let header = BatchHeader::parse(bytes)?;
+    let total = header.total_len();
+    let batch = bytes.get(..total).ok_or(WireError::Truncated {
+        needed: total,
+        available: bytes.len(),
+    })?;
+    verify_crc(batch)?;
+    if header.record_count < 0 {
+        return Err(WireError::BadRecordCount(header.record_count));
+    }
+    let codec = header.compression()?;
+    let stored = &batch[BATCH_HEADER_LEN..];
+    let section = if codec == Compression::None {
+        Section::Stored(stored)
+    } else {
+        Section::Decompressed(compression::decompress(
+            codec,
+            stored,
+            limits.max_decompressed_bytes,
+        )?)
+    };
+    Ok((header, section, total))
+}
+
+/// Decodes every record of a records section, each through `convert`,
+/// checking their number against the header.
+fn decode_records<'a, R>(
+    header: &BatchHeader,
+    mut input: &'a [u8],
+    mut convert: impl FnMut(RecordRef<'a>) -> R,
+) -> Result<Vec<R>, WireError> {
+    // Every record takes at least MIN_RECORD_LEN bytes, so the count from
+    // the header cannot make us reserve more than the input could hold.
+    let expected = header.record_count as usize;
+    if expected > input.len() / MIN_RECORD_LEN {
+        return Err(WireError::RecordCountMismatch {
+            header: header.record_count,
+            actual: (input.len() / MIN_RECORD_LEN) as i32,
+        });
+    }
+    let mut records = Vec::with_capacity(expected);
+    while !input.is_empty() {
+        if records.len() == expected {
+            return Err(WireError::TrailingBytes(input.len()));
+        }
+        records.push(convert(RecordRef::decode(
+            &mut input,
+            records.len() as i32,
+        )?));
+    }
+    if records.len() != expected {
+        return Err(WireError::RecordCountMismatch {
+            header: header.record_count,
+            actual: records.len() as i32,
+        });
+    }
+    Ok(records)
+}
+
+/// A record whose key and value share the memory of the frame it came in
+/// (or of its batch's decompressed records): decoding copies no record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedRecord {
+    pub attributes: i8,
+    pub timestamp_delta: i64,
+    pub offset_delta: i32,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<RecordHeader>,
+}
+
+/// A batch decoded into [`SharedRecord`]s, with every check
+/// [`RecordBatch::decode`] makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedBatch {
+    pub header: BatchHeader,
+    pub records: Vec<SharedRecord>,
+}
+
+impl SharedBatch {
+    /// Decodes the batch at the front of `bytes`; returns it and its
+    /// length.
+    pub fn decode(bytes: &Bytes, limits: DecodeLimits) -> Result<(SharedBatch, usize), WireError> {
+        let (header, section, total) = open_batch(bytes, limits)?;
+        let buffer = match section {
+            Section::Stored(stored) => bytes.slice_ref(stored),
+            Section::Decompressed(records) => Bytes::from(records),
+        };
+        let records = decode_records(&header, &buffer, |record| SharedRecord {
+            attributes: record.attributes,
+            timestamp_delta: record.timestamp_delta,
+            offset_delta: record.offset_delta,
+            key: record.key.map(|key| buffer.slice_ref(key)),
+            value: record.value.map(|value| buffer.slice_ref(value)),
+            headers: record.headers,
+        })?;
+        Ok((SharedBatch { header, records }, total))
+    }
+
+    /// Absolute timestamp of a record of this batch.
+    pub fn timestamp_of(&self, record: &SharedRecord) -> i64 {
         if self.header.is_log_append_time() {
             self.header.max_timestamp
         } else {

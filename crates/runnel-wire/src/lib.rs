@@ -13,6 +13,7 @@ mod varint;
 
 pub use batch::{
     BatchBuilder, BatchEncoder, BatchHeader, DecodeLimits, Record, RecordBatch, RecordHeader,
+    SharedBatch, SharedRecord,
 };
 pub use compression::Compression;
 pub use error::WireError;

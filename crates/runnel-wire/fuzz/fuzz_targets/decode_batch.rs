@@ -1,11 +1,13 @@
 //! Feeds arbitrary bytes to `RecordBatch::decode`. Whatever decodes must
 //! survive re-encoding: decoding our own bytes gives the same batch back.
+//! `SharedBatch::decode` (records sharing the input's memory) must accept,
+//! refuse and decode exactly alike.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use runnel_wire::batch::{BATCH_HEADER_LEN, compute_crc, peek_total_len, verify_crc};
-use runnel_wire::{BatchHeader, DecodeLimits, RecordBatch};
+use runnel_wire::{BatchHeader, DecodeLimits, RecordBatch, SharedBatch};
 
 /// Small, so that decompression bombs are cheap to find and to reject.
 const LIMITS: DecodeLimits = DecodeLimits {
@@ -35,7 +37,26 @@ fn with_valid_crc(data: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn check(data: &[u8]) {
-    let Ok((batch, consumed)) = RecordBatch::decode(data, LIMITS) else {
+    let owned = RecordBatch::decode(data, LIMITS);
+    let shared = SharedBatch::decode(&bytes::Bytes::copy_from_slice(data), LIMITS);
+    match (&owned, &shared) {
+        (Ok((owned, used)), Ok((shared, shared_used))) => {
+            assert_eq!(used, shared_used);
+            assert_eq!(owned.header, shared.header);
+            assert_eq!(owned.records.len(), shared.records.len());
+            for (owned, shared) in owned.records.iter().zip(&shared.records) {
+                assert_eq!(owned.attributes, shared.attributes);
+                assert_eq!(owned.offset_delta, shared.offset_delta);
+                assert_eq!(owned.timestamp_delta, shared.timestamp_delta);
+                assert_eq!(owned.key.as_deref(), shared.key.as_deref());
+                assert_eq!(owned.value.as_deref(), shared.value.as_deref());
+                assert_eq!(owned.headers, shared.headers);
+            }
+        }
+        (Err(owned), Err(shared)) => assert_eq!(owned, shared),
+        _ => panic!("owned and shared decoding disagree: {owned:?} vs {shared:?}"),
+    }
+    let Ok((batch, consumed)) = owned else {
         return;
     };
     // What decode accepted, the lighter-weight checks must accept too.

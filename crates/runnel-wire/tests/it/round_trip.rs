@@ -288,3 +288,51 @@ fn the_streaming_encoder_matches_the_builder_byte_for_byte() {
     let empty = runnel_wire::BatchEncoder::new(runnel_wire::Compression::None);
     assert!(empty.is_empty());
 }
+
+/// Decoding into shared records accepts and refuses exactly what decoding
+/// into owned records does, and yields the same fields, for every codec
+/// and for every truncation of a batch.
+#[test]
+fn shared_decoding_agrees_with_owned_decoding() {
+    for codec in Compression::ALL {
+        let mut builder = runnel_wire::BatchBuilder::new(codec);
+        for index in 0..20u8 {
+            let headers = if index % 4 == 0 {
+                vec![RecordHeader {
+                    key: b"h".to_vec(),
+                    value: Some(vec![index]),
+                }]
+            } else {
+                Vec::new()
+            };
+            let key = (index % 3 != 0).then(|| vec![index; 3]);
+            let value = (index % 5 != 0).then(|| vec![index; usize::from(index) * 7]);
+            builder.push(1_000 + i64::from(index), key, value, headers);
+        }
+        let encoded = builder.build().encode().unwrap();
+        for end in [encoded.len(), encoded.len() - 1, 61, 30] {
+            let slice = &encoded[..end];
+            let owned = RecordBatch::decode(slice, DecodeLimits::default());
+            let shared = runnel_wire::SharedBatch::decode(
+                &bytes::Bytes::copy_from_slice(slice),
+                DecodeLimits::default(),
+            );
+            match (owned, shared) {
+                (Ok((owned, used)), Ok((shared, shared_used))) => {
+                    assert_eq!(used, shared_used);
+                    assert_eq!(owned.header, shared.header);
+                    assert_eq!(owned.records.len(), shared.records.len());
+                    for (owned, shared) in owned.records.iter().zip(&shared.records) {
+                        assert_eq!(owned.offset_delta, shared.offset_delta);
+                        assert_eq!(owned.timestamp_delta, shared.timestamp_delta);
+                        assert_eq!(owned.key.as_deref(), shared.key.as_deref());
+                        assert_eq!(owned.value.as_deref(), shared.value.as_deref());
+                        assert_eq!(owned.headers, shared.headers);
+                    }
+                }
+                (Err(owned), Err(shared)) => assert_eq!(owned, shared, "{codec} at {end}"),
+                (owned, shared) => panic!("{codec} at {end}: {owned:?} vs {shared:?}"),
+            }
+        }
+    }
+}
