@@ -119,6 +119,17 @@ impl BatchHeader {
         Ok(header)
     }
 
+    /// Absolute timestamp of a record of this batch with the given
+    /// timestamp delta: the batch's max timestamp when the broker stamps
+    /// append time, else the base timestamp plus the delta.
+    pub fn record_timestamp(&self, timestamp_delta: i64) -> i64 {
+        if self.is_log_append_time() {
+            self.max_timestamp
+        } else {
+            self.base_timestamp.wrapping_add(timestamp_delta)
+        }
+    }
+
     /// Bytes the whole batch occupies, header included.
     pub fn total_len(&self) -> usize {
         self.batch_length as usize + LOG_OVERHEAD
@@ -518,13 +529,7 @@ impl RecordBatch {
 
     /// Absolute timestamp of a record of this batch.
     pub fn timestamp_of(&self, record: &Record) -> i64 {
-        if self.header.is_log_append_time() {
-            self.header.max_timestamp
-        } else {
-            self.header
-                .base_timestamp
-                .wrapping_add(record.timestamp_delta)
-        }
+        self.header.record_timestamp(record.timestamp_delta)
     }
 }
 
@@ -651,13 +656,7 @@ impl SharedBatch {
 
     /// Absolute timestamp of a record of this batch.
     pub fn timestamp_of(&self, record: &SharedRecord) -> i64 {
-        if self.header.is_log_append_time() {
-            self.header.max_timestamp
-        } else {
-            self.header
-                .base_timestamp
-                .wrapping_add(record.timestamp_delta)
-        }
+        self.header.record_timestamp(record.timestamp_delta)
     }
 }
 
