@@ -63,7 +63,7 @@ impl Handler for PublicApi {
                     .map_err(|error| malformed("ApiVersions", error));
                 responder.reply(&reply).await
             }
-            ApiKey::Produce => responder.reply(&self.produce(&request).await).await,
+            ApiKey::Produce => responder.reply(&self.produce(request).await).await,
             ApiKey::ListOffsets => responder.reply(&self.list_offsets(&request).await).await,
             ApiKey::StreamFetch => self.stream_fetch(&request, responder).await,
             other => {
@@ -93,10 +93,13 @@ impl PublicApi {
         }
     }
 
-    async fn produce(&self, request: &IncomingRequest) -> Reply<ProduceResponse> {
+    async fn produce(&self, request: IncomingRequest) -> Reply<ProduceResponse> {
         let (produce, tail) = request
             .decode_with_tail::<ProduceRequest>()
             .map_err(|error| malformed("Produce", error))?;
+        // The tail is then the only handle on the frame's buffer, so the
+        // log can stamp offsets into it without a copy.
+        drop(request);
         let key = PartitionKey {
             topic: produce.topic,
             partition: produce.partition,
@@ -110,8 +113,11 @@ impl PublicApi {
                 ),
             ));
         }
-        // The log stamps offsets and the leader epoch into the bytes.
-        let mut batches = tail.to_vec();
+        // The log stamps offsets and the leader epoch into the bytes: in
+        // the received buffer itself when nothing else holds it.
+        let mut batches = tail
+            .try_into_mut()
+            .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
         let appending = Arc::clone(&replica);
         let appending_key = key.clone();
         let appended = tokio::task::spawn_blocking(move || {
