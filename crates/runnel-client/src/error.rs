@@ -165,22 +165,10 @@ impl ClientError {
 
     /// The error of a call to the SC at `addr`.
     pub(crate) fn from_sc(addr: &str, error: TransportError) -> ClientError {
-        match error {
-            TransportError::Api(error) => ClientError::Api(error),
-            TransportError::Protocol(_)
-            | TransportError::Wire(_)
-            | TransportError::FrameTooLarge { .. } => ClientError::Protocol {
-                peer: addr.to_string(),
-                reason: error.to_string(),
-            },
-            TransportError::Connect { .. }
-            | TransportError::Closed
-            | TransportError::Timeout(_)
-            | TransportError::Io(_) => ClientError::ScUnavailable {
-                addr: addr.to_string(),
-                reason: error.to_string(),
-            },
-        }
+        ClientError::from_transport(addr, error, |reason| ClientError::ScUnavailable {
+            addr: addr.to_string(),
+            reason,
+        })
     }
 
     /// The error of a call about `partition` to the SPU at `addr`.
@@ -188,6 +176,20 @@ impl ClientError {
         partition: &PartitionKey,
         addr: &str,
         error: TransportError,
+    ) -> ClientError {
+        ClientError::from_transport(addr, error, |reason| ClientError::SpuUnavailable {
+            partition: partition.clone(),
+            addr: addr.to_string(),
+            reason,
+        })
+    }
+
+    /// Sorts a transport error: the server's answer, a peer that broke the
+    /// protocol, or a peer that could not be reached (`unavailable`).
+    fn from_transport(
+        addr: &str,
+        error: TransportError,
+        unavailable: impl FnOnce(String) -> ClientError,
     ) -> ClientError {
         match error {
             TransportError::Api(error) => ClientError::Api(error),
@@ -200,11 +202,7 @@ impl ClientError {
             TransportError::Connect { .. }
             | TransportError::Closed
             | TransportError::Timeout(_)
-            | TransportError::Io(_) => ClientError::SpuUnavailable {
-                partition: partition.clone(),
-                addr: addr.to_string(),
-                reason: error.to_string(),
-            },
+            | TransportError::Io(_) => unavailable(error.to_string()),
         }
     }
 }
