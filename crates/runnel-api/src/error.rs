@@ -42,7 +42,6 @@ error_codes! {
     INVALID_TOPIC = 12, false, "invalid topic";
     INVALID_CONFIG = 13, false, "invalid configuration";
     PARTITION_NOT_FOUND = 14, false, "unknown partition";
-    REPLICATION_UNSUPPORTED = 15, false, "replication factor not supported yet";
     SPU_NOT_FOUND = 16, false, "unknown SPU";
     SPU_IN_USE = 17, false, "SPU still in use";
     NOT_LEADER = 20, true, "not the leader for this partition";
@@ -55,6 +54,14 @@ error_codes! {
     TIMEOUT = 27, true, "request timed out";
     SHUTTING_DOWN = 28, true, "server shutting down";
     TOO_MANY_REQUESTS = 29, true, "too many requests in progress on this connection";
+    NOT_ENOUGH_REPLICAS = 30, true, "not enough in-sync replicas";
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND = 31, true, "stored, but the in-sync replicas fell below the minimum before it was committed";
+    FENCED_LEADER_EPOCH = 32, true, "leader epoch is older than the current one";
+    UNKNOWN_LEADER_EPOCH = 33, true, "leader epoch is newer than this replica knows";
+    OUT_OF_ORDER_SEQUENCE = 34, false, "producer sequence number out of order";
+    PRODUCER_FENCED = 35, false, "producer epoch is older than the current one";
+    INVALID_ISR = 36, false, "invalid in-sync replica change";
+    ELECTION_NOT_POSSIBLE = 37, true, "no eligible replica can lead";
 }
 
 impl fmt::Display for ErrorCode {

@@ -29,6 +29,7 @@ pub enum Listener {
     ScPublic,
     ScPrivate,
     SpuPublic,
+    SpuPrivate,
     /// Every listener answers it.
     Any,
 }
@@ -79,11 +80,17 @@ api_keys! {
     RegisterSpu = 15, ScPublic, false;
     UnregisterSpu = 16, ScPublic, false;
     WatchMetadata = 17, ScPublic, true;
+    InitProducerId = 18, ScPublic, false;
+    ElectPreferred = 19, ScPublic, false;
     SpuConnect = 30, ScPrivate, true;
     SpuHeartbeat = 31, ScPrivate, false;
+    AlterIsr = 32, ScPrivate, false;
     Produce = 50, SpuPublic, false;
     StreamFetch = 51, SpuPublic, true;
     ListOffsets = 52, SpuPublic, false;
+    ReplicaSync = 70, SpuPrivate, true;
+    ReplicaPositions = 71, SpuPrivate, false;
+    FetchEpochEnd = 72, SpuPrivate, false;
 }
 
 impl ApiKey {
@@ -256,6 +263,8 @@ mod tests {
         round_trip(ProduceRequest {
             topic: topic.clone(),
             partition: PartitionId(3),
+            acks: Acks::Leader,
+            timeout_ms: 30_000,
         });
         round_trip(StreamFetchRequest {
             topic: topic.clone(),

@@ -1,9 +1,10 @@
 //! The message structs of every api, grouped by listener.
 
+use runnel_metadata::PartitionKey;
 use runnel_metadata::{
     AssignmentUpdate, MetadataUpdate, Partition, ReplicaStatus, Spu, SpuSpec, Topic, TopicSpec,
 };
-use runnel_types::{Offset, PartitionId, SpuId, TopicName};
+use runnel_types::{LeaderEpoch, Offset, PartitionId, SpuId, TopicName};
 use serde::{Deserialize, Serialize};
 
 use crate::{ApiError, ApiKey, Request};
@@ -118,6 +119,47 @@ impl Request for WatchMetadataRequest {
     const STREAMING: bool = true;
 }
 
+/// Asks for a producer id for an idempotent producer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitProducerIdRequest {}
+
+/// A producer id, never given out twice by a cluster, and its epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerIdentity {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
+impl Request for InitProducerIdRequest {
+    const API_KEY: ApiKey = ApiKey::InitProducerId;
+    type Response = Reply<ProducerIdentity>;
+}
+
+/// Moves leadership back to the preferred replica (the first of the
+/// replica list) where it is online and in sync: of one partition, of one
+/// topic's partitions, or of every partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectPreferredRequest {
+    pub topic: Option<TopicName>,
+    pub partition: Option<PartitionId>,
+}
+
+/// What an election did for one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionResult {
+    pub key: PartitionKey,
+    /// The leader after the election.
+    pub leader: Option<SpuId>,
+    pub leader_epoch: LeaderEpoch,
+    /// `None` when the preferred replica leads now; otherwise why not.
+    pub error: Option<ApiError>,
+}
+
+impl Request for ElectPreferredRequest {
+    const API_KEY: ApiKey = ApiKey::ElectPreferred;
+    type Response = Reply<Vec<ElectionResult>>;
+}
+
 // ---- SC private: SPUs ----
 
 /// An SPU announces itself and receives its replica assignments as a
@@ -146,7 +188,39 @@ impl Request for SpuHeartbeatRequest {
     type Response = Reply<()>;
 }
 
+/// A leader asks the SC to change a partition's ISR. Accepted only from
+/// the current leader with the current epoch, and only if `current_isr`
+/// is the ISR the SC holds (so two proposals never cross).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlterIsrRequest {
+    pub spu: SpuId,
+    pub key: PartitionKey,
+    pub leader_epoch: LeaderEpoch,
+    pub current_isr: Vec<SpuId>,
+    pub new_isr: Vec<SpuId>,
+}
+
+impl Request for AlterIsrRequest {
+    /// The ISR the SC committed.
+    type Response = Reply<Vec<SpuId>>;
+    const API_KEY: ApiKey = ApiKey::AlterIsr;
+}
+
 // ---- SPU public: data ----
+
+/// When a produce is answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Acks {
+    /// Once the high watermark has passed the records and the ISR holds
+    /// at least the topic's minimum: every in-sync replica has them.
+    #[default]
+    All,
+    /// Once the leader has appended them under the topic's flush policy.
+    Leader,
+    /// Once the leader has written them, without waiting for a flush or
+    /// for any replica.
+    None,
+}
 
 /// Appends record batches (the frame's tail: whole RecordBatch v2
 /// batches, one after another) to one partition.
@@ -154,6 +228,10 @@ impl Request for SpuHeartbeatRequest {
 pub struct ProduceRequest {
     pub topic: TopicName,
     pub partition: PartitionId,
+    pub acks: Acks,
+    /// How long the leader may wait for replicas under `acks=all` before
+    /// answering with a retriable timeout.
+    pub timeout_ms: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,4 +307,107 @@ pub struct ListOffsetsResponse {
 impl Request for ListOffsetsRequest {
     const API_KEY: ApiKey = ApiKey::ListOffsets;
     type Response = Reply<ListOffsetsResponse>;
+}
+
+// ---- SPU private: replication ----
+
+/// Where a follower wants one partition from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncPartition {
+    pub key: PartitionKey,
+    /// The epoch the follower takes the leader to have.
+    pub leader_epoch: LeaderEpoch,
+    /// The follower's log end: the first offset it lacks.
+    pub offset: Offset,
+}
+
+/// The one replication stream from a follower SPU to a leader SPU: the
+/// leader pushes batches of every listed partition as they are appended.
+/// A follower whose set of partitions changes opens a new stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSyncRequest {
+    pub follower: SpuId,
+    pub partitions: Vec<SyncPartition>,
+}
+
+/// One item of a replication stream, about `partitions[index]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncItem {
+    pub index: u32,
+    pub kind: SyncKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncKind {
+    /// Whole batches (the frame's tail) from `first_offset` to
+    /// `next_offset`, offsets and epochs as the leader stored them.
+    Records {
+        first_offset: Offset,
+        next_offset: Offset,
+        log_start_offset: Offset,
+        high_watermark: Offset,
+    },
+    /// The high watermark moved with no new records for this follower.
+    HighWatermark {
+        log_start_offset: Offset,
+        high_watermark: Offset,
+    },
+    /// The leader no longer holds the requested offset (retention
+    /// deleted it): the follower starts over, empty, at `log_start_offset`.
+    StartOver { log_start_offset: Offset },
+    /// The leader stopped serving this partition to the follower (wrong
+    /// epoch, not the leader any more, removed); the follower finds the
+    /// new leader through the SC.
+    Stopped(ApiError),
+}
+
+impl Request for ReplicaSyncRequest {
+    const API_KEY: ApiKey = ApiKey::ReplicaSync;
+    type Response = SyncItem;
+    const STREAMING: bool = true;
+}
+
+/// A follower's log end on one partition, after an append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaPosition {
+    pub key: PartitionKey,
+    pub leader_epoch: LeaderEpoch,
+    /// Records below this are on the follower's disk (durable under
+    /// `flush always`).
+    pub log_end_offset: Offset,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaPositionsRequest {
+    pub follower: SpuId,
+    pub positions: Vec<ReplicaPosition>,
+}
+
+impl Request for ReplicaPositionsRequest {
+    const API_KEY: ApiKey = ApiKey::ReplicaPositions;
+    type Response = Reply<()>;
+}
+
+/// A follower that starts following `leader_epoch` asks where `epoch`
+/// (its own latest) ends in the leader's log, to cut its divergent
+/// suffix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchEpochEndRequest {
+    pub key: PartitionKey,
+    pub leader_epoch: LeaderEpoch,
+    pub epoch: LeaderEpoch,
+}
+
+/// The largest epoch ≤ the asked one that the leader's log knows, and
+/// the offset where it ends; `None` when the leader knows no epoch that
+/// old (the follower keeps nothing below the leader's log start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochEnd {
+    pub epoch_end: Option<(LeaderEpoch, Offset)>,
+    pub log_start_offset: Offset,
+}
+
+impl Request for FetchEpochEndRequest {
+    const API_KEY: ApiKey = ApiKey::FetchEpochEnd;
+    type Response = Reply<EpochEnd>;
 }

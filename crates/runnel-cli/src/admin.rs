@@ -37,6 +37,14 @@ pub struct CreateTopicArgs {
     /// interval=MS, or os.
     #[arg(long, default_value = "always")]
     flush: FlushPolicy,
+    /// In-sync replicas an `acks=all` produce needs (default: 2, or 1
+    /// for a topic of one replica).
+    #[arg(long)]
+    min_in_sync_replicas: Option<u16>,
+    /// Let a replica outside the ISR lead when no in-sync replica is
+    /// online, losing the acknowledged records it lacks.
+    #[arg(long)]
+    unclean_election: bool,
 }
 
 /// A retention time, or none.
@@ -88,6 +96,8 @@ pub async fn topic(profile: Option<String>, command: TopicCommand) -> CommandRes
                     segment_size: args.segment_size,
                     compression: args.compression,
                     flush: args.flush,
+                    min_in_sync_replicas: args.min_in_sync_replicas,
+                    unclean_election: args.unclean_election,
                 },
             };
             admin.create_topic(spec).await?;

@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use runnel_api::ProduceRequest;
+use runnel_api::{Acks, ProduceRequest};
 use runnel_metadata::PartitionKey;
 use runnel_transport::{Backoff, CancellationToken, TransportError};
 use runnel_types::{ByteSize, Offset, PartitionId, SpuId, TopicName};
@@ -111,7 +111,11 @@ pub struct ProducerConfig {
     /// for room while they are used up. At least `batch_size`; a record
     /// larger than this is refused. Default 32 MiB.
     pub max_buffered_bytes: usize,
+    /// When the leader answers a batch. Default [`Acks::All`]: every
+    /// in-sync replica has it.
+    pub acks: Acks,
 }
+
 impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
@@ -123,6 +127,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(30),
             partitioner: Partitioner::KeyHash,
             max_buffered_bytes: 32 << 20,
+            acks: Acks::All,
         }
     }
 }
@@ -266,6 +271,7 @@ struct SenderContext {
     max_retries: u32,
     retry_backoff: Duration,
     delivery_timeout: Duration,
+    acks: Acks,
 }
 
 impl Producer {
@@ -294,6 +300,7 @@ impl Producer {
             max_retries: config.max_retries,
             retry_backoff: config.retry_backoff,
             delivery_timeout: config.delivery_timeout,
+            acks: config.acks,
         });
         let partitions = (0..count)
             .map(|partition| {
@@ -582,6 +589,8 @@ impl SenderContext {
         let request = ProduceRequest {
             topic: key.topic.clone(),
             partition: key.partition,
+            acks: self.acks,
+            timeout_ms: u32::try_from(self.delivery_timeout.as_millis()).unwrap_or(u32::MAX),
         };
         let deadline = tokio::time::Instant::from_std(opened_at + self.delivery_timeout);
         let mut metadata = self.client.subscribe_metadata();

@@ -35,6 +35,25 @@ pub struct TopicConfig {
     /// Codec the producers of this topic use unless they choose one.
     pub compression: Compression,
     pub flush: FlushPolicy,
+    /// Replicas that must be in sync for an `acks=all` produce to be
+    /// accepted; `None` means min(2, replication factor).
+    #[serde(default)]
+    pub min_in_sync_replicas: Option<u16>,
+    /// Whether a replica outside the ISR may be elected leader when no
+    /// in-sync replica is online (losing the records it lacks).
+    #[serde(default)]
+    pub unclean_election: bool,
+}
+
+impl TopicConfig {
+    /// The in-sync replicas an `acks=all` produce needs, for a partition
+    /// of `replication_factor` replicas.
+    pub fn min_in_sync(&self, replication_factor: usize) -> usize {
+        match self.min_in_sync_replicas {
+            Some(min) => usize::from(min),
+            None => replication_factor.min(2),
+        }
+    }
 }
 
 impl Default for TopicConfig {
@@ -45,6 +64,8 @@ impl Default for TopicConfig {
             segment_size: ByteSize(1 << 30),
             compression: Compression::None,
             flush: FlushPolicy::Always,
+            min_in_sync_replicas: None,
+            unclean_election: false,
         }
     }
 }
@@ -211,6 +232,11 @@ pub struct ReplicaAssignment {
     pub replicas: Vec<SpuId>,
     pub leader: Option<SpuId>,
     pub leader_epoch: LeaderEpoch,
+    /// The ISR as the SC last committed it.
+    pub in_sync_replicas: Vec<SpuId>,
+    /// The leader's private (peer) address, where followers replicate
+    /// from; `None` without a leader.
+    pub leader_addr: Option<String>,
 }
 
 /// One message of an SPU's assignment stream: the full set first, then

@@ -835,6 +835,11 @@ impl State {
             replicas: record.spec.replicas.clone(),
             leader: record.leader,
             leader_epoch: record.leader_epoch,
+            in_sync_replicas: record.in_sync_replicas.clone(),
+            leader_addr: record
+                .leader
+                .and_then(|leader| self.spus.get(&leader))
+                .map(|spec| spec.private_addr.clone()),
         }
     }
 
@@ -882,15 +887,6 @@ fn validate_topic(spec: &TopicSpec) -> Result<(), ApiError> {
         return Err(ApiError::new(
             ErrorCode::INVALID_CONFIG,
             "replication factor 0 keeps no copy of the data; use --replicas 1",
-        ));
-    }
-    if spec.replication_factor > 1 {
-        return Err(ApiError::new(
-            ErrorCode::REPLICATION_UNSUPPORTED,
-            format!(
-                "replication factor {} is not supported yet (replication comes in a later release); use --replicas 1",
-                spec.replication_factor
-            ),
         ));
     }
     let segment_size = spec.config.segment_size;

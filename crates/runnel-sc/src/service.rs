@@ -219,7 +219,19 @@ impl Handler for Service {
                 };
                 reply_to::<SpuHeartbeatRequest>(responder, &reply.await).await;
             }
-            ApiKey::Produce | ApiKey::StreamFetch | ApiKey::ListOffsets => {
+            ApiKey::InitProducerId | ApiKey::ElectPreferred | ApiKey::AlterIsr => {
+                let error = ApiError::new(
+                    ErrorCode::UNSUPPORTED_API,
+                    format!("{key:?} is not served by this SC yet"),
+                );
+                refuse(request.header.api_key, responder, error).await;
+            }
+            ApiKey::Produce
+            | ApiKey::StreamFetch
+            | ApiKey::ListOffsets
+            | ApiKey::ReplicaSync
+            | ApiKey::ReplicaPositions
+            | ApiKey::FetchEpochEnd => {
                 // `check_served` refuses these already; answering keeps it
                 // so if that ever changes.
                 let error = ApiError::new(

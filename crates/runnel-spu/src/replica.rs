@@ -178,6 +178,8 @@ mod tests {
             replicas: vec![SpuId(1)],
             leader: Some(SpuId(1)),
             leader_epoch: LeaderEpoch(2),
+            in_sync_replicas: vec![SpuId(1)],
+            leader_addr: None,
         }
     }
 
@@ -195,6 +197,7 @@ mod tests {
             segment_size: ByteSize(4096),
             compression: Compression::None,
             flush: FlushPolicy::Interval { interval_ms: 50 },
+            ..TopicConfig::default()
         };
         let log = log_config(&config);
         assert_eq!(log.segment_max_bytes, 4096);

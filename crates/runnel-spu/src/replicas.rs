@@ -512,6 +512,8 @@ mod tests {
             replicas: vec![SpuId(leader)],
             leader: Some(SpuId(leader)),
             leader_epoch: LeaderEpoch(epoch),
+            in_sync_replicas: vec![SpuId(leader)],
+            leader_addr: None,
         }
     }
 

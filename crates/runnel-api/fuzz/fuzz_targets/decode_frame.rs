@@ -55,6 +55,15 @@ fn body(api_key: u16, bytes: &[u8]) {
         Some(ApiKey::RegisterSpu) => round_trip::<RegisterSpuRequest, Reply<()>>(bytes),
         Some(ApiKey::UnregisterSpu) => round_trip::<UnregisterSpuRequest, Reply<()>>(bytes),
         Some(ApiKey::WatchMetadata) => round_trip::<WatchMetadataRequest, MetadataUpdate>(bytes),
+        Some(ApiKey::InitProducerId) => round_trip::<InitProducerIdRequest, Reply<ProducerIdentity>>(bytes),
+        Some(ApiKey::ElectPreferred) => round_trip::<ElectPreferredRequest, Reply<Vec<ElectionResult>>>(bytes),
+        Some(ApiKey::AlterIsr) => round_trip::<AlterIsrRequest, Reply<Vec<runnel_types::SpuId>>>(bytes),
+        Some(ApiKey::ReplicaSync) => {
+            tail_round_trip::<SyncItem>(bytes);
+            round_trip::<ReplicaSyncRequest, Result<(), ApiError>>(bytes);
+        }
+        Some(ApiKey::ReplicaPositions) => round_trip::<ReplicaPositionsRequest, Reply<()>>(bytes),
+        Some(ApiKey::FetchEpochEnd) => round_trip::<FetchEpochEndRequest, Reply<EpochEnd>>(bytes),
         Some(ApiKey::SpuConnect) => round_trip::<SpuConnectRequest, AssignmentUpdate>(bytes),
         Some(ApiKey::SpuHeartbeat) => round_trip::<SpuHeartbeatRequest, Reply<()>>(bytes),
         Some(ApiKey::Produce) => {

@@ -115,6 +115,8 @@ async fn a_topic_waits_for_an_spu_then_is_placed() {
             replicas: vec![SpuId(7)],
             leader: Some(SpuId(7)),
             leader_epoch: LeaderEpoch(0),
+            in_sync_replicas: vec![SpuId(7)],
+            leader_addr: Some(spu_spec(7).private_addr),
         })
         .collect();
     assert_eq!(assignments, expected);
@@ -559,16 +561,6 @@ async fn bad_requests_are_refused_and_the_sc_keeps_serving() {
         let client = client.clone();
         async move { client.call(&CreateTopicRequest { spec }).await }
     };
-    assert_error(
-        bounded("rf 3", create(topic_spec("x", 1, 3))).await,
-        ErrorCode::REPLICATION_UNSUPPORTED,
-        "replication factor 3 is not supported yet (replication comes in a later release); use --replicas 1",
-    );
-    assert_error(
-        bounded("rf 2", create(topic_spec("x", 1, 2))).await,
-        ErrorCode::REPLICATION_UNSUPPORTED,
-        "use --replicas 1",
-    );
     assert_error(
         bounded("rf 0", create(topic_spec("x", 1, 0))).await,
         ErrorCode::INVALID_CONFIG,

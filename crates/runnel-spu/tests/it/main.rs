@@ -5,7 +5,7 @@ mod support;
 
 use bytes::Bytes;
 use runnel_api::{
-    ApiVersionsRequest, ErrorCode, ListOffsetsRequest, ListOffsetsResponse, OffsetQuery,
+    Acks, ApiVersionsRequest, ErrorCode, ListOffsetsRequest, ListOffsetsResponse, OffsetQuery,
     ProduceRequest, StreamFetchRequest,
 };
 use runnel_metadata::{PartitionKey, ReplicaAssignment};
@@ -266,6 +266,8 @@ async fn requests_the_spu_cannot_serve_get_clear_errors() {
     let request = ProduceRequest {
         topic: led.topic.clone(),
         partition: led.partition,
+        acks: Acks::All,
+        timeout_ms: 30_000,
     };
     let empty = api_error(connection.call_with_tail(&request, Bytes::new()).await);
     assert_eq!(empty.code, ErrorCode::INVALID_RECORDS);

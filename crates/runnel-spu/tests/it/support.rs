@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use runnel_api::{
-    ApiError, ApiKey, ErrorCode, FetchItem, ProduceRequest, ProduceResponse, SpuConnectRequest,
-    SpuHeartbeatRequest,
+    Acks, ApiError, ApiKey, ErrorCode, FetchItem, ProduceRequest, ProduceResponse,
+    SpuConnectRequest, SpuHeartbeatRequest,
 };
 use runnel_metadata::{AssignmentUpdate, PartitionKey, ReplicaAssignment, TopicConfig};
 use runnel_spu::{SpuConfig, SpuError};
@@ -54,6 +54,8 @@ pub fn assignment(topic: &str, partition: u32, leader: SpuId, epoch: i32) -> Rep
         replicas: vec![leader],
         leader: Some(leader),
         leader_epoch: LeaderEpoch(epoch),
+        in_sync_replicas: vec![leader],
+        leader_addr: None,
     }
 }
 
@@ -352,6 +354,8 @@ pub async fn produce(
     let request = ProduceRequest {
         topic: key.topic.clone(),
         partition: key.partition,
+        acks: Acks::All,
+        timeout_ms: 30_000,
     };
     connection.call_with_tail(&request, batch(values)).await
 }

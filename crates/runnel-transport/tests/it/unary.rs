@@ -67,6 +67,8 @@ async fn produce_tail_arrives_intact(
     let request = ProduceRequest {
         topic: topic(),
         partition: PartitionId(0),
+        acks: runnel_api::Acks::All,
+        timeout_ms: 30_000,
     };
     let reply = bounded(
         "a produce reply",
@@ -105,6 +107,8 @@ async fn a_request_larger_than_the_frame_limit_is_refused_before_sending() {
     let request = ProduceRequest {
         topic: topic(),
         partition: PartitionId(0),
+        acks: runnel_api::Acks::All,
+        timeout_ms: 30_000,
     };
     let refused = connection
         .call_with_tail(&request, Bytes::from(vec![7; 2048]))
