@@ -45,6 +45,14 @@ pub struct SpuArgs {
     /// Address peer SPUs connect to.
     #[arg(long)]
     private_addr: String,
+    /// The public address announced to clients, if not `--public-addr`
+    /// (behind a proxy or NAT).
+    #[arg(long)]
+    advertise_public_addr: Option<String>,
+    /// The private address announced to peer SPUs, if not
+    /// `--private-addr`.
+    #[arg(long)]
+    advertise_private_addr: Option<String>,
     /// The SC's private address.
     #[arg(long, default_value = "127.0.0.1:9004")]
     sc_addr: String,
@@ -69,6 +77,8 @@ pub fn run_spu(args: SpuArgs) -> CommandResult {
         id: SpuId(args.id),
         public_addr: args.public_addr,
         private_addr: args.private_addr,
+        advertised_public_addr: args.advertise_public_addr,
+        advertised_private_addr: args.advertise_private_addr,
         sc_addr: args.sc_addr,
         data_dir: args.data_dir,
         ..SpuConfig::default()

@@ -462,7 +462,39 @@ impl Log {
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
         let headers = self.validate(batches, true)?;
-        self.append(Incoming::Producer { batches, epoch }, headers, now_ms)
+        self.append(Incoming::Producer { batches, epoch }, headers, now_ms, true)
+    }
+
+    /// Like [`Log::append_as_leader`], but returns once the batches are
+    /// written, without waiting for the `always` policy's fsync; call
+    /// [`Log::sync_to`] for it later. For producers that asked for no
+    /// durability before their answer.
+    pub fn append_as_leader_unsynced(
+        &self,
+        batches: &mut [u8],
+        epoch: LeaderEpoch,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let headers = self.validate(batches, true)?;
+        self.append(
+            Incoming::Producer { batches, epoch },
+            headers,
+            now_ms,
+            false,
+        )
+    }
+
+    /// Blocks until every offset below `offset` (at most the log end) is
+    /// on stable storage, sharing fsyncs with concurrent appenders.
+    pub fn sync_to(&self, offset: Offset) -> Result<(), LogError> {
+        let (target, generation) = {
+            let state = self.lock();
+            if state.failed {
+                return Err(LogError::Failed(self.dir.clone()));
+            }
+            (offset.min(state.log_end()), self.lock_sync().generation)
+        };
+        self.wait_durable(target, generation)
     }
 
     /// Appends batches copied from the leader, offsets and epochs unchanged.
@@ -470,7 +502,7 @@ impl Log {
     /// ended, and epochs may not decrease.
     pub fn append_replicated(&self, batches: &[u8], now_ms: i64) -> Result<AppendInfo, LogError> {
         let headers = self.validate(batches, false)?;
-        self.append(Incoming::Replica(batches), headers, now_ms)
+        self.append(Incoming::Replica(batches), headers, now_ms, true)
     }
 
     /// Checks framing, size and CRC of each batch in `bytes`.
@@ -535,6 +567,7 @@ impl Log {
         incoming: Incoming<'_>,
         mut headers: Vec<BatchHeader>,
         now_ms: i64,
+        wait_for_flush: bool,
     ) -> Result<AppendInfo, LogError> {
         let mut writer = Writer::enter(self);
         let (info, generation) = {
@@ -599,6 +632,7 @@ impl Log {
             (info, writer.written(batches.len() as u64))
         };
         match self.config.flush {
+            FlushPolicy::Always if !wait_for_flush => {}
             FlushPolicy::Always => self.wait_durable(info.log_end, generation)?,
             FlushPolicy::Interval { .. } => self.tick(now_ms)?,
             FlushPolicy::Os => {}
@@ -1010,13 +1044,19 @@ impl Log {
         if offset >= state.log_end() {
             return Ok(state.log_end());
         }
-        let truncated = self.truncate_locked(&mut state, offset);
+        let start_over = offset <= state.log_start;
+        let truncated = self.truncate_locked(&mut state, offset, start_over);
         self.fail_on_error(&mut state, truncated)
     }
 
     /// The steps of a truncation, ordered so that a crash between any two
     /// leaves a log that recovery turns into a prefix of the old one.
-    fn truncate_locked(&self, state: &mut State, offset: Offset) -> Result<Offset, LogError> {
+    fn truncate_locked(
+        &self,
+        state: &mut State,
+        offset: Offset,
+        start_over: bool,
+    ) -> Result<Offset, LogError> {
         // First the recovery point, so that a crash midway has the next open
         // rescan (and cut at the hole) instead of trusting a shortened
         // segment as sealed.
@@ -1034,7 +1074,6 @@ impl Log {
         }
         // Segments go highest first, so a crash midway leaves a prefix; the
         // directory is synced before the kept segment is shortened.
-        let start_over = offset <= state.log_start;
         let doomed: Vec<i64> = match start_over {
             true => state.segments.keys().rev().copied().collect(),
             false => state
@@ -1070,14 +1109,33 @@ impl Log {
             state.log_start = log_start;
             write_single(&self.dir, LOG_START_FILE, log_start)?;
         }
-        if state.epochs.truncate_from_end(log_end) {
+        // A log started over holds no batch, so no epoch either.
+        let epochs_changed = match start_over {
+            true => !std::mem::take(&mut state.epochs).entries().is_empty(),
+            false => state.epochs.truncate_from_end(log_end),
+        };
+        if epochs_changed {
             write_epochs(&self.dir, &state.epochs)?;
         }
         state.recovery_point = log_end;
         write_single(&self.dir, RECOVERY_POINT_FILE, log_end)?;
         let mut sync = self.lock_sync();
-        sync.durable = sync.durable.min(log_end);
+        sync.durable = match start_over {
+            true => log_end,
+            false => sync.durable.min(log_end),
+        };
         Ok(log_end)
+    }
+
+    /// Removes every batch and starts the log over, empty, at `offset`:
+    /// for a follower whose leader no longer holds what it lacks.
+    pub fn reset_to(&self, offset: Offset) -> Result<Offset, LogError> {
+        let mut state = self.lock();
+        if state.failed {
+            return Err(LogError::Failed(self.dir.clone()));
+        }
+        let reset = self.truncate_locked(&mut state, offset, true);
+        self.fail_on_error(&mut state, reset)
     }
 
     /// Moves the log start up to `offset` (for replication and delete-records

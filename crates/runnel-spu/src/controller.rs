@@ -52,8 +52,14 @@ impl ScSession {
             sc_addr: config.sc_addr.clone(),
             spec: SpuSpec {
                 id: config.id,
-                public_addr: config.public_addr.clone(),
-                private_addr: config.private_addr.clone(),
+                public_addr: config
+                    .advertised_public_addr
+                    .clone()
+                    .unwrap_or_else(|| config.public_addr.clone()),
+                private_addr: config
+                    .advertised_private_addr
+                    .clone()
+                    .unwrap_or_else(|| config.private_addr.clone()),
                 rack: None,
             },
             heartbeat_interval: config.heartbeat_interval,

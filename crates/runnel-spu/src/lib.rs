@@ -51,6 +51,10 @@ pub struct SpuConfig {
     pub public_addr: String,
     /// Address peers connect to (replication, later).
     pub private_addr: String,
+    /// Where clients and peers are told to connect, when not the
+    /// listening addresses (behind a proxy or NAT).
+    pub advertised_public_addr: Option<String>,
+    pub advertised_private_addr: Option<String>,
     /// The SC's private listener.
     pub sc_addr: String,
     /// Replicas live in `data_dir/<topic>-<partition>/`; `data_dir/cluster.id`
@@ -70,6 +74,8 @@ impl Default for SpuConfig {
             id: SpuId(1),
             public_addr: "127.0.0.1:9005".to_string(),
             private_addr: "127.0.0.1:9006".to_string(),
+            advertised_public_addr: None,
+            advertised_private_addr: None,
             sc_addr: "127.0.0.1:9004".to_string(),
             data_dir: PathBuf::from("spu-data"),
             heartbeat_interval: Duration::from_secs(1),

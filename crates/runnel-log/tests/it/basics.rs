@@ -490,3 +490,53 @@ fn an_append_spanning_too_many_offsets_is_refused() {
     ));
     assert_eq!(append(&log, 1, 10, 0), Offset(0), "the log still works");
 }
+
+#[test]
+fn reset_starts_the_log_over_empty_past_its_end() {
+    let dir = temp_dir();
+    let log = open(dir.path(), &small_config());
+    for _ in 0..3 {
+        append(&log, 2, 10, 0);
+    }
+    assert_eq!(log.log_end_offset(), Offset(6));
+    assert_eq!(log.reset_to(Offset(500)).unwrap(), Offset(500));
+    assert_eq!(log.log_start_offset(), Offset(500));
+    assert_eq!(log.log_end_offset(), Offset(500));
+    assert_eq!(log.durable_offset(), Offset(500));
+    assert!(log.epochs().is_empty(), "no batch left, so no epoch");
+    assert!(read_all(&log).is_empty());
+
+    let mut bytes = batch(1, 10, 0);
+    let appended = log
+        .append_as_leader(&mut bytes, LeaderEpoch(3), 0)
+        .expect("append after the reset");
+    assert_eq!(appended.first_offset, Offset(500));
+    drop(log);
+    let log = open(dir.path(), &small_config());
+    assert_eq!(log.log_start_offset(), Offset(500));
+    assert_eq!(log.log_end_offset(), Offset(501));
+    assert_eq!(log.epochs(), vec![(LeaderEpoch(3), Offset(500))]);
+}
+
+#[test]
+fn unsynced_appends_become_durable_on_sync_to() {
+    let dir = temp_dir();
+    let config = LogConfig {
+        flush: runnel_log::FlushPolicy::Always,
+        ..small_config()
+    };
+    let log = open(dir.path(), &config);
+    append(&log, 1, 10, 0);
+    let mut bytes = batch(2, 10, 0);
+    let appended = log
+        .append_as_leader_unsynced(&mut bytes, LeaderEpoch(1), 0)
+        .expect("append");
+    assert_eq!(log.log_end_offset(), Offset(3));
+    assert_eq!(
+        log.durable_offset(),
+        Offset(1),
+        "not synced before its answer"
+    );
+    log.sync_to(appended.log_end).expect("sync");
+    assert_eq!(log.durable_offset(), Offset(3));
+}
