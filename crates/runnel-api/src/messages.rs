@@ -242,6 +242,37 @@ pub struct ProduceResponse {
     pub log_end_offset: Offset,
 }
 
+impl Acks {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Acks::All => "all",
+            Acks::Leader => "leader",
+            Acks::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for Acks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Acks {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Acks, String> {
+        match text {
+            "all" => Ok(Acks::All),
+            "leader" => Ok(Acks::Leader),
+            "none" => Ok(Acks::None),
+            other => Err(format!(
+                "unknown acks level '{other}'; use all, leader or none"
+            )),
+        }
+    }
+}
+
 impl Request for ProduceRequest {
     const API_KEY: ApiKey = ApiKey::Produce;
     type Response = Reply<ProduceResponse>;

@@ -6,7 +6,7 @@ use clap::Args;
 use comfy_table::{Table, presets};
 use runnel_client::{Profiles, RunnelClient, runnel_home};
 use runnel_metadata::{Partition, Topic, TopicConfig, TopicSpec};
-use runnel_types::{ByteSize, Duration, FlushPolicy, TopicName};
+use runnel_types::{ByteSize, Duration, FlushPolicy, Offset, PartitionId, SpuId, TopicName};
 use runnel_wire::Compression;
 use serde_json::{Value, json};
 
@@ -193,6 +193,65 @@ pub async fn list_partitions(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Exit code of `partition elect-preferred` when some partition could not
+/// be moved.
+const EXIT_NOT_ELECTED: u8 = 1;
+
+pub async fn elect_preferred(
+    profile: Option<String>,
+    topic: Option<TopicName>,
+    partition: Option<u32>,
+    output: Output,
+) -> CommandResult {
+    let client = connect(profile).await?;
+    let results = client
+        .admin()
+        .elect_preferred(topic.as_ref(), partition.map(PartitionId))
+        .await?;
+    match output {
+        Output::Json => {
+            for result in &results {
+                println!(
+                    "{}",
+                    json!({
+                        "topic": result.key.topic.as_str(),
+                        "partition": result.key.partition.0,
+                        "leader": result.leader.map(|id| id.0),
+                        "leader_epoch": result.leader_epoch.0,
+                        "error": result.error.as_ref().map(|error| error.message.as_str()),
+                    })
+                );
+            }
+        }
+        Output::Text => {
+            if results.is_empty() {
+                println!("no partitions to elect a leader for");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut table = table(["TOPIC", "PARTITION", "LEADER", "EPOCH", "RESULT"]);
+            for result in &results {
+                table.add_row([
+                    result.key.topic.to_string(),
+                    result.key.partition.to_string(),
+                    result
+                        .leader
+                        .map_or_else(|| "-".to_string(), |id| id.to_string()),
+                    result.leader_epoch.to_string(),
+                    result.error.as_ref().map_or_else(
+                        || "the preferred replica leads".to_string(),
+                        |error| format!("not moved: {}", error.message),
+                    ),
+                ]);
+            }
+            println!("{table}");
+        }
+    }
+    if results.iter().any(|result| result.error.is_some()) {
+        return Ok(ExitCode::from(EXIT_NOT_ELECTED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn list_spus(profile: Option<String>, output: Output) -> CommandResult {
     let client = connect(profile).await?;
     let spus = client.admin().list_spus().await?;
@@ -248,34 +307,103 @@ fn topic_json(topic: &Topic) -> Value {
     })
 }
 
+/// Where one replica of a partition stands, from the last heartbeats.
+struct ReplicaOffsets {
+    spu: SpuId,
+    in_sync: bool,
+    /// `None` until its SPU has reported it.
+    log_end_offset: Option<Offset>,
+    /// Records the replica lacks of the leader's log: leader's log end
+    /// minus the replica's. The two come from separate heartbeats, so a
+    /// replica reported after the leader may seem ahead; that shows as 0.
+    lag: Option<i64>,
+}
+
+/// Each replica of `partition`, in replica order.
+fn replica_offsets(partition: &Partition) -> Vec<ReplicaOffsets> {
+    let leader_end = partition
+        .leader_status()
+        .map(|status| status.log_end_offset);
+    partition
+        .spec
+        .replicas
+        .iter()
+        .map(|&spu| {
+            let log_end_offset = partition
+                .status
+                .replicas
+                .iter()
+                .find(|status| status.spu == spu)
+                .map(|status| status.log_end_offset);
+            let lag = leader_end
+                .zip(log_end_offset)
+                .map(|(leader, replica)| (leader.0 - replica.0).max(0));
+            ReplicaOffsets {
+                spu,
+                in_sync: partition.status.in_sync_replicas.contains(&spu),
+                log_end_offset,
+                lag,
+            }
+        })
+        .collect()
+}
+
 fn partition_json(partition: &Partition) -> Value {
     let leader = partition.leader_status();
+    let replica_offsets: Vec<Value> = replica_offsets(partition)
+        .iter()
+        .map(|replica| {
+            json!({
+                "spu": replica.spu.0,
+                "in_sync": replica.in_sync,
+                "log_end_offset": replica.log_end_offset.map(|offset| offset.0),
+                "lag": replica.lag,
+            })
+        })
+        .collect();
     json!({
         "topic": partition.spec.key.topic.as_str(),
         "partition": partition.spec.key.partition.0,
         "leader": partition.status.leader.map(|id| id.0),
         "replicas": partition.spec.replicas.iter().map(|id| id.0).collect::<Vec<_>>(),
         "leader_epoch": partition.status.leader_epoch.0,
+        "in_sync_replicas": partition.status.in_sync_replicas.iter().map(|id| id.0).collect::<Vec<_>>(),
         "high_watermark": leader.map(|status| status.high_watermark.0),
         "log_end_offset": leader.map(|status| status.log_end_offset.0),
         "log_start_offset": leader.map(|status| status.log_start_offset.0),
         "size_bytes": leader.map(|status| status.size_bytes),
+        "replica_offsets": replica_offsets,
     })
 }
 
+/// Items joined with commas, `-` for an unknown one.
+fn comma_list<T: ToString>(items: impl IntoIterator<Item = Option<T>>) -> String {
+    items
+        .into_iter()
+        .map(|item| item.map_or_else(|| "-".to_string(), |item| item.to_string()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One row per partition. REPLICAS, LEO and LAG list the replicas in the
+/// same order: each one's log end offset and how far it is behind the
+/// leader's.
 fn partition_table(partitions: &[Partition]) -> Table {
     let mut table = table([
         "TOPIC",
         "PARTITION",
         "LEADER",
-        "REPLICAS",
         "EPOCH",
+        "REPLICAS",
+        "ISR",
         "HW",
         "LEO",
+        "LAG",
         "SIZE",
     ]);
     for partition in partitions {
         let leader = partition.leader_status();
+        let replicas = replica_offsets(partition);
         let unknown = || "-".to_string();
         table.add_row([
             partition.spec.key.topic.to_string(),
@@ -284,16 +412,12 @@ fn partition_table(partitions: &[Partition]) -> Table {
                 .status
                 .leader
                 .map_or_else(unknown, |id| id.to_string()),
-            partition
-                .spec
-                .replicas
-                .iter()
-                .map(|id| id.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
             partition.status.leader_epoch.to_string(),
+            comma_list(partition.spec.replicas.iter().map(Some)),
+            comma_list(partition.status.in_sync_replicas.iter().map(Some)),
             leader.map_or_else(unknown, |status| status.high_watermark.to_string()),
-            leader.map_or_else(unknown, |status| status.log_end_offset.to_string()),
+            comma_list(replicas.iter().map(|replica| replica.log_end_offset)),
+            comma_list(replicas.iter().map(|replica| replica.lag)),
             leader.map_or_else(unknown, |status| ByteSize(status.size_bytes).to_string()),
         ]);
     }

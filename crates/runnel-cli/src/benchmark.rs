@@ -27,7 +27,7 @@ use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use runnel_client::{
-    ConsumerConfig, ProducerConfig, ProducerRecord, RunnelClient, StartFrom, runnel_home,
+    Acks, ConsumerConfig, ProducerConfig, ProducerRecord, RunnelClient, StartFrom, runnel_home,
 };
 use runnel_metadata::{TopicConfig, TopicSpec};
 use runnel_types::{ByteSize, Duration, FlushPolicy, PartitionId, TopicName};
@@ -92,6 +92,9 @@ pub struct BenchArgs {
     linger: Duration,
     #[arg(long, default_value = "none")]
     compression: Compression,
+    /// When a batch counts as delivered: all, leader or none.
+    #[arg(long, default_value = "all")]
+    acks: Acks,
     /// The topic's flush policy: always, interval=MS or os.
     #[arg(long, default_value = "always")]
     flush: FlushPolicy,
@@ -230,6 +233,8 @@ async fn measure(
         "batch_size": args.batch_size.as_u64(),
         "compression": args.compression.name(),
         "flush": args.flush.to_string(),
+        "acks": args.acks.as_str(),
+        "replication": args.replication,
     });
 
     let consumers = if mode == Mode::EndToEnd {
@@ -292,6 +297,7 @@ async fn produce(
         batch_size: args.batch_size.as_u64() as usize,
         linger: args.linger.to_std(),
         compression: Some(args.compression),
+        acks: args.acks,
         ..ProducerConfig::default()
     };
     let rate_per_producer = args

@@ -101,11 +101,24 @@ enum TopicCommand {
 
 #[derive(Debug, Subcommand)]
 enum PartitionCommand {
-    /// List partitions of every topic, or of one.
+    /// List partitions of every topic, or of one: leader, epoch, in-sync
+    /// replicas, high watermark, and each replica's log end and lag.
     List {
         /// Only this topic's partitions.
         #[arg(long)]
         topic: Option<TopicName>,
+        #[arg(short = 'O', long = "output", value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Move leadership back to the preferred replica (the first of the
+    /// replica list) where it is online and in sync. Exits 1 if some
+    /// partition could not be moved, saying why.
+    ElectPreferred {
+        /// Only this topic's partitions (default: every partition).
+        topic: Option<TopicName>,
+        /// Only this partition of TOPIC.
+        #[arg(long, requires = "topic")]
+        partition: Option<u32>,
         #[arg(short = 'O', long = "output", value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -221,6 +234,11 @@ fn main() -> ExitCode {
         Command::Partition(PartitionCommand::List { topic, output }) => {
             block_on(admin::list_partitions(profile, topic, output))
         }
+        Command::Partition(PartitionCommand::ElectPreferred {
+            topic,
+            partition,
+            output,
+        }) => block_on(admin::elect_preferred(profile, topic, partition, output)),
         Command::Spu(SpuCommand::List { output }) => block_on(admin::list_spus(profile, output)),
         Command::Produce(args) => block_on(produce::run(profile, args)),
         Command::Consume(args) => block_on(consume::run(profile, args)),

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use runnel_client::{DeliveryFuture, MAX_BATCH_BYTES, ProducerConfig};
+use runnel_client::{Acks, DeliveryFuture, MAX_BATCH_BYTES, ProducerConfig};
 use runnel_types::{ByteSize, Duration, PartitionId, TopicName};
 use runnel_wire::Compression;
 use serde_json::json;
@@ -43,6 +43,11 @@ pub struct ProduceArgs {
     /// Largest batch (e.g. 16KiB, 1MiB).
     #[arg(long)]
     batch_size: Option<ByteSize>,
+    /// When a batch counts as delivered: all (every in-sync replica has
+    /// it), leader (the leader stored it under the topic's flush policy)
+    /// or none (the leader wrote it).
+    #[arg(long, default_value = "all")]
+    acks: Acks,
     /// `json` prints {"partition":P,"offset":O} per acknowledged record.
     #[arg(short = 'O', long = "output", value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -52,6 +57,7 @@ pub async fn run(profile: Option<String>, args: ProduceArgs) -> CommandResult {
     let client = crate::admin::connect(profile).await?;
     let mut config = ProducerConfig {
         compression: args.compression,
+        acks: args.acks,
         ..ProducerConfig::default()
     };
     if let Some(linger) = args.linger {

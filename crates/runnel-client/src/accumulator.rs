@@ -5,13 +5,19 @@
 //! linger time, or at once when a flush asks for its records. Pure: the
 //! caller passes the time in and does the sending, so batching is tested
 //! without a clock or a network.
+//!
+//! An idempotent producer numbers each partition's records with a
+//! [`Sequencer`] as it seals a batch for its first send: the sequence and
+//! the bytes are fixed from then on, so every retry carries the same
+//! ones and the leader can recognise a batch it already holds.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use runnel_api::ProducerIdentity;
 use runnel_wire::batch::BATCH_HEADER_LEN;
-use runnel_wire::{BatchEncoder, Compression, RecordHeader};
+use runnel_wire::{BatchEncoder, Compression, RecordHeader, WireError};
 
 /// Most bytes a record adds to a batch besides its key, value and headers:
 /// its length, attributes, timestamp and offset deltas, key and value
@@ -183,6 +189,87 @@ impl<T> Accumulator<T> {
                 opened_at: open.opened_at,
             });
         }
+    }
+}
+
+/// Numbers the batches of one partition for an idempotent producer:
+/// the producer id and epoch, and the sequence number of each batch's
+/// first record, counting records from 0 in each epoch.
+#[derive(Debug)]
+pub(crate) struct Sequencer {
+    /// `None` once the epochs of the producer id are used up: a new id
+    /// from the SC is needed.
+    identity: Option<ProducerIdentity>,
+    next_sequence: i32,
+}
+
+impl Sequencer {
+    pub fn new(identity: ProducerIdentity) -> Sequencer {
+        Sequencer {
+            identity: Some(identity),
+            next_sequence: 0,
+        }
+    }
+
+    /// Whether [`Sequencer::start_identity`] must be called before the
+    /// next batch is sealed.
+    pub fn needs_identity(&self) -> bool {
+        self.identity.is_none()
+    }
+
+    /// Numbers batches under a new producer id from 0.
+    pub fn start_identity(&mut self, identity: ProducerIdentity) {
+        self.identity = Some(identity);
+        self.next_sequence = 0;
+    }
+
+    /// Stamps the producer and the next sequence number into the batch and
+    /// encodes it. The sequence moves past its records only if it
+    /// encodes: a batch that is never sent leaves no gap.
+    ///
+    /// Panics without an identity (see [`Sequencer::needs_identity`]).
+    pub fn seal(&mut self, mut encoder: BatchEncoder) -> Result<Bytes, WireError> {
+        let identity = self
+            .identity
+            .expect("a sequencer seals only with a producer identity");
+        let records = i32::try_from(encoder.record_count())
+            .expect("a batch holds far fewer records than i32::MAX");
+        encoder.set_producer(
+            identity.producer_id,
+            identity.producer_epoch,
+            self.next_sequence,
+        );
+        let bytes = encoder.finish()?;
+        self.next_sequence = sequence_after(self.next_sequence, records);
+        Ok(Bytes::from(bytes))
+    }
+
+    /// Starts a new sequence after a batch failed. Its sequence numbers
+    /// were given and it may or may not be stored, so the next batch can
+    /// neither reuse them (the leader could take it for the failed one)
+    /// nor skip them (a gap): the producer moves to the next epoch of its
+    /// id, where sequences start at 0 again. Kafka's idempotent producer
+    /// does the same; ids are never given out twice, so no other producer
+    /// is fenced by it. After the last epoch a new id is needed.
+    pub fn restart(&mut self) {
+        self.identity = self.identity.and_then(|identity| {
+            let producer_epoch = identity.producer_epoch.checked_add(1)?;
+            Some(ProducerIdentity {
+                producer_epoch,
+                ..identity
+            })
+        });
+        self.next_sequence = 0;
+    }
+}
+
+/// The sequence number `increment` after `sequence`, wrapping from
+/// `i32::MAX` to 0 as Kafka's do.
+fn sequence_after(sequence: i32, increment: i32) -> i32 {
+    if sequence > i32::MAX - increment {
+        increment - (i32::MAX - sequence) - 1
+    } else {
+        sequence + increment
     }
 }
 
@@ -362,5 +449,76 @@ mod tests {
         assert_eq!(decoded.timestamp_of(first), 1_000);
         assert_eq!(decoded.timestamp_of(&decoded.records[1]), 1_005);
         assert_eq!(decoded.records[1].offset_delta, 1);
+    }
+
+    fn encoder(records: usize) -> BatchEncoder {
+        let mut encoder = BatchEncoder::new(Compression::None);
+        for index in 0..records {
+            encoder.push(1_000 + index as i64, None, Some(b"v"), &[]);
+        }
+        encoder
+    }
+
+    /// Producer id, epoch and base sequence of a sealed batch.
+    fn numbering(bytes: &[u8]) -> (i64, i16, i32) {
+        let (decoded, _) = RecordBatch::decode(bytes, DecodeLimits::default()).expect("decode");
+        let header = decoded.header;
+        (
+            header.producer_id,
+            header.producer_epoch,
+            header.base_sequence,
+        )
+    }
+
+    const IDENTITY: ProducerIdentity = ProducerIdentity {
+        producer_id: 77,
+        producer_epoch: 0,
+    };
+
+    #[test]
+    fn sealed_batches_number_records_consecutively() {
+        let mut sequencer = Sequencer::new(IDENTITY);
+        let sealed: Vec<_> = [3, 1, 2]
+            .into_iter()
+            .map(|records| numbering(&sequencer.seal(encoder(records)).expect("seal")))
+            .collect();
+        assert_eq!(sealed, [(77, 0, 0), (77, 0, 3), (77, 0, 4)]);
+    }
+
+    #[test]
+    fn sequences_wrap_from_the_largest_to_zero() {
+        let mut sequencer = Sequencer::new(IDENTITY);
+        sequencer.next_sequence = i32::MAX - 1;
+        let first = sequencer.seal(encoder(3)).expect("seal");
+        assert_eq!(numbering(&first).2, i32::MAX - 1);
+        let second = sequencer.seal(encoder(1)).expect("seal");
+        assert_eq!(numbering(&second).2, 1, "MAX - 1, MAX, 0, then 1");
+    }
+
+    #[test]
+    fn a_restart_moves_to_the_next_epoch_from_zero() {
+        let mut sequencer = Sequencer::new(IDENTITY);
+        sequencer.seal(encoder(5)).expect("seal");
+        sequencer.restart();
+        assert!(!sequencer.needs_identity());
+        let bytes = sequencer.seal(encoder(1)).expect("seal");
+        assert_eq!(numbering(&bytes), (77, 1, 0));
+    }
+
+    #[test]
+    fn after_the_last_epoch_a_new_producer_id_is_needed() {
+        let mut sequencer = Sequencer::new(ProducerIdentity {
+            producer_id: 77,
+            producer_epoch: i16::MAX,
+        });
+        sequencer.seal(encoder(2)).expect("seal");
+        sequencer.restart();
+        assert!(sequencer.needs_identity());
+        sequencer.start_identity(ProducerIdentity {
+            producer_id: 78,
+            producer_epoch: 0,
+        });
+        let bytes = sequencer.seal(encoder(1)).expect("seal");
+        assert_eq!(numbering(&bytes), (78, 0, 0));
     }
 }

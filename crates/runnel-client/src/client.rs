@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use runnel_api::{
-    ApiError, CreateTopicRequest, DeleteTopicRequest, ListOffsetsRequest, ListOffsetsResponse,
-    ListPartitionsRequest, ListSpusRequest, ListTopicsRequest, OffsetQuery, RegisterSpuRequest,
-    Request, UnregisterSpuRequest, WatchMetadataRequest,
+    ApiError, CreateTopicRequest, DeleteTopicRequest, ElectPreferredRequest, ElectionResult,
+    InitProducerIdRequest, ListOffsetsRequest, ListOffsetsResponse, ListPartitionsRequest,
+    ListSpusRequest, ListTopicsRequest, OffsetQuery, ProducerIdentity, RegisterSpuRequest, Request,
+    UnregisterSpuRequest, WatchMetadataRequest,
 };
 use runnel_metadata::{
     MetadataUpdate, MetadataView, Partition, PartitionKey, Spu, SpuSpec, Topic, TopicSpec,
@@ -175,7 +176,7 @@ impl RunnelClient {
         topic: &TopicName,
         config: ProducerConfig,
     ) -> Result<Producer, ClientError> {
-        Producer::new(self.clone(), topic, config)
+        Producer::new(self.clone(), topic, config).await
     }
 
     pub async fn consumer(
@@ -509,5 +510,27 @@ impl Admin {
 
     pub async fn unregister_spu(&self, id: SpuId) -> Result<(), ClientError> {
         self.client.call_sc(&UnregisterSpuRequest { id }).await
+    }
+
+    /// A producer id no one else in the cluster has, at epoch 0, for an
+    /// idempotent producer.
+    pub async fn init_producer_id(&self) -> Result<ProducerIdentity, ClientError> {
+        self.client.call_sc(&InitProducerIdRequest {}).await
+    }
+
+    /// Moves leadership back to the preferred replica of every partition,
+    /// of `topic`'s partitions, or of one of them (`partition` needs
+    /// `topic`), where it is online and in sync. One result per
+    /// partition; a partition left as it was says why.
+    pub async fn elect_preferred(
+        &self,
+        topic: Option<&TopicName>,
+        partition: Option<PartitionId>,
+    ) -> Result<Vec<ElectionResult>, ClientError> {
+        let request = ElectPreferredRequest {
+            topic: topic.cloned(),
+            partition,
+        };
+        self.client.call_sc(&request).await
     }
 }

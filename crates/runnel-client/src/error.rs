@@ -141,6 +141,16 @@ pub enum ClientError {
         /// is offline); start it with `runnel cluster start`".
         problem: String,
     },
+    /// An idempotent producer could not be created: the SC gave it no
+    /// producer id.
+    #[error(
+        "cannot create an idempotent producer: the SC gave no producer id ({reason}); retry, or set ProducerConfig::idempotent to false to produce without one (a retried batch may then be stored twice)"
+    )]
+    NoProducerId {
+        /// Whether asking again later may succeed (the SC was away).
+        retriable: bool,
+        reason: String,
+    },
     /// The topic was deleted while it was being read.
     #[error("topic '{0}' was deleted while it was being read")]
     TopicDeleted(TopicName),
@@ -159,6 +169,7 @@ impl ClientError {
             | ClientError::SpuUnavailable { .. }
             | ClientError::NoLeader(_) => true,
             ClientError::Api(error) => error.code.is_retriable(),
+            ClientError::NoProducerId { retriable, .. } => *retriable,
             _ => false,
         }
     }
@@ -261,6 +272,16 @@ pub enum ProduceError {
         partition: PartitionKey,
         spu: SpuId,
         cause: String,
+    },
+    /// The record was never sent: the leader refused an earlier batch of
+    /// its partition as out of the producer's sequence (a gap, or an
+    /// older producer epoch), and this one would not have fit either.
+    #[error(
+        "not sent, to keep order: partition {partition} refused an earlier batch of this producer ({error}); this record is not stored: resend it, after the earlier ones to keep their order"
+    )]
+    NotSentAfterSequenceError {
+        partition: PartitionKey,
+        error: ApiError,
     },
     #[error("topic '{0}' was deleted while records for it were being sent")]
     TopicDeleted(TopicName),

@@ -38,6 +38,6 @@ pub use producer::{
 };
 pub use profile::{CONFIG_FILE, Profile, Profiles, runnel_home};
 
-pub use runnel_api::{ListOffsetsResponse, OffsetQuery};
+pub use runnel_api::{Acks, ListOffsetsResponse, OffsetQuery};
 pub use runnel_metadata::MetadataView;
 pub use runnel_wire::{Compression, RecordHeader};

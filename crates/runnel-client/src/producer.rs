@@ -3,18 +3,36 @@
 //! partition to the partition's leader.
 //!
 //! Each partition has at most one batch in flight, so records stay in
-//! order. A batch is retried only when a failure proves the leader did
-//! not store it: no leader or no connection yet (nothing was sent), or an
+//! order. A batch is retried when a failure proves the leader did not
+//! store it: no leader or no connection yet (nothing was sent), or an
 //! error *reply* that may pass (`NOT_LEADER`, `PARTITION_NOT_READY`, …);
 //! each retry waits for the metadata to change or for a backoff, then
 //! tries the leader the metadata names then.
 //!
 //! A request that was sent and then got no answer (a timeout, a closed
-//! connection) may or may not have been stored. Without an idempotent
-//! producer a retry could store it twice, and sending the next batch
-//! could put it before a later resend: so that batch and every batch
-//! queued behind it on the partition fail, and the records sent after
-//! that go on as usual.
+//! connection) may or may not have been stored. What happens next depends
+//! on idempotence:
+//!
+//! - Idempotent (the default): the producer has an id and epoch from the
+//!   SC and numbers each partition's records; a batch is numbered and
+//!   encoded once, when its first send seals it, and keeps those bytes.
+//!   The unanswered batch is retried like any other, byte for byte, and
+//!   the leader (the same one or the next, after a failover: followers
+//!   track producers too) answers a batch it already holds with its
+//!   original offsets instead of storing it again. A gap in a producer's
+//!   sequence is refused (`OUT_OF_ORDER_SEQUENCE`), as is an old epoch
+//!   (`PRODUCER_FENCED`): that batch fails with those queued behind it,
+//!   which would land out of order. After any failed batch the partition
+//!   moves to the next epoch of the producer id, where sequences restart
+//!   at 0, since the failed batch's numbers can be neither reused nor
+//!   skipped.
+//! - Not idempotent: a retry could store it twice, and sending the next
+//!   batch could put it before a later resend: so that batch and every
+//!   batch queued behind it on the partition fail, and the records sent
+//!   after that go on as usual.
+//!
+//! Either way a batch whose delivery timeout runs out while it may be
+//! stored fails as of unknown outcome, with the batches queued behind it.
 //!
 //! Memory is bounded: records held until their outcome is known take at
 //! most [`ProducerConfig::max_buffered_bytes`] between them, and `send`
@@ -28,16 +46,16 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use runnel_api::{Acks, ProduceRequest};
+use runnel_api::{Acks, ApiError, ErrorCode, ProduceRequest, ProducerIdentity};
 use runnel_metadata::PartitionKey;
 use runnel_transport::{Backoff, CancellationToken, TransportError};
 use runnel_types::{ByteSize, Offset, PartitionId, SpuId, TopicName};
 use runnel_wire::batch::BATCH_HEADER_LEN;
-use runnel_wire::{BatchEncoder, Compression, RecordHeader};
+use runnel_wire::{BatchEncoder, Compression, RecordHeader, WireError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::debug;
 
-use crate::accumulator::{Accumulator, Next, ReadyBatch, RecordParts, record_size};
+use crate::accumulator::{Accumulator, Next, ReadyBatch, RecordParts, Sequencer, record_size};
 use crate::client::check_partition;
 use crate::{ClientError, Partitioner, ProduceError, RunnelClient};
 
@@ -63,22 +81,25 @@ const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 ///
 /// - `Ok`: stored once, at the offset given.
 /// - [`ProduceError::OutcomeUnknown`]: its request reached the leader's
-///   connection and no answer came (the delivery timeout or the transport's
-///   request timeout ran out, or the connection closed). It may or may not
-///   be stored. The producer never resends such a batch by itself: that
-///   could store it twice.
-/// - [`ProduceError::NotSentAfterUnknownOutcome`]: not stored. It was
-///   queued behind a batch whose outcome is unknown and failed with it,
-///   so that resending the unknown batch cannot put it after this one.
-///   Records sent after that failure are delivered as usual.
+///   connection and no answer came, and no retry was acknowledged before
+///   the delivery timeout ran out. It may or may not be stored. An
+///   idempotent producer retries an unanswered request (the leader stores
+///   it once); one that is not idempotent never resends it by itself,
+///   since that could store it twice, and fails it at once.
+/// - [`ProduceError::NotSentAfterUnknownOutcome`],
+///   [`ProduceError::NotSentAfterSequenceError`]: not stored. It was
+///   queued behind a batch whose outcome is unknown, or that the leader
+///   refused as out of sequence, and failed with it, so that resending
+///   that batch cannot put it after this one. Records sent after that
+///   failure are delivered as usual.
 /// - Any other error: not stored. Retries are automatic, up to
-///   [`ProducerConfig::max_retries`] and the delivery timeout, but only
-///   while each failure proves the batch was not stored: no leader, no
-///   connection (nothing was sent), or a retriable error reply such as
-///   `NOT_LEADER` or `PARTITION_NOT_READY`.
+///   [`ProducerConfig::max_retries`] and the delivery timeout, while
+///   each failure proves the batch was not stored (no leader, no
+///   connection, a retriable error reply such as `NOT_LEADER`), or,
+///   with idempotence, got no answer.
 ///
-/// To have every record stored at least once, resend the records of both
-/// kinds of failure in their order; that may store an unknown one twice.
+/// To have every record stored at least once, resend the records of the
+/// failures in their order; that may store an unknown one twice.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     /// Largest batch (uncompressed, header included) before it is sent
@@ -101,8 +122,13 @@ pub struct ProducerConfig {
     pub retry_backoff: Duration,
     /// How long a record may take from send to acknowledgement, waiting
     /// in its batch and retries included; more than zero. A batch whose
-    /// request is in flight when it runs out fails with
-    /// [`ProduceError::OutcomeUnknown`]. Default 30 s.
+    /// request is in flight when it runs out (or, with idempotence, one
+    /// that went unanswered before) fails with
+    /// [`ProduceError::OutcomeUnknown`]. Default 2 minutes, as Kafka's
+    /// `delivery.timeout.ms`: longer than the transport's request timeout
+    /// (30 s by default), so that an idempotent producer can still retry
+    /// a request that went unanswered, on the partition's next leader
+    /// after a failover.
     pub delivery_timeout: Duration,
     pub partitioner: Partitioner,
     /// Most bytes of records the producer holds, from `send` until each
@@ -114,6 +140,13 @@ pub struct ProducerConfig {
     /// When the leader answers a batch. Default [`Acks::All`]: every
     /// in-sync replica has it.
     pub acks: Acks,
+    /// Whether the leader stores each batch once however often it is
+    /// sent. The producer gets an id from the SC when it is created
+    /// (creating it fails while the SC cannot give one), numbers each
+    /// partition's records, and retries requests that went unanswered;
+    /// see the module docs. Default true. `false` needs no SC call and
+    /// fails unanswered batches instead of retrying them.
+    pub idempotent: bool,
 }
 
 impl Default for ProducerConfig {
@@ -124,10 +157,11 @@ impl Default for ProducerConfig {
             compression: None,
             max_retries: u32::MAX,
             retry_backoff: Duration::from_millis(100),
-            delivery_timeout: Duration::from_secs(30),
+            delivery_timeout: Duration::from_secs(120),
             partitioner: Partitioner::KeyHash,
             max_buffered_bytes: 32 << 20,
             acks: Acks::All,
+            idempotent: true,
         }
     }
 }
@@ -272,10 +306,14 @@ struct SenderContext {
     retry_backoff: Duration,
     delivery_timeout: Duration,
     acks: Acks,
+    /// The identity the SC gave an idempotent producer; each partition
+    /// numbers its batches under it, and moves on to later epochs of it
+    /// by itself.
+    identity: Option<ProducerIdentity>,
 }
 
 impl Producer {
-    pub(crate) fn new(
+    pub(crate) async fn new(
         client: RunnelClient,
         topic: &TopicName,
         config: ProducerConfig,
@@ -290,6 +328,19 @@ impl Producer {
             (found.spec.partitions, found.spec.config.compression)
         };
         let compression = config.compression.unwrap_or(topic_compression);
+        // A producer that cannot be idempotent fails here, not record by
+        // record.
+        let identity = if config.idempotent {
+            let identity = client.admin().init_producer_id().await.map_err(|error| {
+                ClientError::NoProducerId {
+                    retriable: error.is_retriable(),
+                    reason: error.to_string(),
+                }
+            })?;
+            Some(identity)
+        } else {
+            None
+        };
         // Permits are capped by tokio; each acquisition counts in u32,
         // and no record is larger than a batch.
         let max_buffered_bytes = config.max_buffered_bytes.min(Semaphore::MAX_PERMITS);
@@ -301,6 +352,7 @@ impl Producer {
             retry_backoff: config.retry_backoff,
             delivery_timeout: config.delivery_timeout,
             acks: config.acks,
+            identity,
         });
         let partitions = (0..count)
             .map(|partition| {
@@ -451,14 +503,17 @@ impl Producer {
 }
 
 /// The sender of one partition: takes batches as they are ready and
-/// delivers them one at a time. After a batch whose outcome is unknown it
-/// fails the batches queued behind it. Stops once the producer is dropped
-/// and its records are all delivered or failed.
+/// delivers them one at a time. After a batch whose outcome is unknown,
+/// or that was refused as out of sequence, it fails the batches queued
+/// behind it. Stops once the producer is dropped and its records are all
+/// delivered or failed.
 async fn run_partition(
     context: Arc<SenderContext>,
     state: Arc<PartitionState>,
     closing: CancellationToken,
 ) {
+    // Only this task numbers the partition's batches.
+    let mut sequencer = context.identity.map(Sequencer::new);
     loop {
         let draining = closing.is_cancelled();
         let next = state.accumulator.lock().expect("accumulator lock").next(
@@ -468,8 +523,8 @@ async fn run_partition(
         );
         match next {
             Next::Send(batch) => {
-                if let Some(unknown) = context.deliver(&state, batch).await {
-                    fail_queued(&state, &unknown);
+                if let Some(error) = context.deliver(&state, batch, sequencer.as_mut()).await {
+                    fail_queued(&state, &error);
                 }
             }
             Next::WaitUntil(deadline) => {
@@ -499,9 +554,10 @@ struct UnknownOutcome {
 }
 
 /// Fails every record queued on the partition (in closed or open
-/// batches) behind a batch whose outcome is unknown: sending them could
-/// store them before a resend of that batch.
-fn fail_queued(state: &PartitionState, unknown: &UnknownOutcome) {
+/// batches) with `error`, behind a batch whose outcome is unknown or
+/// that was refused as out of sequence: sending them could store them
+/// before a resend of that batch.
+fn fail_queued(state: &PartitionState, error: &ProduceError) {
     let queued = state
         .accumulator
         .lock()
@@ -514,78 +570,129 @@ fn fail_queued(state: &PartitionState, unknown: &UnknownOutcome) {
     debug!(
         partition = %state.key,
         records = count,
-        "failing the records queued behind a batch of unknown outcome"
+        %error,
+        "failing the records queued behind a failed batch"
     );
     for pending in queued {
-        let _ = pending
-            .delivery
-            .send(Err(ProduceError::NotSentAfterUnknownOutcome {
-                partition: state.key.clone(),
-                spu: unknown.spu,
-                cause: unknown.cause.clone(),
-            }));
+        let _ = pending.delivery.send(Err(error.clone()));
     }
     state.completed.send_modify(|completed| *completed += count);
 }
 
 impl SenderContext {
-    /// Sends one batch and reports the outcome to each of its records.
-    /// Returns what happened if its outcome is unknown.
+    /// Seals one batch, sends it and reports the outcome to each of its
+    /// records. Returns the error for the records queued behind it if
+    /// they must fail too.
     async fn deliver(
         &self,
         state: &PartitionState,
         batch: ReadyBatch<Pending>,
-    ) -> Option<UnknownOutcome> {
+        sequencer: Option<&mut Sequencer>,
+    ) -> Option<ProduceError> {
         let ReadyBatch {
             encoder,
             tickets,
             opened_at,
         } = batch;
         let count = tickets.len() as u64;
-        let outcome = self.send_batch(&state.key, encoder, opened_at).await;
-        let partition = state.key.partition;
-        let outcome = match outcome {
-            Ok(base_offset) => Ok(base_offset),
-            Err(Failure::Known(error)) => Err((error, None)),
+        let key = &state.key;
+        let outcome = match sequencer {
+            Some(sequencer) => match self.seal(key, sequencer, encoder).await {
+                Ok(bytes) => {
+                    let outcome = self.send_batch(key, bytes, opened_at).await;
+                    if outcome.is_err() {
+                        sequencer.restart();
+                    }
+                    outcome
+                }
+                Err(error) => Err(Failure::Known(error)),
+            },
+            None => match encoder.finish() {
+                Ok(bytes) => self.send_batch(key, Bytes::from(bytes), opened_at).await,
+                Err(error) => Err(Failure::Known(encode_error(key, &error))),
+            },
+        };
+        let (outcome, queued_error) = match outcome {
+            Ok(base_offset) => (Ok(base_offset), None),
+            Err(Failure::Known(error)) => {
+                let queued = match &error {
+                    ProduceError::Rejected { error, .. } if is_sequence_error(error) => {
+                        Some(ProduceError::NotSentAfterSequenceError {
+                            partition: key.clone(),
+                            error: error.clone(),
+                        })
+                    }
+                    _ => None,
+                };
+                (Err(error), queued)
+            }
             Err(Failure::Unknown(unknown)) => {
                 let error = ProduceError::OutcomeUnknown {
-                    partition: state.key.clone(),
+                    partition: key.clone(),
                     spu: unknown.spu,
                     cause: unknown.cause.clone(),
                 };
-                Err((error, Some(unknown)))
+                let queued = ProduceError::NotSentAfterUnknownOutcome {
+                    partition: key.clone(),
+                    spu: unknown.spu,
+                    cause: unknown.cause,
+                };
+                (Err(error), Some(queued))
             }
         };
+        let partition = key.partition;
         for (index, pending) in tickets.into_iter().enumerate() {
             let result = match &outcome {
                 Ok(base_offset) => Ok(RecordMetadata {
                     partition,
                     offset: base_offset.plus(index as i64),
                 }),
-                Err((error, _)) => Err(error.clone()),
+                Err(error) => Err(error.clone()),
             };
             // A caller that dropped its delivery future does not want it.
             let _ = pending.delivery.send(result);
         }
         state.completed.send_modify(|completed| *completed += count);
-        outcome.err().and_then(|(_, unknown)| unknown)
+        queued_error
+    }
+
+    /// Numbers and encodes a batch of an idempotent producer, first
+    /// getting a new producer id if the partition used up the epochs of
+    /// its last one.
+    async fn seal(
+        &self,
+        key: &PartitionKey,
+        sequencer: &mut Sequencer,
+        encoder: BatchEncoder,
+    ) -> Result<Bytes, ProduceError> {
+        if sequencer.needs_identity() {
+            let identity = self.client.admin().init_producer_id().await.map_err(|error| {
+                ProduceError::Failed {
+                    partition: key.clone(),
+                    reason: format!(
+                        "the producer used up the epochs of its producer id on this partition, and the SC gave no new id ({error}); the producer asks again for the next batch"
+                    ),
+                }
+            })?;
+            sequencer.start_identity(identity);
+        }
+        sequencer
+            .seal(encoder)
+            .map_err(|error| encode_error(key, &error))
     }
 
     /// Sends the batch until it is acknowledged, a failure cannot be
-    /// retried, the retries or the delivery timeout run out, or a sent
-    /// request gets no answer. Returns the offset of its first record.
+    /// retried, or the retries or the delivery timeout run out. A sent
+    /// request that gets no answer ends it as of unknown outcome, unless
+    /// the producer is idempotent: then it is retried, and the batch stays
+    /// of unknown outcome if no later attempt is acknowledged. Returns the
+    /// offset of its first record.
     async fn send_batch(
         &self,
         key: &PartitionKey,
-        encoder: BatchEncoder,
+        bytes: Bytes,
         opened_at: Instant,
     ) -> Result<Offset, Failure> {
-        let bytes = encoder.finish().map(Bytes::from).map_err(|error| {
-            Failure::Known(ProduceError::Encode {
-                partition: key.clone(),
-                reason: error.to_string(),
-            })
-        })?;
         let request = ProduceRequest {
             topic: key.topic.clone(),
             partition: key.partition,
@@ -600,49 +707,63 @@ impl SenderContext {
         );
         let mut attempts = 0u32;
         let mut last_error = String::from("the batch waited in the queue until then");
+        // The last attempt that got no answer, once one did (only an
+        // idempotent producer goes on after it): from then on the batch
+        // may be stored, whatever later attempts say.
+        let mut unanswered: Option<UnknownOutcome> = None;
         loop {
             if tokio::time::Instant::now() >= deadline {
-                return Err(Failure::Known(ProduceError::DeliveryTimeout {
-                    partition: key.clone(),
-                    timeout: self.delivery_timeout,
-                    attempts,
-                    last_error,
-                }));
+                return Err(self.give_up(
+                    unanswered,
+                    ProduceError::DeliveryTimeout {
+                        partition: key.clone(),
+                        timeout: self.delivery_timeout,
+                        attempts,
+                        last_error,
+                    },
+                ));
             }
             attempts += 1;
             // Changes from here on cut the wait before the next attempt.
             metadata.mark_unchanged();
             // Nothing is sent before the connection is there: running out
-            // of time here leaves the batch unstored.
+            // of time here leaves the batch unstored by this attempt.
             let leader =
                 tokio::time::timeout_at(deadline, self.client.leader_connection(key)).await;
+            // `None`: the attempt went unanswered and is retried.
             let error = match leader {
                 Err(_) => {
-                    return Err(Failure::Known(ProduceError::DeliveryTimeout {
-                        partition: key.clone(),
-                        timeout: self.delivery_timeout,
-                        attempts,
-                        last_error: "no connection to the leader before the deadline".into(),
-                    }));
+                    return Err(self.give_up(
+                        unanswered,
+                        ProduceError::DeliveryTimeout {
+                            partition: key.clone(),
+                            timeout: self.delivery_timeout,
+                            attempts,
+                            last_error: "no connection to the leader before the deadline".into(),
+                        },
+                    ));
                 }
-                Ok(Err(error)) => error,
+                Ok(Err(error)) => Some(error),
                 Ok(Ok(leader)) => {
                     let call = leader.connection.call_with_tail(&request, bytes.clone());
                     match tokio::time::timeout_at(deadline, call).await {
                         Ok(Ok(response)) => return Ok(response.base_offset),
-                        Ok(Err(TransportError::Api(error))) => ClientError::Api(error),
+                        Ok(Err(TransportError::Api(error))) => Some(ClientError::Api(error)),
                         Ok(Err(error @ TransportError::FrameTooLarge { .. })) => {
-                            return Err(Failure::Known(ProduceError::Failed {
-                                partition: key.clone(),
-                                reason: error.to_string(),
-                            }));
+                            return Err(self.give_up(
+                                unanswered,
+                                ProduceError::Failed {
+                                    partition: key.clone(),
+                                    reason: error.to_string(),
+                                },
+                            ));
                         }
                         Ok(Err(TransportError::Connect { source, .. })) => {
-                            ClientError::SpuUnavailable {
+                            Some(ClientError::SpuUnavailable {
                                 partition: key.clone(),
                                 addr: leader.addr,
                                 reason: source.to_string(),
-                            }
+                            })
                         }
                         Ok(Err(error)) => {
                             let cause = match &error {
@@ -658,10 +779,15 @@ impl SenderContext {
                             };
                             // A connection that timed out may look open.
                             self.client.discard_connection(&leader.addr).await;
-                            return Err(Failure::Unknown(UnknownOutcome {
+                            let unknown = UnknownOutcome {
                                 spu: leader.spu,
                                 cause,
-                            }));
+                            };
+                            if self.identity.is_none() {
+                                return Err(Failure::Unknown(unknown));
+                            }
+                            unanswered = Some(unknown);
+                            None
                         }
                         Err(_) => {
                             // Dropping the call cancelled it on the leader,
@@ -677,34 +803,47 @@ impl SenderContext {
                     }
                 }
             };
-            // Here the batch was not stored: nothing was sent, or the
-            // leader answered with an error.
-            if !self.client.topic_exists(&key.topic) {
-                return Err(Failure::Known(ProduceError::TopicDeleted(
-                    key.topic.clone(),
-                )));
-            }
-            if !error.is_retriable() {
-                return Err(Failure::Known(match error {
-                    ClientError::Api(error) => ProduceError::Rejected {
-                        partition: key.clone(),
-                        error,
-                    },
-                    other => ProduceError::Failed {
-                        partition: key.clone(),
-                        reason: other.to_string(),
-                    },
-                }));
-            }
+            let retry_reason = match error {
+                None => unanswered
+                    .as_ref()
+                    .map(|unknown| format!("the request was sent, then {}", unknown.cause))
+                    .expect("an unanswered attempt is kept"),
+                // Here this attempt stored nothing: nothing was sent, or
+                // the leader answered with an error.
+                Some(error) => {
+                    if !self.client.topic_exists(&key.topic) {
+                        return Err(
+                            self.give_up(unanswered, ProduceError::TopicDeleted(key.topic.clone()))
+                        );
+                    }
+                    if !error.is_retriable() {
+                        let error = match error {
+                            ClientError::Api(error) => ProduceError::Rejected {
+                                partition: key.clone(),
+                                error,
+                            },
+                            other => ProduceError::Failed {
+                                partition: key.clone(),
+                                reason: other.to_string(),
+                            },
+                        };
+                        return Err(self.give_up(unanswered, error));
+                    }
+                    error.to_string()
+                }
+            };
             if attempts > self.max_retries {
-                return Err(Failure::Known(ProduceError::RetriesExhausted {
-                    partition: key.clone(),
-                    attempts,
-                    last_error: error.to_string(),
-                }));
+                return Err(self.give_up(
+                    unanswered,
+                    ProduceError::RetriesExhausted {
+                        partition: key.clone(),
+                        attempts,
+                        last_error: retry_reason,
+                    },
+                ));
             }
-            debug!(partition = %key, %error, attempts, "retrying a batch");
-            last_error = error.to_string();
+            debug!(partition = %key, error = %retry_reason, attempts, "retrying a batch");
+            last_error = retry_reason;
             let wait = backoff.next_delay();
             // A metadata change may name a new leader: retry at once.
             let _ = tokio::time::timeout_at(
@@ -713,6 +852,41 @@ impl SenderContext {
             )
             .await;
         }
+    }
+
+    /// The failure of a batch that retrying could not deliver: `error`,
+    /// unless an earlier attempt went unanswered, which may have stored
+    /// the batch: then its outcome is unknown.
+    fn give_up(&self, unanswered: Option<UnknownOutcome>, error: ProduceError) -> Failure {
+        match unanswered {
+            None => Failure::Known(error),
+            Some(unknown) => {
+                let ended = match &error {
+                    ProduceError::DeliveryTimeout { attempts, .. } => format!(
+                        "no attempt was acknowledged before the delivery timeout of {:?} ran out ({attempts} attempts)",
+                        self.delivery_timeout
+                    ),
+                    other => format!("a retry failed: {other}"),
+                };
+                Failure::Unknown(UnknownOutcome {
+                    spu: unknown.spu,
+                    cause: format!("{}; {ended}", unknown.cause),
+                })
+            }
+        }
+    }
+}
+
+/// Whether a refusal says the batch does not fit the producer's
+/// sequence: the batches queued behind it would not either.
+fn is_sequence_error(error: &ApiError) -> bool {
+    error.code == ErrorCode::OUT_OF_ORDER_SEQUENCE || error.code == ErrorCode::PRODUCER_FENCED
+}
+
+fn encode_error(key: &PartitionKey, error: &WireError) -> ProduceError {
+    ProduceError::Encode {
+        partition: key.clone(),
+        reason: error.to_string(),
     }
 }
 

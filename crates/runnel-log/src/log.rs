@@ -1021,6 +1021,41 @@ impl Log {
         Ok(())
     }
 
+    /// Passes the header of every batch from the one holding `from` (the
+    /// log start, if `from` is below it) to the log end to `visit`, in
+    /// offset order: for rebuilding what an owner keeps beside the log
+    /// (the SPU's idempotent-producer table). Reads only headers, one
+    /// `pread` each, and holds the state lock throughout, so appends wait:
+    /// meant for opening a replica, not for the serving path.
+    pub fn visit_batch_headers(
+        &self,
+        from: Offset,
+        mut visit: impl FnMut(&BatchHeader),
+    ) -> Result<(), LogError> {
+        let mut state = self.lock();
+        let from = from.max(state.log_start);
+        if from >= state.log_end() {
+            return Ok(());
+        }
+        let start_base = state
+            .segments
+            .range(..=from.0)
+            .next_back()
+            .map(|(base, _)| *base)
+            .expect("offset >= log start >= first segment base");
+        for (_, segment) in state.segments.range_mut(start_base..) {
+            let Some((mut position, _)) = segment.locate(from, SCAN_BATCH_LIMIT)? else {
+                continue;
+            };
+            while position < segment.size {
+                let header = segment.read_header_at(position)?;
+                visit(&header);
+                position += header.total_len() as u64;
+            }
+        }
+        Ok(())
+    }
+
     /// Base offset of the first batch holding a record with a timestamp at
     /// or after `timestamp`, or `None` if there is none.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<Offset>, LogError> {
@@ -1108,6 +1143,14 @@ impl Log {
         if log_start != state.log_start || start_over {
             state.log_start = log_start;
             write_single(&self.dir, LOG_START_FILE, log_start)?;
+        }
+        // Damage cut off with the suffix is gone with it.
+        if state
+            .corruption
+            .as_ref()
+            .is_some_and(|(_, fault)| fault.offset >= log_end)
+        {
+            state.corruption = None;
         }
         // A log started over holds no batch, so no epoch either.
         let epochs_changed = match start_over {

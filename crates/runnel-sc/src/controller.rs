@@ -12,24 +12,35 @@
 //! Live data is kept apart from stored data: whether an SPU is online (it
 //! has a [`Session`]) and the replica reports of heartbeats are in memory
 //! only, so after a restart every SPU is offline until it connects again.
+//!
+//! Leadership follows liveness (the rules are in `election`): an SPU whose
+//! session ends has failed, and right after, under the same lock, its
+//! partitions get new leaders and it leaves their ISRs. After a restart
+//! the SC knows of no session, so an SPU that has not connected since is
+//! not taken for failed until a session timeout has passed since the
+//! start: until then it may still be leading and just reconnecting. A
+//! liveness check every quarter session timeout applies the rules again
+//! (which also retries an election whose commit failed) and moves
+//! leadership back to preferred replicas that are online and in sync.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use runnel_api::{ApiError, ErrorCode, Reply};
+use runnel_api::{AlterIsrRequest, ApiError, ElectionResult, ErrorCode, ProducerIdentity, Reply};
 use runnel_metadata::{
-    AssignmentUpdate, Change, MAX_PARTITIONS, MetadataUpdate, Object, ObjectKey, Partition,
-    PartitionKey, PartitionSpec, PartitionStatus, ReplicaAssignment, ReplicaStatus, Spu, SpuSpec,
-    Topic, TopicSpec, TopicState,
+    AssignmentUpdate, Change, MAX_PARTITIONS, MAX_REPLICATION_FACTOR, MetadataUpdate, Object,
+    ObjectKey, Partition, PartitionKey, PartitionSpec, PartitionStatus, ReplicaAssignment,
+    ReplicaStatus, Spu, SpuSpec, Topic, TopicSpec, TopicState,
 };
 use runnel_types::{ByteSize, LeaderEpoch, PartitionId, SpuId, TopicName};
 use tokio::sync::{Mutex, Notify, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::election::{self, Decision, Liveness, Outcome};
 use crate::placement::{self, SpuLoad};
 use crate::store::{Batch, Loaded, Mutation, PartitionRecord, Store};
 
@@ -64,6 +75,9 @@ struct State {
     sessions: BTreeMap<SpuId, Arc<Session>>,
     /// The last heartbeat's report of each replica, by SPU.
     reports: BTreeMap<SpuId, BTreeMap<PartitionKey, ReplicaStatus>>,
+    /// SPUs that opened a session since this SC started: offline, they
+    /// have failed; the others may still be reconnecting after the start.
+    connected_since_start: BTreeSet<SpuId>,
 }
 
 /// A change to the set of connected SPUs, applied with a commit.
@@ -150,6 +164,9 @@ pub struct Controller {
     state: Mutex<State>,
     changes: broadcast::Sender<Arc<Delta>>,
     session_timeout: Duration,
+    /// When this SC started; SPUs not connected a session timeout later
+    /// have failed.
+    started: Instant,
     shutdown: CancellationToken,
     next_session_number: AtomicU64,
 }
@@ -184,12 +201,14 @@ impl Controller {
                 .collect(),
             sessions: BTreeMap::new(),
             reports: BTreeMap::new(),
+            connected_since_start: BTreeSet::new(),
         };
         Controller {
             cluster_id,
             state: Mutex::new(state),
             changes,
             session_timeout,
+            started: Instant::now(),
             shutdown,
             next_session_number: AtomicU64::new(1),
         }
@@ -371,7 +390,8 @@ impl Controller {
     // ---- SPU sessions ----
 
     /// Registers (or updates) the SPU, marks it online and opens its
-    /// session; a session it already had is ended. Pending topics are
+    /// session; a session it already had is ended. Partitions without a
+    /// leader that it may lead get it as leader, and pending topics are
     /// placed if they now can be.
     pub async fn connect_spu(&self, spec: SpuSpec) -> Reply<Arc<Session>> {
         validate_spu(&spec)?;
@@ -385,6 +405,21 @@ impl Controller {
             last_seen: StdMutex::new(Instant::now()),
         });
         let mut state = self.state.lock().await;
+        // A second connection means the SPU restarted (or lost its first
+        // one unseen): whatever it led, it leads no more with the state it
+        // had, so it fails over like any SPU gone offline before it comes
+        // back.
+        if let Some(previous) = state.sessions.get(&spec.id).cloned() {
+            previous.end(ApiError::new(
+                ErrorCode::SPU_IN_USE,
+                format!(
+                    "SPU {} connected again on another connection; this session is replaced",
+                    spec.id
+                ),
+            ));
+            self.close_session(&mut state, &previous, "connected again")
+                .await;
+        }
         let mutations = if state.spus.get(&spec.id) == Some(&spec) {
             Vec::new()
         } else {
@@ -397,6 +432,7 @@ impl Controller {
         )
         .await?;
         info!(spu = %spec.id, public_addr = %spec.public_addr, private_addr = %spec.private_addr, "SPU online");
+        self.reconcile(&mut state).await;
         self.place_pending(&mut state).await;
         Ok(session)
     }
@@ -426,6 +462,7 @@ impl Controller {
             )
             .await;
         info!(spu = %session.spu, reason = why, "SPU offline");
+        self.reconcile(state).await;
     }
 
     /// The next assignment updates for `session`'s SPU; waits until there
@@ -497,8 +534,10 @@ impl Controller {
         Ok(())
     }
 
-    /// Marks SPUs silent past the session timeout offline, until shutdown.
-    pub async fn expire_silent_spus(&self) {
+    /// Until shutdown, every quarter session timeout: marks SPUs silent
+    /// past the session timeout offline, applies the election rules to
+    /// every partition, and moves leadership back to preferred replicas.
+    pub async fn check_liveness(&self) {
         let period = (self.session_timeout / 4).max(Duration::from_millis(10));
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -530,6 +569,145 @@ impl Controller {
                     "no heartbeat within the session timeout",
                 )
                 .await;
+            }
+            self.reconcile(&mut state).await;
+            self.elect_preferred_leaders(&mut state).await;
+        }
+    }
+
+    // ---- leadership and producers ----
+
+    /// A leader's ISR change, committed and pushed to the replicas if the
+    /// leader proposes it from the current epoch and ISR (see
+    /// [`election::alter_isr`]). Returns the ISR committed.
+    pub async fn alter_isr(&self, request: AlterIsrRequest) -> Reply<Vec<SpuId>> {
+        let mut state = self.state.lock().await;
+        let Some(record) = state.partitions.get(&request.key) else {
+            return Err(ApiError::new(
+                ErrorCode::PARTITION_NOT_FOUND,
+                format!(
+                    "partition {} does not exist (its topic was deleted?); stop serving it",
+                    request.key
+                ),
+            ));
+        };
+        let online = state.online();
+        let next = election::alter_isr(record, &request, &online)?;
+        if next.in_sync_replicas == record.in_sync_replicas {
+            return Ok(next.in_sync_replicas);
+        }
+        let previous = spu_list(&record.in_sync_replicas);
+        let in_sync = next.in_sync_replicas.clone();
+        self.commit(&mut state, vec![Mutation::PutPartition(next)], None)
+            .await?;
+        info!(
+            partition = %request.key,
+            leader = %request.spu,
+            leader_epoch = %request.leader_epoch,
+            old_isr = %previous,
+            new_isr = %spu_list(&in_sync),
+            "ISR changed",
+        );
+        Ok(in_sync)
+    }
+
+    /// Moves leadership to the preferred replica of one partition, of one
+    /// topic's partitions, or of every partition, where it is online and
+    /// in sync; one result per partition, in (topic, partition) order.
+    pub async fn elect_preferred(
+        &self,
+        topic: Option<TopicName>,
+        partition: Option<PartitionId>,
+    ) -> Reply<Vec<ElectionResult>> {
+        let mut state = self.state.lock().await;
+        let keys: Vec<PartitionKey> = match (topic, partition) {
+            (None, None) => state.partitions.keys().cloned().collect(),
+            (None, Some(partition)) => {
+                return Err(ApiError::new(
+                    ErrorCode::MALFORMED_REQUEST,
+                    format!("partition {partition} is named without its topic; name the topic too"),
+                ));
+            }
+            (Some(topic), partition) => {
+                if !state.topics.contains_key(&topic) {
+                    return Err(topic_not_found(&topic));
+                }
+                let keys = state
+                    .partitions_of(&topic)
+                    .map(|record| record.spec.key.clone());
+                match partition {
+                    None => keys.collect(),
+                    Some(partition) => {
+                        let key = PartitionKey { topic, partition };
+                        if !state.partitions.contains_key(&key) {
+                            return Err(partition_not_found(&state, &key));
+                        }
+                        vec![key]
+                    }
+                }
+            }
+        };
+        let online = state.online();
+        let mut results = Vec::with_capacity(keys.len());
+        let mut moves = Vec::new();
+        for key in keys {
+            let record = &state.partitions[&key];
+            let (leader, leader_epoch, error) = match election::preferred(record, &online) {
+                Ok(None) => (record.leader, record.leader_epoch, None),
+                Ok(Some(next)) => {
+                    let elected = (next.leader, next.leader_epoch, None);
+                    moves.push((record.leader, next));
+                    elected
+                }
+                Err(why) => (
+                    record.leader,
+                    record.leader_epoch,
+                    Some(ApiError::new(ErrorCode::ELECTION_NOT_POSSIBLE, why)),
+                ),
+            };
+            results.push(ElectionResult {
+                key,
+                leader,
+                leader_epoch,
+                error,
+            });
+        }
+        self.commit_preferred(&mut state, moves).await?;
+        Ok(results)
+    }
+
+    /// A producer id never given before by this cluster, at epoch 0.
+    pub async fn init_producer_id(&self) -> Reply<ProducerIdentity> {
+        // Under the lock, as commits are: the store file is closed only
+        // once no write is running.
+        let state = self.state.lock().await;
+        let store = state
+            .store
+            .as_ref()
+            .map(Arc::clone)
+            .ok_or_else(shutting_down)?;
+        let given = tokio::task::spawn_blocking(move || store.next_producer_id()).await;
+        match given {
+            Ok(Ok(producer_id)) => {
+                debug!(producer_id, "producer id given");
+                Ok(ProducerIdentity {
+                    producer_id,
+                    producer_epoch: 0,
+                })
+            }
+            Ok(Err(store_error)) => {
+                error!(%store_error, "no producer id given");
+                Err(ApiError::new(
+                    ErrorCode::STORAGE,
+                    format!("the SC could not give a producer id: {store_error}"),
+                ))
+            }
+            Err(join_error) => {
+                error!(%join_error, "producer id task failed");
+                Err(ApiError::new(
+                    ErrorCode::UNKNOWN,
+                    "the SC failed to give a producer id; see the SC log",
+                ))
             }
         }
     }
@@ -590,6 +768,131 @@ impl Controller {
         }
     }
 
+    /// Which SPUs are online, and which of the offline ones have failed:
+    /// those that connected since the start, and, once a session timeout
+    /// has passed since the start, every one.
+    fn liveness(&self, state: &State) -> Liveness {
+        let grace_over = self.started.elapsed() > self.session_timeout;
+        let failed = state
+            .spus
+            .keys()
+            .copied()
+            .filter(|spu| {
+                !state.sessions.contains_key(spu)
+                    && (grace_over || state.connected_since_start.contains(spu))
+            })
+            .collect();
+        Liveness {
+            online: state.online(),
+            failed,
+        }
+    }
+
+    /// Applies the election rules to every partition and commits what
+    /// they change, in one commit. A failed commit is retried by the next
+    /// liveness check, which finds the same changes to make.
+    async fn reconcile(&self, state: &mut State) {
+        // A stopping SC ends every session itself: no SPU has failed.
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let liveness = self.liveness(state);
+        let outcomes: Vec<(Option<SpuId>, Outcome)> = state
+            .partitions
+            .values()
+            .filter_map(|record| {
+                let unclean_election = state
+                    .topics
+                    .get(&record.spec.key.topic)
+                    .is_some_and(|topic| topic.spec.config.unclean_election);
+                election::reconcile(record, unclean_election, &liveness)
+                    .map(|outcome| (record.leader, outcome))
+            })
+            .collect();
+        if outcomes.is_empty() {
+            return;
+        }
+        let mutations = outcomes
+            .iter()
+            .map(|(_, outcome)| Mutation::PutPartition(outcome.record.clone()))
+            .collect();
+        if let Err(error) = self.commit(state, mutations, None).await {
+            warn!(%error, partitions = outcomes.len(), "elections not committed; the next liveness check retries");
+            return;
+        }
+        for (previous, Outcome { record, decision }) in outcomes {
+            let partition = &record.spec.key;
+            let old_leader = previous.map(|spu| spu.0);
+            let new_leader = record.leader.map(|spu| spu.0);
+            let leader_epoch = record.leader_epoch.0;
+            let isr = spu_list(&record.in_sync_replicas);
+            match decision {
+                Decision::Elected => {
+                    info!(%partition, old_leader, new_leader, leader_epoch, %isr, "leader elected");
+                }
+                Decision::ElectedUnclean => warn!(
+                    %partition, old_leader, new_leader, leader_epoch, %isr,
+                    "leader elected outside the ISR (unclean election, allowed by the topic): \
+                     records that only the failed in-sync replicas held are lost",
+                ),
+                Decision::Leaderless => warn!(
+                    %partition, old_leader, leader_epoch, %isr,
+                    "no in-sync replica is online: the partition has no leader until one returns",
+                ),
+                Decision::IsrShrunk => {
+                    info!(%partition, leader = new_leader, leader_epoch, %isr, "failed replicas left the ISR");
+                }
+            }
+        }
+    }
+
+    /// Moves leadership back to every preferred replica that is online, in
+    /// sync and not leading, in one commit.
+    async fn elect_preferred_leaders(&self, state: &mut State) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let online = state.online();
+        let moves: Vec<(Option<SpuId>, PartitionRecord)> = state
+            .partitions
+            .values()
+            .filter_map(|record| {
+                let next = election::preferred(record, &online).ok()??;
+                Some((record.leader, next))
+            })
+            .collect();
+        if let Err(error) = self.commit_preferred(state, moves).await {
+            warn!(%error, "preferred leaders not committed; the next liveness check retries");
+        }
+    }
+
+    /// Commits preferred-leader elections (a previous leader and the new
+    /// record each) and logs them.
+    async fn commit_preferred(
+        &self,
+        state: &mut State,
+        moves: Vec<(Option<SpuId>, PartitionRecord)>,
+    ) -> Result<(), ApiError> {
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let mutations = moves
+            .iter()
+            .map(|(_, record)| Mutation::PutPartition(record.clone()))
+            .collect();
+        self.commit(state, mutations, None).await?;
+        for (previous, record) in moves {
+            info!(
+                partition = %record.spec.key,
+                old_leader = previous.map(|spu| spu.0),
+                new_leader = record.leader.map(|spu| spu.0),
+                leader_epoch = record.leader_epoch.0,
+                "leadership moved back to the preferred replica",
+            );
+        }
+        Ok(())
+    }
+
     /// Commits `mutations` as the next version, applies them and
     /// `session` in memory, and announces the result.
     ///
@@ -648,6 +951,7 @@ impl Controller {
         match session {
             Some(SessionChange::Open(session)) => {
                 changed_spus.insert(session.spu);
+                state.connected_since_start.insert(session.spu);
                 if let Some(replaced) = state.sessions.insert(session.spu, session) {
                     replaced.end(ApiError::new(
                         ErrorCode::SPU_IN_USE,
@@ -853,6 +1157,11 @@ impl State {
             .collect()
     }
 
+    /// The SPUs with a session.
+    fn online(&self) -> BTreeSet<SpuId> {
+        self.sessions.keys().copied().collect()
+    }
+
     fn spu_object(&self, id: SpuId) -> Option<Spu> {
         Some(Spu {
             spec: self.spus.get(&id)?.clone(),
@@ -889,6 +1198,29 @@ fn validate_topic(spec: &TopicSpec) -> Result<(), ApiError> {
             "replication factor 0 keeps no copy of the data; use --replicas 1",
         ));
     }
+    if spec.replication_factor > MAX_REPLICATION_FACTOR {
+        return Err(ApiError::new(
+            ErrorCode::INVALID_CONFIG,
+            format!(
+                "replication factor {} is above the largest supported, {MAX_REPLICATION_FACTOR}; \
+                 choose --replicas 1 to {MAX_REPLICATION_FACTOR}",
+                spec.replication_factor
+            ),
+        ));
+    }
+    if let Some(min) = spec.config.min_in_sync_replicas
+        && !(1..=spec.replication_factor).contains(&min)
+    {
+        return Err(ApiError::new(
+            ErrorCode::INVALID_CONFIG,
+            format!(
+                "min in-sync replicas {min} is outside 1 to {rf}, the replication factor \
+                 (above it no acks=all produce could ever be accepted); choose \
+                 --min-in-sync-replicas 1 to {rf}",
+                rf = spec.replication_factor
+            ),
+        ));
+    }
     let segment_size = spec.config.segment_size;
     if !(SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&segment_size.as_u64()) {
         return Err(ApiError::new(
@@ -923,6 +1255,30 @@ fn validate_spu(spec: &SpuSpec) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+fn partition_not_found(state: &State, key: &PartitionKey) -> ApiError {
+    let count = state.partitions_of(&key.topic).count();
+    let held = match count {
+        0 => "no partitions yet (it is pending)".to_string(),
+        1 => "only partition 0".to_string(),
+        count => format!("partitions 0 to {}", count - 1),
+    };
+    ApiError::new(
+        ErrorCode::PARTITION_NOT_FOUND,
+        format!(
+            "topic '{}' has no partition {}: it has {held}",
+            key.topic, key.partition
+        ),
+    )
+}
+
+/// SPU ids as logs show them: `1,2,3`.
+fn spu_list(spus: &[SpuId]) -> String {
+    spus.iter()
+        .map(|spu| spu.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn topic_not_found(name: &TopicName) -> ApiError {

@@ -3,6 +3,7 @@
 //!
 //! - `store`: the durable metadata (redb), one transaction per change.
 //! - `placement`: which SPUs hold a new topic's partitions (pure).
+//! - `election`: who leads each partition and who is in its ISR (pure).
 //! - `controller`: the metadata in memory, every change, and the change
 //!   feed to watchers and SPUs.
 //! - `service`: the public listener (clients) and the private listener
@@ -11,6 +12,7 @@
 //! The SC is on the control path only: no record passes through it.
 
 mod controller;
+mod election;
 mod placement;
 mod service;
 mod store;
@@ -126,7 +128,7 @@ pub async fn run(config: ScConfig, shutdown: CancellationToken) -> Result<(), Sc
         });
     let liveness = tokio::spawn({
         let controller = Arc::clone(&controller);
-        async move { controller.expire_silent_spus().await }
+        async move { controller.check_liveness().await }
     });
 
     shutdown.cancelled().await;

@@ -1,17 +1,18 @@
 //! The SC's two listeners: which api each serves, request decoding, and
 //! the long-lived streams (metadata watches, SPU sessions).
 //!
-//! The public listener serves clients (administration and metadata
-//! watches); the private one serves SPUs (connect and heartbeat). Each
-//! refuses the other's apis, so a client cannot pose as an SPU by
-//! reaching the wrong port.
+//! The public listener serves clients (administration, metadata watches,
+//! producer ids); the private one serves SPUs (connect, heartbeat, ISR
+//! changes). Each refuses the other's apis, so a client cannot pose as an
+//! SPU by reaching the wrong port.
 
 use std::sync::Arc;
 
 use runnel_api::{
-    ApiError, ApiKey, ApiVersionsRequest, CreateTopicRequest, DeleteTopicRequest, ErrorCode,
-    ListPartitionsRequest, ListSpusRequest, ListTopicsRequest, Listener, RegisterSpuRequest,
-    Request, SpuConnectRequest, SpuHeartbeatRequest, UnregisterSpuRequest, WatchMetadataRequest,
+    AlterIsrRequest, ApiError, ApiKey, ApiVersionsRequest, CreateTopicRequest, DeleteTopicRequest,
+    ElectPreferredRequest, ErrorCode, InitProducerIdRequest, ListPartitionsRequest,
+    ListSpusRequest, ListTopicsRequest, Listener, RegisterSpuRequest, Request, SpuConnectRequest,
+    SpuHeartbeatRequest, UnregisterSpuRequest, WatchMetadataRequest,
 };
 use runnel_metadata::MetadataUpdate;
 use runnel_transport::{Handler, IncomingRequest, Responder, StreamSender};
@@ -219,12 +220,28 @@ impl Handler for Service {
                 };
                 reply_to::<SpuHeartbeatRequest>(responder, &reply.await).await;
             }
-            ApiKey::InitProducerId | ApiKey::ElectPreferred | ApiKey::AlterIsr => {
-                let error = ApiError::new(
-                    ErrorCode::UNSUPPORTED_API,
-                    format!("{key:?} is not served by this SC yet"),
-                );
-                refuse(request.header.api_key, responder, error).await;
+            ApiKey::InitProducerId => {
+                let reply = async {
+                    decoded::<InitProducerIdRequest>(&request)?;
+                    controller.init_producer_id().await
+                };
+                reply_to::<InitProducerIdRequest>(responder, &reply.await).await;
+            }
+            ApiKey::ElectPreferred => {
+                let reply = async {
+                    let request = decoded::<ElectPreferredRequest>(&request)?;
+                    controller
+                        .elect_preferred(request.topic, request.partition)
+                        .await
+                };
+                reply_to::<ElectPreferredRequest>(responder, &reply.await).await;
+            }
+            ApiKey::AlterIsr => {
+                let reply = async {
+                    let request = decoded::<AlterIsrRequest>(&request)?;
+                    controller.alter_isr(request).await
+                };
+                reply_to::<AlterIsrRequest>(responder, &reply.await).await;
             }
             ApiKey::Produce
             | ApiKey::StreamFetch

@@ -17,6 +17,10 @@
 //! (deletions above all) from the SC of another cluster, or from one that
 //! lost its store and started over.
 //!
+//! It also hands out producer ids: a counter bumped in a transaction of
+//! its own before an id is given, so no id is given twice, across
+//! restarts and crashes too.
+//!
 //! Not stored: whether an SPU is online and the replica reports of
 //! heartbeats. Both are rebuilt from live connections after a restart.
 
@@ -35,10 +39,12 @@ const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 const PARTITIONS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("partitions");
 /// SPU id → [`SpuSpec`].
 const SPUS: TableDefinition<u32, &[u8]> = TableDefinition::new("spus");
-/// Named counters; today only [`VERSION_KEY`].
+/// Named counters: [`VERSION_KEY`] and [`PRODUCER_ID_KEY`].
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// The metadata version of the last committed change.
 const VERSION_KEY: &str = "metadata_version";
+/// The next producer id to give; absent before the first.
+const PRODUCER_ID_KEY: &str = "next_producer_id";
 /// Named identities; today only [`CLUSTER_ID_KEY`].
 const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
 /// The cluster id, made when the store is created.
@@ -110,6 +116,10 @@ pub enum StoreError {
     /// written.
     #[error("refused an inconsistent metadata change: {0}")]
     Inconsistent(String),
+    #[error(
+        "every producer id of this cluster has been given out; idempotent producers need a new cluster"
+    )]
+    ProducerIdsExhausted,
     #[error(
         "cannot make a cluster id for a new metadata store: reading {source_path} failed: {source}; the SC needs a working random source"
     )]
@@ -262,6 +272,9 @@ impl Store {
                     format!("its topic '{topic}' is not stored"),
                 ));
             }
+            if let Some(problem) = partition_problem(&record) {
+                return Err(corrupt("partitions", &label, problem));
+            }
             partitions.push(record);
         }
 
@@ -333,6 +346,21 @@ impl Store {
                                 "partition {key} is stored before its topic"
                             )));
                         }
+                        if let Some(problem) = partition_problem(record) {
+                            return Err(StoreError::Inconsistent(problem));
+                        }
+                        let label = key.to_string();
+                        let previous = partitions
+                            .get((key.topic.as_str(), key.partition.0))?
+                            .map(|guard| {
+                                decode::<PartitionRecord>("partitions", &label, guard.value())
+                            })
+                            .transpose()?;
+                        if let Some(problem) =
+                            previous.and_then(|previous| succession_problem(&previous, record))
+                        {
+                            return Err(StoreError::Inconsistent(problem));
+                        }
                         partitions.insert(
                             (key.topic.as_str(), key.partition.0),
                             encode(record).as_slice(),
@@ -365,6 +393,83 @@ impl Store {
         transaction.commit()?;
         Ok(())
     }
+
+    /// Gives the next producer id, in one durable transaction of its own:
+    /// once it returns, no later call (after a crash or restart too)
+    /// returns the same id.
+    pub fn next_producer_id(&self) -> Result<i64, StoreError> {
+        let transaction = self.database.begin_write()?;
+        let id = {
+            let mut counters = transaction.open_table(COUNTERS)?;
+            let id = counters
+                .get(PRODUCER_ID_KEY)?
+                .map_or(0, |guard| guard.value());
+            let producer_id = i64::try_from(id)
+                .ok()
+                .filter(|&id| id < i64::MAX)
+                .ok_or(StoreError::ProducerIdsExhausted)?;
+            counters.insert(PRODUCER_ID_KEY, id + 1)?;
+            producer_id
+        };
+        transaction.commit()?;
+        Ok(id)
+    }
+}
+
+/// What is wrong with a partition record on its own: replicas, ISR and
+/// leader must agree (the ISR is never empty, see `election`).
+fn partition_problem(record: &PartitionRecord) -> Option<String> {
+    let key = &record.spec.key;
+    let replicas = &record.spec.replicas;
+    let in_sync = &record.in_sync_replicas;
+    let distinct = |list: &[SpuId]| list.iter().collect::<BTreeSet<_>>().len() == list.len();
+    if replicas.is_empty() || !distinct(replicas) {
+        return Some(format!(
+            "partition {key} has replicas {replicas:?}: they must be distinct and at least one"
+        ));
+    }
+    if in_sync.is_empty() || !distinct(in_sync) {
+        return Some(format!(
+            "partition {key} has ISR {in_sync:?}: it must be distinct SPUs and never empty"
+        ));
+    }
+    if let Some(stranger) = in_sync.iter().find(|spu| !replicas.contains(spu)) {
+        return Some(format!(
+            "partition {key} has SPU {stranger} in its ISR but not among its replicas {replicas:?}"
+        ));
+    }
+    if let Some(leader) = record.leader
+        && !in_sync.contains(&leader)
+    {
+        return Some(format!(
+            "partition {key} is led by SPU {leader}, which is not in its ISR {in_sync:?}"
+        ));
+    }
+    (record.leader_epoch.0 < 0).then(|| {
+        format!(
+            "partition {key} has the negative leader epoch {}",
+            record.leader_epoch
+        )
+    })
+}
+
+/// What is wrong with `next` replacing `previous`: epochs never go back,
+/// and a change of leader always comes with a new epoch, so a deposed
+/// leader is fenced.
+fn succession_problem(previous: &PartitionRecord, next: &PartitionRecord) -> Option<String> {
+    let key = &next.spec.key;
+    if next.leader_epoch < previous.leader_epoch {
+        return Some(format!(
+            "partition {key}'s leader epoch would go back from {} to {}",
+            previous.leader_epoch, next.leader_epoch
+        ));
+    }
+    (next.leader != previous.leader && next.leader_epoch == previous.leader_epoch).then(|| {
+        format!(
+            "partition {key}'s leader would change from {:?} to {:?} within epoch {}",
+            previous.leader, next.leader, next.leader_epoch
+        )
+    })
 }
 
 /// What is wrong with `topic`'s id in a store at `version`: an id is the
@@ -450,6 +555,20 @@ mod tests {
             leader: Some(SpuId(spu)),
             leader_epoch: LeaderEpoch(0),
             in_sync_replicas: vec![SpuId(spu)],
+        }
+    }
+
+    /// Partition 0 of `name` on SPUs 1 and 2 with this leader and ISR, at
+    /// epoch 0.
+    fn replicated(name: &str, leader: Option<u32>, in_sync: &[u32]) -> PartitionRecord {
+        PartitionRecord {
+            spec: PartitionSpec {
+                replicas: vec![SpuId(1), SpuId(2)],
+                ..partition(name, 0, 1).spec
+            },
+            leader: leader.map(SpuId),
+            leader_epoch: LeaderEpoch(0),
+            in_sync_replicas: in_sync.iter().copied().map(SpuId).collect(),
         }
     }
 
@@ -549,12 +668,41 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("metadata.redb");
         let store = Store::open(&path).expect("open");
-        store
-            .apply(&topic_with_partitions(1, "orders", 1))
-            .expect("orders");
+        let mut orders = topic_with_partitions(1, "orders", 1);
+        orders.mutations[1] = Mutation::PutPartition(PartitionRecord {
+            leader_epoch: LeaderEpoch(3),
+            ..replicated("orders", Some(1), &[1, 2])
+        });
+        store.apply(&orders).expect("orders");
         let before = store.load().expect("load");
+        let put = |record: PartitionRecord| Batch {
+            version: 2,
+            mutations: vec![Mutation::PutPartition(record)],
+        };
 
         let refused = [
+            // The ISR never names a stranger, is never empty, and holds
+            // the leader.
+            put(replicated("orders", Some(1), &[1, 3])),
+            put(replicated("orders", None, &[])),
+            put(replicated("orders", Some(2), &[1])),
+            // Replicas are distinct.
+            put(PartitionRecord {
+                spec: PartitionSpec {
+                    replicas: vec![SpuId(1), SpuId(1)],
+                    ..replicated("orders", None, &[1]).spec
+                },
+                ..replicated("orders", None, &[1])
+            }),
+            // Epochs never go back; a new leader needs a new epoch.
+            put(PartitionRecord {
+                leader_epoch: LeaderEpoch(2),
+                ..replicated("orders", Some(1), &[1])
+            }),
+            put(PartitionRecord {
+                leader_epoch: LeaderEpoch(3),
+                ..replicated("orders", Some(2), &[1, 2])
+            }),
             // Adds a topic, then deletes one that does not exist.
             Batch {
                 version: 2,
@@ -607,6 +755,65 @@ mod tests {
         assert_eq!(
             Store::open(&path).expect("reopen").load().expect("load"),
             before
+        );
+    }
+
+    #[test]
+    fn a_partition_accepts_the_changes_elections_make() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("metadata.redb")).expect("open");
+        let mut orders = topic_with_partitions(1, "orders", 1);
+        orders.mutations[1] = Mutation::PutPartition(replicated("orders", Some(1), &[1, 2]));
+        store.apply(&orders).expect("orders");
+        let changes = [
+            // The ISR shrinks, same epoch.
+            replicated("orders", Some(1), &[1]),
+            // The leader fails: no leader, next epoch, ISR kept.
+            PartitionRecord {
+                leader_epoch: LeaderEpoch(1),
+                ..replicated("orders", None, &[1])
+            },
+            // Unclean election.
+            PartitionRecord {
+                leader_epoch: LeaderEpoch(2),
+                ..replicated("orders", Some(2), &[2])
+            },
+        ];
+        for (version, record) in (2..).zip(changes) {
+            store
+                .apply(&Batch {
+                    version,
+                    mutations: vec![Mutation::PutPartition(record.clone())],
+                })
+                .expect("accepted");
+            assert_eq!(store.load().expect("load").partitions, vec![record]);
+        }
+    }
+
+    #[test]
+    fn producer_ids_are_never_given_twice() {
+        let disk = FaultyDisk::default();
+        let store = Store::open_backend(disk.clone()).expect("open");
+        assert_eq!(store.next_producer_id().expect("id"), 0);
+        assert_eq!(store.next_producer_id().expect("id"), 1);
+        drop(store);
+        // Given ids were durable before they were given.
+        disk.crash();
+        let store = Store::open_backend(disk.clone()).expect("reopen");
+        assert_eq!(store.next_producer_id().expect("id"), 2);
+
+        disk.fail_sync.store(true, Ordering::SeqCst);
+        store.next_producer_id().expect_err("fsync fails");
+        drop(store);
+        disk.crash();
+        disk.fail_sync.store(false, Ordering::SeqCst);
+        let store = Store::open_backend(disk.clone()).expect("reopen");
+        // The id whose commit failed was never given: reusing it is safe.
+        assert_eq!(store.next_producer_id().expect("id"), 3);
+        assert_eq!(
+            store.load().expect("load").version,
+            0,
+            "producer ids are no metadata change"
         );
     }
 

@@ -6,17 +6,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use runnel_api::{SpuConnectRequest, SpuHeartbeatRequest};
+use runnel_api::{AlterIsrRequest, SpuConnectRequest, SpuHeartbeatRequest};
 use runnel_metadata::{AssignmentUpdate, SpuSpec};
 use runnel_transport::{Backoff, Connection, TransportConfig, TransportError};
 use runnel_types::SpuId;
+use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::SpuConfig;
-use crate::replicas::Replicas;
+use crate::replica::IsrProposal;
+use crate::replicas::{Lookup, Replicas};
 
 /// Assignment updates the SC may send ahead of the SPU applying them.
 const ASSIGNMENT_WINDOW: u32 = 64;
@@ -31,6 +33,9 @@ pub(crate) struct ScSession {
     heartbeat_interval: Duration,
     transport: TransportConfig,
     replicas: Arc<Replicas>,
+    /// ISR changes the replicas this SPU leads propose, sent to the SC
+    /// while a session is up.
+    proposals: Arc<Mutex<mpsc::UnboundedReceiver<IsrProposal>>>,
 }
 
 /// How a session ended.
@@ -47,7 +52,11 @@ enum Ended {
 }
 
 impl ScSession {
-    pub fn new(config: &SpuConfig, replicas: Arc<Replicas>) -> ScSession {
+    pub fn new(
+        config: &SpuConfig,
+        replicas: Arc<Replicas>,
+        proposals: mpsc::UnboundedReceiver<IsrProposal>,
+    ) -> ScSession {
         ScSession {
             sc_addr: config.sc_addr.clone(),
             spec: SpuSpec {
@@ -65,6 +74,7 @@ impl ScSession {
             heartbeat_interval: config.heartbeat_interval,
             transport: config.transport.clone(),
             replicas,
+            proposals: Arc::new(Mutex::new(proposals)),
         }
     }
 
@@ -127,6 +137,13 @@ impl ScSession {
 
         // Heartbeats run in their own task so that a slow update (opening
         // a log that needs recovery) does not make this SPU look dead.
+        let _proposing = AbortOnDrop(tokio::spawn(propose_isr_changes(
+            connection.clone(),
+            self.spec.id,
+            Arc::clone(&self.replicas),
+            Arc::clone(&self.proposals),
+            self.replicas.proposal_sender(),
+        )));
         let mut heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
             connection,
             self.spec.id,
@@ -175,6 +192,48 @@ impl ScSession {
                     }
                     None => return ended("the SC ended the assignment stream".to_string(), established),
                 },
+            }
+        }
+    }
+}
+
+/// Sends each ISR proposal to the SC, one at a time, for as long as the
+/// session lasts. A refusal is told to its replica; an accepted change
+/// arrives as an assignment. A proposal whose answer was lost goes back
+/// in the queue for the next session: the SC answers a repeated proposal
+/// it has committed already with success.
+async fn propose_isr_changes(
+    connection: Connection,
+    spu: SpuId,
+    replicas: Arc<Replicas>,
+    queue: Arc<Mutex<mpsc::UnboundedReceiver<IsrProposal>>>,
+    requeue: mpsc::UnboundedSender<IsrProposal>,
+) {
+    // One session's task at a time holds the queue.
+    let mut proposals = queue.lock().await;
+    while let Some(proposal) = proposals.recv().await {
+        let Lookup::Ready(replica) = replicas.lookup(&proposal.key) else {
+            continue;
+        };
+        let request = AlterIsrRequest {
+            spu,
+            key: proposal.key.clone(),
+            leader_epoch: proposal.epoch,
+            current_isr: proposal.current.clone(),
+            new_isr: proposal.proposed.clone(),
+        };
+        match connection.call(&request).await {
+            Ok(isr) => {
+                info!(partition = %proposal.key, epoch = %proposal.epoch, ?isr, "the SC committed an ISR change");
+            }
+            Err(TransportError::Api(error)) => {
+                warn!(partition = %proposal.key, epoch = %proposal.epoch, %error, "the SC refused an ISR change");
+                replica.on_isr_refused(proposal.epoch, proposal.proposal);
+            }
+            Err(error) => {
+                warn!(partition = %proposal.key, %error, "no answer to an ISR change; it is sent again in the next session");
+                let _ = requeue.send(proposal);
+                return;
             }
         }
     }

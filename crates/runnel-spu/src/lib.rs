@@ -7,21 +7,25 @@
 //! - `controller`: the session with the SC — assignments in, heartbeats
 //!   out, reconnecting forever.
 //! - `replicas` / `replica`: which partition logs this SPU holds, opened,
-//!   removed and kept within retention as the SC says.
+//!   removed and kept within retention as the SC says, and each one's role:
+//!   as leader it runs the replication rules of `runnel-replication`.
+//! - `follower`: one replication stream per leader SPU this SPU follows.
 //! - `identity`: which cluster the data directory belongs to, and which
 //!   topic incarnation each replica directory holds.
-//! - `public`: the client api (produce, fetch streams, list offsets);
-//!   `private`: the peer listener (only `ApiVersions` until replication).
+//! - `public`: the client api (produce with `acks`, fetch streams, list
+//!   offsets); `private`: the peer listener, the leader side of
+//!   replication.
 //!
 //! The SPU is on the data path only: it never decides placement or
-//! leadership, it applies what the SC sends. With replication factor 1 a
-//! partition's high watermark is what its own log has made durable (or
-//! written, under a relaxed flush policy).
+//! leadership, it applies what the SC sends, and proposes ISR changes of
+//! the partitions it leads for the SC to accept or refuse.
 
 mod controller;
 mod error;
+mod follower;
 mod identity;
 mod private;
+mod producers;
 mod public;
 mod replica;
 mod replicas;
@@ -41,7 +45,11 @@ pub use error::SpuError;
 use crate::controller::ScSession;
 use crate::private::PrivateApi;
 use crate::public::PublicApi;
+use crate::replica::ReplicaContext;
 use crate::replicas::Replicas;
+
+/// How often leaders check their followers' lag.
+const LEADER_TICK: Duration = Duration::from_millis(250);
 
 /// Everything an SPU process needs to know.
 #[derive(Debug, Clone)]
@@ -65,6 +73,9 @@ pub struct SpuConfig {
     pub heartbeat_interval: Duration,
     /// How often every log deletes segments past its retention.
     pub retention_check_interval: Duration,
+    /// How long a follower may stay behind its leader before the leader
+    /// proposes it out of the ISR.
+    pub replica_lag_time_max: Duration,
     pub transport: TransportConfig,
 }
 
@@ -80,6 +91,7 @@ impl Default for SpuConfig {
             data_dir: PathBuf::from("spu-data"),
             heartbeat_interval: Duration::from_secs(1),
             retention_check_interval: Duration::from_secs(10),
+            replica_lag_time_max: Duration::from_secs(10),
             transport: TransportConfig::default(),
         }
     }
@@ -105,9 +117,16 @@ pub async fn run(config: SpuConfig, shutdown: CancellationToken) -> Result<(), S
         "SPU listening"
     );
 
+    let (proposals, proposed) = tokio::sync::mpsc::unbounded_channel();
+    let context = ReplicaContext {
+        me: config.id,
+        lag_time_max_ms: i64::try_from(config.replica_lag_time_max.as_millis()).unwrap_or(i64::MAX),
+        proposals,
+    };
     let replicas = Arc::new(Replicas::new(
-        config.id,
+        context,
         config.data_dir.clone(),
+        config.transport.clone(),
         shutdown.clone(),
     ));
     let public = Arc::new(PublicApi::new(
@@ -116,7 +135,13 @@ pub async fn run(config: SpuConfig, shutdown: CancellationToken) -> Result<(), S
         config.transport.max_frame_bytes,
         shutdown.clone(),
     ));
-    let session = ScSession::new(&config, Arc::clone(&replicas));
+    let private = Arc::new(PrivateApi::new(
+        config.id,
+        Arc::clone(&replicas),
+        config.transport.max_frame_bytes,
+        shutdown.clone(),
+    ));
+    let session = ScSession::new(&config, Arc::clone(&replicas), proposed);
 
     tokio::join!(
         runnel_transport::serve(
@@ -127,12 +152,13 @@ pub async fn run(config: SpuConfig, shutdown: CancellationToken) -> Result<(), S
         ),
         runnel_transport::serve(
             private_listener,
-            Arc::new(PrivateApi),
+            private,
             config.transport.clone(),
             shutdown.clone(),
         ),
         session.run(shutdown.clone()),
         replicas.enforce_retention_every(config.retention_check_interval),
+        replicas.tick_every(LEADER_TICK),
     );
     replicas.close_all().await;
     info!(spu = %config.id, "SPU stopped");

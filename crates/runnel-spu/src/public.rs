@@ -11,22 +11,25 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use runnel_api::{
-    ApiError, ApiKey, ApiVersionsRequest, ErrorCode, FetchItem, ListOffsetsRequest,
+    Acks, ApiError, ApiKey, ApiVersionsRequest, ErrorCode, FetchItem, ListOffsetsRequest,
     ListOffsetsResponse, Listener, OffsetQuery, ProduceRequest, ProduceResponse, Reply,
     StreamFetchRequest,
 };
 use runnel_log::scan::Fault;
 use runnel_metadata::PartitionKey;
 use runnel_transport::{FileRange, Handler, IncomingRequest, Responder, StreamSender};
-use runnel_types::{LeaderEpoch, Offset, SpuId};
+use runnel_types::{FlushPolicy, LeaderEpoch, Offset, SpuId};
 use runnel_wire::WireError;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::error::{log_error_to_api, task_failed};
 use crate::now_ms;
-use crate::replica::Replica;
+use crate::producers::SequenceError;
+use crate::replica::{Commitment, ProduceRefusal, Produced, Replica};
 use crate::replicas::{Lookup, Replicas};
 
 /// Room left in a fetch item's frame for its header and message, besides
@@ -113,6 +116,12 @@ impl PublicApi {
                 ),
             ));
         }
+        let acks = produce.acks;
+        if acks == Acks::All
+            && let Err((in_sync, needed)) = replica.accepts_acks_all()
+        {
+            return Err(not_enough_replicas(&key, in_sync, needed));
+        }
         // The log stamps offsets and the leader epoch into the bytes: in
         // the received buffer itself when nothing else holds it.
         let mut batches = tail
@@ -127,23 +136,118 @@ impl PublicApi {
             if let Some((path, fault)) = log.corruption() {
                 return Err(corrupt_log_error(&appending_key, log.dir(), &path, &fault));
             }
-            let info = log
-                .append_as_leader(&mut batches, epoch, now_ms())
-                .map_err(|error| log_error_to_api(&appending_key, &error))?;
+            let now = now_ms();
+            let produced = appending
+                .append_produced(&mut batches, epoch, now)
+                .map_err(|refusal| produce_refusal(&appending_key, refusal))?;
+            let (first_offset, end) = match produced {
+                Produced::Appended(info) => (info.first_offset, info.log_end),
+                Produced::Duplicate {
+                    first_offset,
+                    last_offset,
+                } => (first_offset, Offset(last_offset.0 + 1)),
+            };
+            // Under `always`, the leader stores a batch once it is durable;
+            // the fsync is shared with concurrent appends (group commit).
+            if acks != Acks::None && appending.config().flush == FlushPolicy::Always {
+                log.sync_to(end)
+                    .map_err(|error| log_error_to_api(&appending_key, &error))?;
+            }
             // Before the acknowledgement: a producer that reads after its
-            // ack finds its records committed.
-            appending.refresh_high_watermark();
-            Ok(info)
+            // ack finds its records as committed as the rules allow.
+            appending.on_local_append(now);
+            Ok((first_offset, end, log.log_end_offset()))
         })
         .await;
-        let info = match appended {
+        let (first_offset, end, log_end_offset) = match appended {
             Ok(result) => result?,
             Err(error) => return Err(task_failed(&key, "append", &error)),
         };
-        Ok(ProduceResponse {
-            base_offset: info.first_offset,
-            log_end_offset: info.log_end,
-        })
+        let response = ProduceResponse {
+            base_offset: first_offset,
+            log_end_offset,
+        };
+        match acks {
+            Acks::Leader => {}
+            Acks::None => self.sync_later(&replica, end),
+            Acks::All => {
+                let timeout = Duration::from_millis(u64::from(produce.timeout_ms));
+                self.committed(&replica, &key, epoch, end, timeout).await?;
+            }
+        }
+        Ok(response)
+    }
+
+    /// For `acks=none` on a topic whose records are committed only once
+    /// durable: syncs in the background, so the records become visible
+    /// without waiting for the next append.
+    fn sync_later(&self, replica: &Arc<Replica>, end: Offset) {
+        if replica.config().flush != FlushPolicy::Always {
+            return;
+        }
+        let syncing = Arc::clone(replica);
+        tokio::task::spawn_blocking(move || match syncing.log().sync_to(end) {
+            Ok(()) => syncing.on_local_append(now_ms()),
+            Err(error) => {
+                warn!(partition = %syncing.key(), %error, "syncing records produced with acks=none failed")
+            }
+        });
+    }
+
+    /// Waits until every in-sync replica has the records before `end`,
+    /// written at `epoch`: the high watermark passed them with the ISR at
+    /// its minimum. Any other outcome is an error that says whether the
+    /// records are stored.
+    async fn committed(
+        &self,
+        replica: &Replica,
+        key: &PartitionKey,
+        epoch: LeaderEpoch,
+        end: Offset,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = replica.watch_changes();
+        loop {
+            changes.borrow_and_update();
+            match replica.commitment(epoch, end) {
+                Commitment::Committed => return Ok(()),
+                Commitment::Waiting => {}
+                Commitment::NotEnoughReplicas { in_sync, needed } => {
+                    return Err(ApiError::new(
+                        ErrorCode::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+                        format!(
+                            "the records for {key} were written by the leader, but the ISR shrank to {in_sync} replica(s), below the {needed} that acks=all needs, before they were committed; they may or may not survive a failure: retry (an idempotent producer does not duplicate them)"
+                        ),
+                    ));
+                }
+                Commitment::LeadershipLost { leader, epoch: now } => {
+                    return Err(ApiError::new(
+                        ErrorCode::NOT_LEADER,
+                        format!(
+                            "SPU {} stopped leading {key} (epoch {now}, leader {leader:?}) before the records written at epoch {epoch} were committed; they may or may not survive: retry at the new leader (an idempotent producer does not duplicate them)",
+                            self.spu
+                        ),
+                    ));
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(self.shutting_down(key, end)),
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ApiError::new(
+                        ErrorCode::TIMEOUT,
+                        format!(
+                            "the records for {key} were written by the leader but not replicated to every in-sync replica within {timeout:?}; retry (an idempotent producer does not duplicate them)"
+                        ),
+                    ));
+                }
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Err(self.removed_error(key));
+                    }
+                }
+            }
+        }
     }
 
     async fn list_offsets(&self, request: &IncomingRequest) -> Reply<ListOffsetsResponse> {
@@ -366,6 +470,33 @@ fn corrupt_log_error(
             fault.offset,
             fault.kind,
             log_dir.display(),
+        ),
+    )
+}
+
+fn produce_refusal(key: &PartitionKey, refusal: ProduceRefusal) -> ApiError {
+    match refusal {
+        ProduceRefusal::Log(error) => log_error_to_api(key, &error),
+        ProduceRefusal::Sequence(error @ SequenceError::OutOfOrder { .. }) => ApiError::new(
+            ErrorCode::OUT_OF_ORDER_SEQUENCE,
+            format!("partition {key}: {error}"),
+        ),
+        ProduceRefusal::Sequence(error @ SequenceError::Fenced { .. }) => ApiError::new(
+            ErrorCode::PRODUCER_FENCED,
+            format!("partition {key}: {error}"),
+        ),
+        ProduceRefusal::MixedRetry => ApiError::new(
+            ErrorCode::INVALID_RECORDS,
+            format!("partition {key}: {}", ProduceRefusal::MixedRetry),
+        ),
+    }
+}
+
+fn not_enough_replicas(key: &PartitionKey, in_sync: usize, needed: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::NOT_ENOUGH_REPLICAS,
+        format!(
+            "partition {key} has {in_sync} in-sync replica(s), fewer than the {needed} that acks=all needs; nothing was written: retry once replicas catch up, or produce with --acks leader"
         ),
     )
 }

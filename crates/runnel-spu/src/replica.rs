@@ -1,61 +1,193 @@
-//! One partition replica held by this SPU: its log, who leads it, and its
-//! high watermark, published so fetch streams wake as soon as records are
-//! committed.
+//! One partition replica held by this SPU: its log, its role in the
+//! partition (leader, follower, or neither), and its high watermark,
+//! published so fetch streams wake as soon as records are committed.
+//!
+//! As leader, the replica drives the replication rules of
+//! `runnel-replication` (follower positions in, high watermark and ISR
+//! proposals out). As follower, its high watermark is the leader's, capped
+//! by its own log end.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use runnel_log::{Log, LogConfig, LogError, RecoveryReport};
+use runnel_log::{AppendInfo, Log, LogConfig, LogError, RecoveryReport};
 use runnel_metadata::{PartitionKey, ReplicaAssignment, ReplicaStatus, TopicConfig};
+use runnel_replication::{AckState, Action, Leader, LeaderConfig, ProposalId};
 use runnel_types::{FlushPolicy, LeaderEpoch, Offset, SpuId};
-use tokio::sync::watch;
+use runnel_wire::batch::BatchHeader;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::producers::{ProducerStates, SequenceCheck, SequenceError};
 
 /// Who leads a partition, as the SC last said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Leadership {
     pub leader: Option<SpuId>,
     pub epoch: LeaderEpoch,
+    pub in_sync_replicas: Vec<SpuId>,
+    /// The leader's private address, where followers replicate from.
+    pub leader_addr: Option<String>,
+}
+
+impl Leadership {
+    pub fn of(assignment: &ReplicaAssignment) -> Leadership {
+        Leadership {
+            leader: assignment.leader,
+            epoch: assignment.leader_epoch,
+            in_sync_replicas: assignment.in_sync_replicas.clone(),
+            leader_addr: assignment.leader_addr.clone(),
+        }
+    }
+}
+
+/// What this replica does in its partition.
+#[derive(Debug)]
+enum Role {
+    Leader(Box<Leader>),
+    /// Replicates from `leader` (at the address of the leadership).
+    Follower,
+    /// No leader, or the SC has not said yet.
+    Idle,
+}
+
+/// A leader's request to change its partition's ISR, for the SC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IsrProposal {
+    pub key: PartitionKey,
+    pub epoch: LeaderEpoch,
+    pub proposal: ProposalId,
+    pub current: Vec<SpuId>,
+    pub proposed: Vec<SpuId>,
+}
+
+/// Where a produce acknowledged with `acks=all` stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Commitment {
+    Committed,
+    Waiting,
+    NotEnoughReplicas {
+        in_sync: usize,
+        needed: usize,
+    },
+    /// The replica no longer leads at the epoch the records were written in.
+    LeadershipLost {
+        leader: Option<SpuId>,
+        epoch: LeaderEpoch,
+    },
+}
+
+#[derive(Debug)]
+struct RoleState {
+    leadership: Leadership,
+    replication_factor: usize,
+    role: Role,
 }
 
 #[derive(Debug)]
 pub(crate) struct Replica {
     key: PartitionKey,
+    me: SpuId,
     /// The topic incarnation this replica's data belongs to.
     topic_id: u64,
     log: Arc<Log>,
     /// The topic settings the log was opened with.
     config: TopicConfig,
-    leadership: Mutex<Leadership>,
+    /// How long an ISR follower may stay behind before it is proposed out.
+    lag_time_max_ms: i64,
+    state: Mutex<RoleState>,
     /// Offset after the last committed record. Only grows while the
-    /// replica is held; fetch streams wait on its changes.
+    /// replica leads; fetch streams wait on its changes.
     high_watermark: watch::Sender<Offset>,
+    /// The log end, for replication streams waiting for new batches.
+    log_end: watch::Sender<Offset>,
+    /// Bumped on every change of role, ISR or high watermark: produces
+    /// waiting for `acks=all` and replication streams watch it.
+    changes: watch::Sender<u64>,
+    proposals: mpsc::UnboundedSender<IsrProposal>,
+    /// The idempotent producers' last batches. Its lock is held from the
+    /// check of a produced batch through its write and record, so two
+    /// appends of one partition never interleave there (the fsync after
+    /// is outside it and shared).
+    producers: Mutex<ProducerStates>,
     /// Cancelled when the SC removes the replica, so that streams on it
     /// end instead of waiting for records that never come.
     removed: CancellationToken,
 }
 
+/// What a producer's batches came to.
+#[derive(Debug)]
+pub(crate) enum Produced {
+    Appended(AppendInfo),
+    /// The replica holds them already (a retry): these are their offsets.
+    Duplicate {
+        first_offset: Offset,
+        last_offset: Offset,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProduceRefusal {
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(
+        "the request mixes batches this partition holds already with new ones; send one batch per idempotent producer per request"
+    )]
+    MixedRetry,
+}
+
+/// What an SPU passes to every replica it opens.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicaContext {
+    pub me: SpuId,
+    pub lag_time_max_ms: i64,
+    pub proposals: mpsc::UnboundedSender<IsrProposal>,
+}
+
 impl Replica {
     /// Opens (or creates) the replica's log in `dir`, recovering it after
-    /// an unclean stop. Blocking: call it from a blocking task.
+    /// an unclean stop, and takes the role the assignment gives it.
+    /// Blocking: call it from a blocking task.
     pub fn open(
         dir: &Path,
         assignment: &ReplicaAssignment,
+        context: &ReplicaContext,
+        now_ms: i64,
     ) -> Result<(Replica, RecoveryReport), LogError> {
         let (log, report) = Log::open(dir, log_config(&assignment.config))?;
+        let producers = ProducerStates::rebuild(&log)?;
+        // Nothing is known committed until the leader (this replica, or
+        // the one it follows) says so.
+        let high_watermark = Offset::ZERO;
+        let log_end = log.log_end_offset();
         let replica = Replica {
             key: assignment.key.clone(),
+            me: context.me,
             topic_id: assignment.topic_id,
             log: Arc::new(log),
             config: assignment.config.clone(),
-            leadership: Mutex::new(Leadership {
-                leader: assignment.leader,
-                epoch: assignment.leader_epoch,
+            lag_time_max_ms: context.lag_time_max_ms,
+            state: Mutex::new(RoleState {
+                leadership: Leadership {
+                    leader: None,
+                    epoch: LeaderEpoch(-1),
+                    in_sync_replicas: Vec::new(),
+                    leader_addr: None,
+                },
+                replication_factor: assignment.replicas.len(),
+                role: Role::Idle,
             }),
-            high_watermark: watch::Sender::new(Offset::ZERO),
+            high_watermark: watch::Sender::new(high_watermark),
+            log_end: watch::Sender::new(log_end),
+            changes: watch::Sender::new(0),
+            proposals: context.proposals.clone(),
+            producers: Mutex::new(producers),
             removed: CancellationToken::new(),
         };
-        replica.refresh_high_watermark();
+        replica.assign(assignment, now_ms);
         Ok((replica, report))
     }
 
@@ -78,11 +210,75 @@ impl Replica {
     }
 
     pub fn leadership(&self) -> Leadership {
-        *self.leadership.lock().expect("leadership lock")
+        self.lock().leadership.clone()
     }
 
-    pub fn set_leadership(&self, leadership: Leadership) {
-        *self.leadership.lock().expect("leadership lock") = leadership;
+    /// Takes the role an assignment gives: leader (rules started afresh
+    /// at a new epoch, or told the ISR the SC committed), follower, or
+    /// idle. Blocking (reads the log's end).
+    pub fn assign(&self, assignment: &ReplicaAssignment, now_ms: i64) {
+        let leadership = Leadership::of(assignment);
+        // Read before the state lock: the log's lock may be held across an
+        // fsync, and async tasks take the state lock.
+        let local_end = self.local_end();
+        let mut state = self.lock();
+        if state.leadership == leadership {
+            return;
+        }
+        let same_epoch = state.leadership.epoch == leadership.epoch
+            && state.leadership.leader == leadership.leader;
+        let actions = match (&mut state.role, leadership.leader) {
+            (Role::Leader(leader), Some(me)) if me == self.me && same_epoch => {
+                leader.on_isr_committed(leadership.in_sync_replicas.clone(), now_ms)
+            }
+            (_, Some(me)) if me == self.me => {
+                let config = LeaderConfig {
+                    me,
+                    replicas: assignment.replicas.clone(),
+                    min_in_sync: assignment.config.min_in_sync(assignment.replicas.len()),
+                    lag_time_max_ms: self.lag_time_max_ms,
+                };
+                let high_watermark = (*self.high_watermark.borrow()).min(local_end);
+                info!(partition = %self.key, epoch = %leadership.epoch, isr = ?leadership.in_sync_replicas, %local_end, %high_watermark, "leading");
+                let mut leader = Leader::new(
+                    config,
+                    leadership.epoch,
+                    leadership.in_sync_replicas.clone(),
+                    local_end,
+                    high_watermark,
+                    now_ms,
+                );
+                let mut actions = leader.on_local_end(local_end, now_ms);
+                actions.push(Action::AdvanceHighWatermark(leader.high_watermark()));
+                state.role = Role::Leader(Box::new(leader));
+                actions
+            }
+            (_, Some(leader)) => {
+                if !matches!(state.role, Role::Follower) || !same_epoch {
+                    info!(partition = %self.key, %leader, epoch = %leadership.epoch, "following");
+                }
+                state.role = Role::Follower;
+                Vec::new()
+            }
+            (_, None) => {
+                info!(partition = %self.key, epoch = %leadership.epoch, "no leader");
+                state.role = Role::Idle;
+                Vec::new()
+            }
+        };
+        state.leadership = leadership;
+        state.replication_factor = assignment.replicas.len();
+        self.apply(&mut state, actions);
+    }
+
+    /// The leader's own end the rules count: what is durable under the
+    /// `always` policy (a record is committed only once every in-sync
+    /// replica has it on disk), what is written otherwise.
+    fn local_end(&self) -> Offset {
+        match self.config.flush {
+            FlushPolicy::Always => self.log.durable_offset(),
+            FlushPolicy::Interval { .. } | FlushPolicy::Os => self.log.log_end_offset(),
+        }
     }
 
     pub fn high_watermark(&self) -> Offset {
@@ -94,23 +290,236 @@ impl Replica {
         self.high_watermark.subscribe()
     }
 
-    /// Recomputes the high watermark from the log and wakes the streams
-    /// waiting on it if it moved. With one replica, a record is committed
-    /// once the flush policy is satisfied: durable under `always`, written
-    /// under the relaxed policies (which accept losing it on power loss).
-    /// Blocking (it reads the log's end under its lock).
-    pub fn refresh_high_watermark(&self) {
-        let committed = match self.config.flush {
-            FlushPolicy::Always => self.log.durable_offset(),
-            FlushPolicy::Interval { .. } | FlushPolicy::Os => self.log.log_end_offset(),
-        };
-        self.high_watermark.send_if_modified(|high_watermark| {
-            let moved = committed > *high_watermark;
+    pub fn watch_log_end(&self) -> watch::Receiver<Offset> {
+        self.log_end.subscribe()
+    }
+
+    /// A receiver woken by every change of role, ISR or high watermark.
+    pub fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Appends a producer's batches at `epoch`, unless they are a retry
+    /// of batches held already; refuses a gap in a producer's sequence.
+    /// Returns once the batches are written; under the `always` policy
+    /// the caller waits for [`Log::sync_to`] before counting them. Blocking.
+    pub fn append_produced(
+        &self,
+        batches: &mut [u8],
+        epoch: LeaderEpoch,
+        now_ms: i64,
+    ) -> Result<Produced, ProduceRefusal> {
+        let mut producers = self.producers.lock().expect("producers lock");
+        let mut duplicate = None;
+        let mut fresh = false;
+        for header in headers(batches) {
+            match producers.check(&header)? {
+                SequenceCheck::Append => fresh = true,
+                SequenceCheck::Duplicate {
+                    first_offset,
+                    last_offset,
+                } => {
+                    let (first, _) = duplicate.get_or_insert((first_offset, last_offset));
+                    duplicate = Some((*first, last_offset));
+                }
+            }
+        }
+        match duplicate {
+            Some((first_offset, last_offset)) if !fresh => {
+                return Ok(Produced::Duplicate {
+                    first_offset,
+                    last_offset,
+                });
+            }
+            // A retry resends one request as it was; one that mixes held
+            // and new batches is not a retry.
+            Some(_) => return Err(ProduceRefusal::MixedRetry),
+            None => {}
+        }
+        let info = self.log.append_as_leader_unsynced(batches, epoch, now_ms)?;
+        for header in headers(batches) {
+            producers.record(&header);
+        }
+        Ok(Produced::Appended(info))
+    }
+
+    /// Records the producers of batches replicated from the leader, so a
+    /// retry after a failover is recognised here. Blocking.
+    pub fn record_replicated(&self, batches: &[u8]) {
+        let mut producers = self.producers.lock().expect("producers lock");
+        for header in headers(batches) {
+            producers.record(&header);
+        }
+    }
+
+    /// After an append to the log (as leader or follower), or a flush:
+    /// wakes replication streams and, on a leader, moves the high
+    /// watermark as far as the rules allow. Blocking (reads the log's end
+    /// under its lock).
+    pub fn on_local_append(&self, now_ms: i64) {
+        let log_end = self.log.log_end_offset();
+        let local_end = self.local_end();
+        self.log_end.send_if_modified(|end| {
+            let moved = *end < log_end;
             if moved {
-                *high_watermark = committed;
+                *end = log_end;
             }
             moved
         });
+        let mut state = self.lock();
+        if let Role::Leader(leader) = &mut state.role {
+            let actions = leader.on_local_end(local_end, now_ms);
+            self.apply(&mut state, actions);
+        }
+    }
+
+    /// A follower's position, reported after it appended.
+    pub fn on_follower_end(
+        &self,
+        follower: SpuId,
+        epoch: LeaderEpoch,
+        end: Offset,
+        now_ms: i64,
+    ) -> Result<(), String> {
+        let mut state = self.lock();
+        let Role::Leader(leader) = &mut state.role else {
+            return Err("this replica does not lead".to_string());
+        };
+        let actions = leader
+            .on_follower_end(follower, epoch, end, now_ms)
+            .map_err(|error| error.to_string())?;
+        self.apply(&mut state, actions);
+        Ok(())
+    }
+
+    /// Time passes: a leader proposes lagging followers out of the ISR.
+    pub fn tick(&self, now_ms: i64) {
+        let mut state = self.lock();
+        if let Role::Leader(leader) = &mut state.role {
+            let actions = leader.on_tick(now_ms);
+            self.apply(&mut state, actions);
+        }
+    }
+
+    /// The SC refused an ISR proposal made at `epoch`. (An accepted one
+    /// takes effect when the SC's assignment with the new ISR arrives:
+    /// assignments come in the order the SC committed them, answers do
+    /// not.)
+    pub fn on_isr_refused(&self, epoch: LeaderEpoch, proposal: ProposalId) {
+        let mut state = self.lock();
+        let current_epoch = state.leadership.epoch;
+        let Role::Leader(leader) = &mut state.role else {
+            return;
+        };
+        if leader.epoch() != epoch || current_epoch != epoch {
+            return;
+        }
+        let actions = leader.on_isr_refused(proposal);
+        self.apply(&mut state, actions);
+    }
+
+    /// On a follower: the leader's high watermark, capped by this log's end.
+    pub fn follow_high_watermark(&self, leader_high_watermark: Offset, log_end: Offset) {
+        let capped = leader_high_watermark.min(log_end);
+        self.publish_high_watermark(capped);
+    }
+
+    /// After a follower truncated its log: its high watermark may not
+    /// point past the new end.
+    pub fn on_truncated(&self) {
+        let log_end = self.log.log_end_offset();
+        self.producers
+            .lock()
+            .expect("producers lock")
+            .truncate_to(log_end);
+        self.high_watermark.send_if_modified(|high_watermark| {
+            let above = *high_watermark > log_end;
+            if above {
+                *high_watermark = log_end;
+            }
+            above
+        });
+        self.log_end.send_replace(log_end);
+        self.changes.send_modify(|version| *version += 1);
+    }
+
+    /// Where a produce at `epoch` whose records end before `end` stands
+    /// under `acks=all`.
+    pub fn commitment(&self, epoch: LeaderEpoch, end: Offset) -> Commitment {
+        let state = self.lock();
+        let lost = Commitment::LeadershipLost {
+            leader: state.leadership.leader,
+            epoch: state.leadership.epoch,
+        };
+        let Role::Leader(leader) = &state.role else {
+            return lost;
+        };
+        if leader.epoch() != epoch {
+            return lost;
+        }
+        match leader.acks_all(end) {
+            AckState::Committed => Commitment::Committed,
+            AckState::Waiting => Commitment::Waiting,
+            AckState::NotEnoughReplicas => Commitment::NotEnoughReplicas {
+                in_sync: leader.isr().len(),
+                needed: self.min_in_sync(&state),
+            },
+        }
+    }
+
+    /// Whether an `acks=all` produce may be appended now; the error names
+    /// the ISR size and the minimum.
+    pub fn accepts_acks_all(&self) -> Result<(), (usize, usize)> {
+        let state = self.lock();
+        match &state.role {
+            Role::Leader(leader) if !leader.accepts_acks_all() => {
+                Err((leader.isr().len(), self.min_in_sync(&state)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn min_in_sync(&self, state: &RoleState) -> usize {
+        self.config.min_in_sync(state.replication_factor)
+    }
+
+    /// Carries out the rules' actions: a new high watermark is published,
+    /// an ISR proposal goes to the SC.
+    fn apply(&self, state: &mut MutexGuard<'_, RoleState>, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::AdvanceHighWatermark(offset) => self.publish_high_watermark(offset),
+                Action::ProposeIsr {
+                    proposal,
+                    current,
+                    proposed,
+                } => {
+                    info!(partition = %self.key, epoch = %state.leadership.epoch, ?current, ?proposed, "proposing an ISR change");
+                    // No receiver means the SPU is stopping.
+                    let _ = self.proposals.send(IsrProposal {
+                        key: self.key.clone(),
+                        epoch: state.leadership.epoch,
+                        proposal,
+                        current,
+                        proposed,
+                    });
+                }
+            }
+        }
+        self.changes.send_modify(|version| *version += 1);
+    }
+
+    fn publish_high_watermark(&self, offset: Offset) {
+        let moved = self.high_watermark.send_if_modified(|high_watermark| {
+            let moved = offset > *high_watermark;
+            if moved {
+                *high_watermark = offset;
+            }
+            moved
+        });
+        if moved {
+            self.changes.send_modify(|version| *version += 1);
+        }
     }
 
     /// What the heartbeat reports. Blocking (it takes the log's lock).
@@ -137,6 +546,21 @@ impl Replica {
     pub async fn removed(&self) {
         self.removed.cancelled().await
     }
+
+    fn lock(&self) -> MutexGuard<'_, RoleState> {
+        self.state.lock().expect("replica state lock")
+    }
+}
+
+/// The headers of the whole batches in `bytes`, stopping at the first
+/// that does not parse (the log refuses those).
+fn headers(bytes: &[u8]) -> impl Iterator<Item = BatchHeader> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let header = BatchHeader::parse(bytes.get(at..)?).ok()?;
+        at += header.total_len();
+        (at <= bytes.len()).then_some(header)
+    })
 }
 
 /// The log settings that follow from a topic's configuration.
@@ -183,6 +607,16 @@ mod tests {
         }
     }
 
+    fn context() -> (ReplicaContext, mpsc::UnboundedReceiver<IsrProposal>) {
+        let (proposals, proposed) = mpsc::unbounded_channel();
+        let context = ReplicaContext {
+            me: SpuId(1),
+            lag_time_max_ms: 10_000,
+            proposals,
+        };
+        (context, proposed)
+    }
+
     fn batch() -> Vec<u8> {
         let mut builder = BatchBuilder::new(Compression::None);
         builder.push(1_000, None, Some(b"value".to_vec()), Vec::new());
@@ -222,8 +656,14 @@ mod tests {
     fn high_watermark_follows_appends_and_wakes_watchers() {
         for flush in [FlushPolicy::Always, FlushPolicy::Os] {
             let dir = tempfile::tempdir().expect("temp dir");
-            let (replica, _) =
-                Replica::open(&dir.path().join("events-0"), &assignment(flush)).expect("open");
+            let (context, _proposed) = context();
+            let (replica, _) = Replica::open(
+                &dir.path().join("events-0"),
+                &assignment(flush),
+                &context,
+                1_000,
+            )
+            .expect("open");
             let mut watcher = replica.watch_high_watermark();
             assert_eq!(*watcher.borrow_and_update(), Offset(0));
 
@@ -232,12 +672,17 @@ mod tests {
                 .log()
                 .append_as_leader(&mut bytes, LeaderEpoch(2), 1_000)
                 .expect("append");
-            replica.refresh_high_watermark();
+            replica.on_local_append(1_000);
             assert!(watcher.has_changed().expect("sender alive"), "{flush}");
             assert_eq!(*watcher.borrow_and_update(), Offset(1));
+            assert_eq!(
+                replica.commitment(LeaderEpoch(2), Offset(1)),
+                Commitment::Committed,
+                "a lone replica commits what it has"
+            );
 
             // Nothing new: no wake-up.
-            replica.refresh_high_watermark();
+            replica.on_local_append(1_000);
             assert!(!watcher.has_changed().expect("sender alive"));
             assert_eq!(replica.status(SpuId(1)).log_end_offset, Offset(1));
         }
@@ -248,22 +693,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("events-0");
         let assignment = assignment(FlushPolicy::Always);
+        let (context, _proposed) = context();
         {
-            let (replica, _) = Replica::open(&path, &assignment).expect("open");
+            let (replica, _) = Replica::open(&path, &assignment, &context, 1_000).expect("open");
             let mut bytes = batch();
             replica
                 .log()
                 .append_as_leader(&mut bytes, LeaderEpoch(2), 1_000)
                 .expect("append");
         }
-        let (replica, _) = Replica::open(&path, &assignment).expect("reopen");
+        let (replica, _) = Replica::open(&path, &assignment, &context, 1_000).expect("reopen");
         assert_eq!(replica.high_watermark(), Offset(1));
-        assert_eq!(
-            replica.leadership(),
-            Leadership {
-                leader: Some(SpuId(1)),
-                epoch: LeaderEpoch(2)
-            }
-        );
+        assert_eq!(replica.leadership(), Leadership::of(&assignment));
     }
 }

@@ -18,14 +18,16 @@ use std::time::Duration;
 
 use runnel_log::{Log, RecoveryReport};
 use runnel_metadata::{AssignmentUpdate, PartitionKey, ReplicaAssignment, ReplicaStatus};
+use runnel_transport::TransportConfig;
 use runnel_types::{FlushPolicy, PartitionId, SpuId, TopicName};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::follower::Followers;
 use crate::identity::{self, CLUSTER_ID_FILE, ClusterCheck, ClusterRefusal, Incarnation};
 use crate::now_ms;
-use crate::replica::{Leadership, Replica};
+use crate::replica::{IsrProposal, Leadership, Replica, ReplicaContext};
 
 /// The longest an `interval` flush may wait past its due time for the
 /// timer that drives it.
@@ -51,19 +53,34 @@ enum Slot {
 pub(crate) struct Replicas {
     spu: SpuId,
     data_dir: PathBuf,
+    context: ReplicaContext,
+    /// The replication streams this SPU runs as a follower.
+    followers: Followers,
     /// Held only for map operations, never across an await or disk I/O.
     slots: Mutex<BTreeMap<PartitionKey, Slot>>,
     shutdown: CancellationToken,
 }
 
 impl Replicas {
-    pub fn new(spu: SpuId, data_dir: PathBuf, shutdown: CancellationToken) -> Replicas {
+    pub fn new(
+        context: ReplicaContext,
+        data_dir: PathBuf,
+        transport: TransportConfig,
+        shutdown: CancellationToken,
+    ) -> Replicas {
         Replicas {
-            spu,
+            spu: context.me,
             data_dir,
+            followers: Followers::new(context.me, transport, shutdown.clone()),
+            context,
             slots: Mutex::default(),
             shutdown,
         }
+    }
+
+    /// Where ISR proposals of this SPU's replicas are queued.
+    pub fn proposal_sender(&self) -> tokio::sync::mpsc::UnboundedSender<IsrProposal> {
+        self.context.proposals.clone()
     }
 
     pub fn lookup(&self, key: &PartitionKey) -> Lookup {
@@ -103,6 +120,7 @@ impl Replicas {
             AssignmentUpdate::Upsert(assignment) => self.upsert(assignment).await,
             AssignmentUpdate::Remove(key) => self.remove(&key).await,
         }
+        self.followers.follow(self.ready());
         Ok(())
     }
 
@@ -170,25 +188,28 @@ impl Replicas {
     /// belongs to an older topic of the same name.
     async fn upsert(&self, assignment: ReplicaAssignment) {
         let key = assignment.key.clone();
-        let leadership = Leadership {
-            leader: assignment.leader,
-            epoch: assignment.leader_epoch,
-        };
+        let leadership = Leadership::of(&assignment);
         let existing = match self.lock().get(&key) {
             Some(Slot::Ready(replica)) => Some(Arc::clone(replica)),
             Some(Slot::Failed { .. }) | None => None,
         };
         if let Some(replica) = existing {
             if replica.topic_id() == assignment.topic_id {
-                if replica.leadership() != leadership {
-                    info!(partition = %key, leader = ?leadership.leader, epoch = %leadership.epoch, "leader changed");
-                    replica.set_leadership(leadership);
-                }
                 if replica.config() != &assignment.config {
                     warn!(
                         partition = %key,
                         "the topic configuration changed; this replica keeps its current settings until the SPU restarts"
                     );
+                }
+                if replica.leadership() != leadership {
+                    let assigning = Arc::clone(&replica);
+                    let assigned = tokio::task::spawn_blocking(move || {
+                        assigning.assign(&assignment, now_ms())
+                    })
+                    .await;
+                    if let Err(error) = assigned {
+                        error!(partition = %key, %error, "taking the assigned role did not complete");
+                    }
                 }
                 return;
             }
@@ -203,7 +224,8 @@ impl Replicas {
         let dir = self.replica_dir(&key);
         let opening = tokio::task::spawn_blocking({
             let dir = dir.clone();
-            move || open_replica(&dir, &assignment)
+            let context = self.context.clone();
+            move || open_replica(&dir, &assignment, &context)
         })
         .await;
         let slot = match opening {
@@ -302,6 +324,23 @@ impl Replicas {
         }
     }
 
+    /// Lets every replica that leads check its followers' lag, every
+    /// `interval`, until shutdown.
+    pub async fn tick_every(&self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let now = now_ms();
+            for replica in self.ready() {
+                replica.tick(now);
+            }
+        }
+    }
+
     /// Closes every log (flushing it and moving its recovery point to the
     /// end) so the next start opens it without a scan.
     pub async fn close_all(&self) {
@@ -353,17 +392,18 @@ impl Replicas {
                     _ = replica.removed() => return,
                     _ = ticker.tick() => {}
                 }
-                // Under this policy the high watermark is the log's end as
-                // of the last append. The durable offset is behind a lock
-                // that is never held across I/O (unlike the log's main
-                // lock), so this check does not block.
-                if replica.log().durable_offset() >= replica.high_watermark() {
+                // Nothing to sync when everything written is durable. The
+                // durable offset is behind a lock that is never held across
+                // I/O (unlike the log's main lock), so this does not block.
+                let written = *replica.watch_log_end().borrow();
+                if replica.log().durable_offset() >= written {
                     continue;
                 }
                 let ticking = Arc::clone(&replica);
                 let ticked = tokio::task::spawn_blocking(move || {
-                    let ticked = ticking.log().tick(now_ms());
-                    ticking.refresh_high_watermark();
+                    let now = now_ms();
+                    let ticked = ticking.log().tick(now);
+                    ticking.on_local_append(now);
                     ticked
                 })
                 .await;
@@ -440,6 +480,7 @@ fn delete_unassigned_dirs(data_dir: &Path, keep: &BTreeSet<PartitionKey>) -> io:
 fn open_replica(
     dir: &Path,
     assignment: &ReplicaAssignment,
+    context: &ReplicaContext,
 ) -> Result<(Replica, RecoveryReport), String> {
     let topic_id = assignment.topic_id;
     match identity::incarnation(dir, topic_id) {
@@ -460,7 +501,7 @@ fn open_replica(
             &format!("{reason}, so its topic id is unknown"),
         )?,
     }
-    Replica::open(dir, assignment).map_err(|error| error.to_string())
+    Replica::open(dir, assignment, context, now_ms()).map_err(|error| error.to_string())
 }
 
 fn create_replica_dir(dir: &Path, topic_id: u64) -> Result<(), String> {
@@ -502,6 +543,22 @@ mod tests {
             topic: TopicName::new(topic).expect("valid name"),
             partition: PartitionId(partition),
         }
+    }
+
+    /// Replicas of SPU 1 in `dir`; ISR proposals go nowhere.
+    fn test_replicas(dir: &Path) -> Replicas {
+        let (proposals, _) = tokio::sync::mpsc::unbounded_channel();
+        let context = ReplicaContext {
+            me: SpuId(1),
+            lag_time_max_ms: 10_000,
+            proposals,
+        };
+        Replicas::new(
+            context,
+            dir.to_path_buf(),
+            TransportConfig::default(),
+            CancellationToken::new(),
+        )
     }
 
     fn assignment(topic: &str, partition: u32, leader: u32, epoch: i32) -> ReplicaAssignment {
@@ -555,7 +612,7 @@ mod tests {
         std::fs::create_dir(&stale).expect("stale dir");
         let unrelated = dir.path().join("notes");
         std::fs::create_dir(&unrelated).expect("unrelated dir");
-        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        let replicas = test_replicas(dir.path());
 
         replicas
             .apply(snapshot(vec![
@@ -583,7 +640,7 @@ mod tests {
     #[tokio::test]
     async fn upsert_changes_the_leader_and_keeps_the_data() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        let replicas = test_replicas(dir.path());
         let key = key("t", 0);
         replicas
             .apply(AssignmentUpdate::Upsert(assignment("t", 0, 1, 0)))
@@ -598,13 +655,7 @@ mod tests {
             .expect("applied");
         let same = ready(&replicas, &key);
         assert!(Arc::ptr_eq(&replica, &same), "the open replica is kept");
-        assert_eq!(
-            same.leadership(),
-            Leadership {
-                leader: Some(SpuId(3)),
-                epoch: LeaderEpoch(1)
-            }
-        );
+        assert_eq!(same.leadership(), Leadership::of(&assignment("t", 0, 3, 1)));
         assert_eq!(same.log().log_end_offset(), Offset(1));
     }
 
@@ -621,7 +672,7 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_of_another_cluster_is_refused_whole() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        let replicas = test_replicas(dir.path());
         replicas
             .apply(snapshot(vec![assignment("kept", 0, 1, 0)]))
             .await
@@ -647,7 +698,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_topic_id_replaces_the_replica_in_memory_and_on_disk() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        let replicas = test_replicas(dir.path());
         let key = key("t", 0);
         replicas
             .apply(AssignmentUpdate::Upsert(assignment("t", 0, 1, 0)))
@@ -677,7 +728,7 @@ mod tests {
         let unmarked = dir.path().join("u-0");
         std::fs::create_dir(&unmarked).expect("unmarked dir");
         std::fs::write(unmarked.join("00000000000000000000.log"), b"old").expect("old data");
-        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        let replicas = test_replicas(dir.path());
         for assignment in [
             ReplicaAssignment {
                 topic_id: 3,
@@ -709,7 +760,7 @@ mod tests {
     #[tokio::test]
     async fn remove_ends_streams_and_deletes_the_directory() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        let replicas = test_replicas(dir.path());
         let key = key("t", 4);
         replicas
             .apply(AssignmentUpdate::Upsert(assignment("t", 4, 1, 0)))
@@ -731,7 +782,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         // A file where the replica's directory belongs.
         std::fs::write(dir.path().join("t-0"), b"not a directory").expect("blocking file");
-        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        let replicas = test_replicas(dir.path());
         replicas
             .apply(AssignmentUpdate::Upsert(assignment("t", 0, 1, 0)))
             .await
@@ -746,7 +797,7 @@ mod tests {
     #[tokio::test]
     async fn close_all_leaves_logs_that_open_without_a_scan() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let replicas = Replicas::new(SpuId(1), dir.path().to_path_buf(), CancellationToken::new());
+        let replicas = test_replicas(dir.path());
         let os_flush = ReplicaAssignment {
             config: TopicConfig {
                 flush: FlushPolicy::Os,
@@ -764,7 +815,13 @@ mod tests {
         replicas.close_all().await;
         assert!(replicas.statuses().is_empty());
 
-        let (reopened, report) = Replica::open(&dir.path().join("t-0"), &os_flush).expect("reopen");
+        let (reopened, report) = Replica::open(
+            &dir.path().join("t-0"),
+            &os_flush,
+            &replicas.context,
+            now_ms(),
+        )
+        .expect("reopen");
         assert_eq!(report.scanned_segments, 0, "{report:?}");
         assert_eq!(reopened.log().log_end_offset(), Offset(1));
     }

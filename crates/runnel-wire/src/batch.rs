@@ -740,6 +740,15 @@ impl BatchEncoder {
         self.record_count += 1;
     }
 
+    /// Marks the batch as coming from an idempotent producer, as
+    /// [`BatchBuilder::producer`] does; callable until [`Self::finish`],
+    /// so a producer can number a batch when it seals it.
+    pub fn set_producer(&mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+        self.header.producer_id = producer_id;
+        self.header.producer_epoch = producer_epoch;
+        self.header.base_sequence = base_sequence;
+    }
+
     pub fn record_count(&self) -> usize {
         self.record_count
     }
@@ -851,6 +860,38 @@ impl BatchBuilder {
         RecordBatch {
             header: self.header,
             records: self.records,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A producer numbers a batch when it seals it, after its records:
+    /// the bytes are the builder's with the same producer fields.
+    #[test]
+    fn the_encoder_stamps_producer_fields_as_the_builder_does() {
+        for codec in Compression::ALL {
+            let mut builder = BatchBuilder::new(codec).producer(42, 3, 1_000);
+            let mut encoder = BatchEncoder::new(codec);
+            for index in 0..5i64 {
+                encoder.push(1_000 + index, None, Some(b"value"), &[]);
+                builder.push(1_000 + index, None, Some(b"value".to_vec()), Vec::new());
+            }
+            encoder.set_producer(42, 3, 1_000);
+            let bytes = encoder.finish().expect("encode");
+            assert_eq!(bytes, builder.build().encode().expect("encode"), "{codec}");
+            let header = BatchHeader::parse(&bytes).expect("parse");
+            assert_eq!(
+                (
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_sequence
+                ),
+                (42, 3, 1_000)
+            );
+            verify_crc(&bytes).expect("the CRC covers the stamped fields");
         }
     }
 }

@@ -4,6 +4,7 @@
 //! unknown outcome and error advice.
 
 mod errors;
+mod idempotence;
 mod ordering;
 mod produce_consume;
 mod recovery;

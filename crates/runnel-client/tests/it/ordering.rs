@@ -1,6 +1,7 @@
-//! A produce whose outcome is unknown (sent, then no answer) fails with
-//! the records queued behind it, so nothing is stored out of order, and
-//! the records sent after go on.
+//! Without idempotence, a produce whose outcome is unknown (sent, then
+//! no answer) fails with the records queued behind it, so nothing is
+//! stored out of order, and the records sent after go on. (With
+//! idempotence it is retried: see `idempotence`.)
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use runnel_client::{
     ConsumerConfig, DeliveryFuture, ProduceError, Producer, ProducerConfig, StartFrom,
 };
 use runnel_types::{Offset, PartitionId, SpuId};
+use runnel_wire::batch::{BatchHeader, NO_PRODUCER_ID};
 
 use crate::support::{FakeCluster, SPU, bounded};
 
@@ -56,6 +58,7 @@ async fn an_unanswered_produce_fails_with_the_records_queued_behind_it() {
     let config = ProducerConfig {
         delivery_timeout: Duration::from_millis(300),
         linger: Duration::ZERO,
+        idempotent: false,
         ..ProducerConfig::default()
     };
     let producer = client.producer(&topic, config).await.expect("producer");
@@ -104,6 +107,14 @@ async fn an_unanswered_produce_fails_with_the_records_queued_behind_it() {
         values.push(record.expect("a record").value);
     }
     assert_eq!(values, ["first", "later"], "nothing doubled or reordered");
+    assert!(
+        cluster.sc.producer_ids_given().is_empty(),
+        "no producer id asked for"
+    );
+    for (_, batch) in cluster.spu.received_batches() {
+        let header = BatchHeader::parse(&batch).expect("a batch");
+        assert_eq!(header.producer_id, NO_PRODUCER_ID, "not numbered");
+    }
 }
 
 #[tokio::test]
@@ -113,6 +124,7 @@ async fn a_connection_closed_after_sending_leaves_the_outcome_unknown() {
     let topic = cluster.create_topic(&client, "severed", 1).await;
     let config = ProducerConfig {
         linger: Duration::ZERO,
+        idempotent: false,
         ..ProducerConfig::default()
     };
     let producer = client.producer(&topic, config).await.expect("producer");

@@ -2,27 +2,32 @@
 //! the client is tested end to end without the server crates.
 //!
 //! - The fake SC serves `WatchMetadata` (a snapshot, then a delta per
-//!   change) and the admin apis over an in-memory store; it can be stopped
-//!   and started again on the same address.
+//!   change), the admin apis over an in-memory store, and producer ids;
+//!   it can be stopped and started again on the same address.
 //! - The fake SPU leads every partition the SC places on it. It keeps
 //!   produced batches in memory, stamping base offsets into them as a
 //!   leader does, and pushes them to fetch streams as they arrive. Like
 //!   the real one it answers `PARTITION_NOT_READY` for a partition it
 //!   does not host (yet, or any more) and ends the fetch streams of a
-//!   removed replica with `PARTITION_NOT_FOUND`. Tests can make it refuse
-//!   produces with `NOT_LEADER`, leave produces unanswered, corrupt a
-//!   stored batch or rewrite its base offset.
+//!   removed replica with `PARTITION_NOT_FOUND`. It answers a retry of a
+//!   stored batch of an idempotent producer (same producer id, epoch and
+//!   sequence numbers) with the offset it was stored at, as a leader
+//!   does, and keeps every batch it received for tests to decode. Tests
+//!   can make it refuse produces (`NOT_LEADER` or a given code), hold a
+//!   produce until released, leave produces unanswered, corrupt a stored
+//!   batch or rewrite its base offset.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use runnel_api::{
     ApiError, ApiKey, CreateTopicRequest, DeleteTopicRequest, ErrorCode, FetchItem,
-    ListOffsetsRequest, ListOffsetsResponse, ListPartitionsRequest, ListTopicsRequest, OffsetQuery,
-    ProduceRequest, ProduceResponse, Reply, StreamFetchRequest,
+    InitProducerIdRequest, ListOffsetsRequest, ListOffsetsResponse, ListPartitionsRequest,
+    ListTopicsRequest, OffsetQuery, ProduceRequest, ProduceResponse, ProducerIdentity, Reply,
+    StreamFetchRequest,
 };
 use runnel_client::RunnelClient;
 use runnel_metadata::{
@@ -33,7 +38,7 @@ use runnel_transport::{
     CancellationToken, Handler, IncomingRequest, Responder, StreamSender, TransportConfig, serve,
 };
 use runnel_types::{LeaderEpoch, Offset, PartitionId, SpuId, TopicName};
-use runnel_wire::batch::{BatchHeader, peek_total_len, set_base_offset};
+use runnel_wire::batch::{BatchHeader, NO_PRODUCER_ID, peek_total_len, set_base_offset};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
@@ -203,6 +208,8 @@ pub struct FakeSc {
     deltas: broadcast::Sender<MetadataUpdate>,
     /// Metadata watch streams being served.
     pub watchers: watch::Sender<u32>,
+    /// The last producer id given; ids count up from 1000.
+    last_producer_id: AtomicI64,
 }
 
 #[derive(Debug, Default)]
@@ -232,7 +239,13 @@ impl FakeSc {
             store: Mutex::new(store),
             deltas: broadcast::channel(1024).0,
             watchers: watch::Sender::new(0),
+            last_producer_id: AtomicI64::new(999),
         }
+    }
+
+    /// The producer ids given so far, in order.
+    pub fn producer_ids_given(&self) -> Vec<i64> {
+        (1000..=self.last_producer_id.load(Ordering::SeqCst)).collect()
     }
 
     /// Applies `changes` to the store and sends them as one delta.
@@ -442,6 +455,17 @@ impl Handler for FakeSc {
                 };
                 responder.reply(&reply).await
             }
+            Some(ApiKey::InitProducerId) => {
+                let reply: Reply<ProducerIdentity> = match request.decode::<InitProducerIdRequest>()
+                {
+                    Ok(_) => Ok(ProducerIdentity {
+                        producer_id: self.last_producer_id.fetch_add(1, Ordering::SeqCst) + 1,
+                        producer_epoch: 0,
+                    }),
+                    Err(error) => Err(malformed(error)),
+                };
+                responder.reply(&reply).await
+            }
             Some(ApiKey::ListSpus) => {
                 let spus: Reply<Vec<Spu>> = Ok(self
                     .store
@@ -478,12 +502,21 @@ pub struct FakeSpu {
     unhosted: Mutex<HashSet<PartitionKey>>,
     /// Bumped on every append and removal, to wake fetch streams.
     appended: watch::Sender<u64>,
-    /// Produce requests to refuse with `NOT_LEADER` before serving again.
+    /// Produce requests to refuse with `refusal` before serving again.
     refuse_produces: AtomicU32,
+    /// The error code refused produces get; `NOT_LEADER` unless set.
+    refusal: Mutex<Option<ErrorCode>>,
     /// Produce requests to store and then never answer.
     unanswered_produces: AtomicU32,
+    /// Produce requests to hold, unserved, until released.
+    held_produces: AtomicU32,
+    /// Held produce requests released so far.
+    released_produces: watch::Sender<u32>,
     /// Produce requests received, refused ones included.
     produce_requests: watch::Sender<u32>,
+    /// The record batches of every produce request, as received, with
+    /// their partition.
+    received: Mutex<Vec<(PartitionId, Bytes)>>,
     /// Fetch streams opened so far.
     pub fetch_streams: watch::Sender<u32>,
 }
@@ -498,7 +531,32 @@ struct StoredBatch {
 impl FakeSpu {
     /// Refuses the next `count` produce requests with `NOT_LEADER`.
     pub fn refuse_next_produces(&self, count: u32) {
+        self.refuse_next_produces_with(count, ErrorCode::NOT_LEADER);
+    }
+
+    /// Refuses the next `count` produce requests with `code`.
+    pub fn refuse_next_produces_with(&self, count: u32, code: ErrorCode) {
+        *self.refusal.lock().expect("refusal lock") = Some(code);
         self.refuse_produces.store(count, Ordering::SeqCst);
+    }
+
+    /// Holds the next produce request, unserved (and so unanswered),
+    /// until [`FakeSpu::release_held_produce`].
+    pub fn hold_next_produce(&self) {
+        self.released_produces.send_replace(0);
+        self.held_produces.store(1, Ordering::SeqCst);
+    }
+
+    pub fn release_held_produce(&self) {
+        self.released_produces
+            .send_modify(|released| *released += 1);
+    }
+
+    /// Every record batch received in a produce request (refused,
+    /// duplicate and unanswered ones included), in order, with the bytes
+    /// the client sent and the partition it was sent to.
+    pub fn received_batches(&self) -> Vec<(PartitionId, Bytes)> {
+        self.received.lock().expect("received lock").clone()
     }
 
     /// Stores the next `count` produced batches and never answers their
@@ -593,10 +651,13 @@ impl FakeSpu {
     }
 
     fn produce(&self, request: &IncomingRequest) -> Reply<ProduceResponse> {
-        self.produce_requests.send_modify(|count| *count += 1);
         let (produce, tail) = request
             .decode_with_tail::<ProduceRequest>()
             .map_err(malformed)?;
+        self.received
+            .lock()
+            .expect("received lock")
+            .push((produce.partition, tail.clone()));
         self.not_ready(&PartitionKey {
             topic: produce.topic.clone(),
             partition: produce.partition,
@@ -608,9 +669,14 @@ impl FakeSpu {
             })
             .is_ok();
         if refused {
+            let code = self
+                .refusal
+                .lock()
+                .expect("refusal lock")
+                .unwrap_or(ErrorCode::NOT_LEADER);
             return Err(ApiError::new(
-                ErrorCode::NOT_LEADER,
-                "not the leader (injected by the test)",
+                code,
+                format!("{} (injected by the test)", code.name()),
             ));
         }
         let key = PartitionKey {
@@ -631,6 +697,13 @@ impl FakeSpu {
                 .ok_or_else(|| invalid("truncated batch".into()))?
                 .to_vec();
             let header = BatchHeader::parse(&bytes).map_err(|error| invalid(error.to_string()))?;
+            if let Some(stored) = Self::stored_duplicate(batches, &header) {
+                // One batch per request from the client: its offset.
+                return Ok(ProduceResponse {
+                    base_offset: Offset(stored),
+                    log_end_offset: Offset(Self::log_end(batches)),
+                });
+            }
             let base = Self::log_end(batches);
             set_base_offset(&mut bytes, Offset(base));
             batches.push(StoredBatch {
@@ -646,6 +719,22 @@ impl FakeSpu {
         Ok(ProduceResponse {
             base_offset: Offset(base_offset),
             log_end_offset,
+        })
+    }
+
+    /// The base offset of the stored batch that `header` repeats: same
+    /// producer id and epoch, same sequence numbers.
+    fn stored_duplicate(batches: &[StoredBatch], header: &BatchHeader) -> Option<i64> {
+        if header.producer_id == NO_PRODUCER_ID {
+            return None;
+        }
+        batches.iter().find_map(|batch| {
+            let stored = BatchHeader::parse(&batch.bytes).expect("stored batches parse");
+            let same = stored.producer_id == header.producer_id
+                && stored.producer_epoch == header.producer_epoch
+                && stored.base_sequence == header.base_sequence
+                && stored.record_count == header.record_count;
+            same.then_some(batch.base_offset)
         })
     }
 
@@ -754,6 +843,22 @@ impl Handler for FakeSpu {
     async fn handle(&self, request: IncomingRequest, responder: Responder) {
         match ApiKey::from_u16(request.header.api_key) {
             Some(ApiKey::Produce) => {
+                self.produce_requests.send_modify(|count| *count += 1);
+                let held = self
+                    .held_produces
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                        left.checked_sub(1)
+                    })
+                    .is_ok();
+                if held {
+                    let mut released = self.released_produces.subscribe();
+                    bounded(
+                        "the held produce to be released",
+                        released.wait_for(|released| *released > 0),
+                    )
+                    .await
+                    .expect("the SPU lives");
+                }
                 let reply = self.produce(&request);
                 let unanswered = self
                     .unanswered_produces

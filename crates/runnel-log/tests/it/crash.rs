@@ -273,6 +273,16 @@ fn a_corrupt_sealed_segment_found_at_open_is_kept_and_reported() {
         .find_map(|offset| log.read_verified(Offset(offset), 1).err())
         .expect("a read reaches the corrupt batch");
     assert!(matches!(error, LogError::Corrupt { .. }), "{error}");
+
+    // A replica repairs by cutting the damage off and fetching it again.
+    let (_, fault) = log.corruption().expect("still corrupt");
+    let log_end = log.truncate_to(fault.offset).unwrap();
+    assert!(log_end <= fault.offset);
+    assert!(
+        log.corruption().is_none(),
+        "the damage went with the suffix"
+    );
+    assert_eq!(read_all(&log).len() as i64 > 0, log_end.0 > 0);
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The SC through its listeners: topics, placement, SPU sessions, metadata
 //! watches, restarts, and refusals, with real connections on loopback.
+//! `replication`: ISR changes, elections, preferred leaders, producer ids.
 
+mod replication;
 mod support;
 
 use std::collections::BTreeMap;
@@ -353,9 +355,11 @@ async fn metadata_survives_a_restart() {
     .await
     .expect("listed");
     assert_eq!(partitions_before.len(), 4);
-    drop((spu, client));
     let (public_addr, private_addr) = (sc.public_addr.clone(), sc.private_addr.clone());
+    // Stopped with its SPU connected: an SPU that went away first would
+    // have lost its leaderships.
     sc.stop().await;
+    drop((spu, client));
 
     let sc = Sc::start_on(dir.path(), PATIENT, public_addr, private_addr).await;
     let client = sc.client().await;
@@ -567,6 +571,20 @@ async fn bad_requests_are_refused_and_the_sc_keeps_serving() {
         "replication factor 0",
     );
     assert_error(
+        bounded("rf 17", create(topic_spec("x", 1, 17))).await,
+        ErrorCode::INVALID_CONFIG,
+        "replication factor 17 is above the largest supported, 16",
+    );
+    for min in [0, 3] {
+        let mut spec = topic_spec("x", 1, 2);
+        spec.config.min_in_sync_replicas = Some(min);
+        assert_error(
+            bounded("min in-sync", create(spec)).await,
+            ErrorCode::INVALID_CONFIG,
+            &format!("min in-sync replicas {min} is outside 1 to 2"),
+        );
+    }
+    assert_error(
         bounded("0 partitions", create(topic_spec("x", 0, 1))).await,
         ErrorCode::INVALID_CONFIG,
         "1 to 10000 partitions",
@@ -688,7 +706,7 @@ async fn bad_requests_are_refused_and_the_sc_keeps_serving() {
         .iter()
         .map(|version| version.api_key)
         .collect();
-    assert_eq!(public_keys, vec![0, 10, 11, 12, 13, 14, 15, 16, 17]);
+    assert_eq!(public_keys, vec![0, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
     let private_keys: Vec<u16> = bounded("versions", link.call(&ApiVersionsRequest {}))
         .await
         .expect("versions")
@@ -696,7 +714,7 @@ async fn bad_requests_are_refused_and_the_sc_keeps_serving() {
         .iter()
         .map(|version| version.api_key)
         .collect();
-    assert_eq!(private_keys, vec![0, 30, 31]);
+    assert_eq!(private_keys, vec![0, 30, 31, 32]);
 
     // SPU registration.
     assert_error(

@@ -6,14 +6,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use runnel_api::{
-    ApiError, ErrorCode, SpuConnectRequest, SpuHeartbeatRequest, WatchMetadataRequest,
+    AlterIsrRequest, ApiError, ErrorCode, SpuConnectRequest, SpuHeartbeatRequest,
+    WatchMetadataRequest,
 };
 use runnel_metadata::{
-    AssignmentUpdate, MetadataUpdate, MetadataView, ReplicaStatus, SpuSpec, TopicConfig, TopicSpec,
+    AssignmentUpdate, MetadataUpdate, MetadataView, PartitionKey, ReplicaStatus, SpuSpec,
+    TopicConfig, TopicSpec,
 };
 use runnel_sc::{ScConfig, ScError};
 use runnel_transport::{Connection, ResponseStream, TransportConfig, TransportError};
-use runnel_types::{Offset, PartitionId, SpuId, TopicName};
+use runnel_types::{LeaderEpoch, Offset, PartitionId, SpuId, TopicName};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -217,6 +219,45 @@ impl FakeSpu {
         bounded("a heartbeat", self.connection.call(&request)).await
     }
 
+    /// Asks the SC, as this SPU, to change `key`'s ISR from `current` to
+    /// `new` at `epoch`.
+    pub async fn alter_isr(
+        &self,
+        key: &PartitionKey,
+        epoch: i32,
+        current: &[u32],
+        new: &[u32],
+    ) -> Result<Vec<SpuId>, TransportError> {
+        let request = AlterIsrRequest {
+            spu: self.id,
+            key: key.clone(),
+            leader_epoch: LeaderEpoch(epoch),
+            current_isr: spu_ids(current),
+            new_isr: spu_ids(new),
+        };
+        bounded("AlterIsr", self.connection.call(&request)).await
+    }
+
+    /// Heartbeats (with no replica reports) every `interval` until the
+    /// returned guard is dropped or a heartbeat is refused, so the SC
+    /// keeps this SPU online under a short session timeout.
+    pub fn keep_alive(&self, interval: Duration) -> KeepAlive {
+        let connection = self.connection.clone();
+        let id = self.id;
+        KeepAlive(tokio::spawn(async move {
+            loop {
+                let request = SpuHeartbeatRequest {
+                    id,
+                    replicas: vec![],
+                };
+                if connection.call(&request).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(interval).await;
+            }
+        }))
+    }
+
     /// A report of one replica of this SPU.
     pub fn report(&self, end: i64) -> ReplicaStatus {
         ReplicaStatus {
@@ -226,6 +267,27 @@ impl FakeSpu {
             high_watermark: Offset(end),
             size_bytes: 100 * end as u64,
         }
+    }
+}
+
+/// Heartbeats of a fake SPU; they stop when this is dropped.
+#[derive(Debug)]
+pub struct KeepAlive(JoinHandle<()>);
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub fn spu_ids(list: &[u32]) -> Vec<SpuId> {
+    list.iter().copied().map(SpuId).collect()
+}
+
+pub fn key(topic: &str, partition: u32) -> PartitionKey {
+    PartitionKey {
+        topic: name(topic),
+        partition: PartitionId(partition),
     }
 }
 

@@ -1,0 +1,3 @@
+//! Integration tests of the replication rules through their public API.
+
+mod simulation;

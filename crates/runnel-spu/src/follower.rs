@@ -1,0 +1,426 @@
+//! The follower side of replication: for each SPU that leads partitions
+//! this SPU follows, one connection and one replication stream that carries
+//! all of them.
+//!
+//! Before a partition joins a stream, its divergent suffix is cut: the
+//! follower asks the leader where its own latest epoch ends in the
+//! leader's log and truncates there (Kafka's KIP-101/279), never to a
+//! locally cached high watermark. Then the leader pushes batches as they
+//! are appended; the follower appends the leader's bytes unchanged and
+//! reports its new log end, which is what moves the leader's high
+//! watermark.
+//!
+//! When the set of partitions followed from a leader changes (a new
+//! epoch, a replica added or removed), that leader's stream is replaced.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use runnel_api::{
+    EpochEnd, FetchEpochEndRequest, ReplicaPosition, ReplicaPositionsRequest, ReplicaSyncRequest,
+    SyncKind, SyncPartition,
+};
+use runnel_metadata::PartitionKey;
+use runnel_replication::{Divergence, divergence_question, on_epoch_end};
+use runnel_transport::{Backoff, Connection, TransportConfig, TransportError};
+use runnel_types::{FlushPolicy, LeaderEpoch, Offset, SpuId};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::now_ms;
+use crate::replica::Replica;
+
+/// Items the leader may push ahead of this follower appending them.
+const SYNC_WINDOW: u32 = 8;
+/// Most rounds of epoch questions before giving up on a leader whose
+/// answers do not converge (each round asks about an older epoch).
+const MAX_DIVERGENCE_ROUNDS: usize = 64;
+
+/// What one replication stream is for: a leader, its address, and the
+/// partitions (with their epoch and topic incarnation) followed from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StreamPlan {
+    addr: String,
+    partitions: Vec<(PartitionKey, LeaderEpoch, u64)>,
+}
+
+/// A replica followed at a leader epoch.
+type Followed = (Arc<Replica>, LeaderEpoch);
+
+#[derive(Debug)]
+struct Fetcher {
+    plan: StreamPlan,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Followers {
+    me: SpuId,
+    transport: TransportConfig,
+    shutdown: CancellationToken,
+    fetchers: Mutex<BTreeMap<SpuId, Fetcher>>,
+}
+
+impl Followers {
+    pub fn new(me: SpuId, transport: TransportConfig, shutdown: CancellationToken) -> Followers {
+        Followers {
+            me,
+            transport,
+            shutdown,
+            fetchers: Mutex::default(),
+        }
+    }
+
+    /// Makes the replication streams match the roles of `replicas`: one
+    /// per leader of a partition this SPU follows; a stream whose plan
+    /// changed is replaced, one no longer needed is stopped.
+    pub fn follow(&self, replicas: Vec<Arc<Replica>>) {
+        let mut wanted: BTreeMap<SpuId, (StreamPlan, Vec<Followed>)> = BTreeMap::new();
+        for replica in replicas {
+            let leadership = replica.leadership();
+            let (Some(leader), Some(addr)) = (leadership.leader, leadership.leader_addr) else {
+                continue;
+            };
+            if leader == self.me {
+                continue;
+            }
+            let (plan, members) = wanted.entry(leader).or_insert_with(|| {
+                let plan = StreamPlan {
+                    addr: addr.clone(),
+                    partitions: Vec::new(),
+                };
+                (plan, Vec::new())
+            });
+            plan.partitions
+                .push((replica.key().clone(), leadership.epoch, replica.topic_id()));
+            members.push((replica, leadership.epoch));
+        }
+        let mut fetchers = self.fetchers.lock().expect("fetchers lock");
+        fetchers.retain(|leader, fetcher| {
+            wanted
+                .get(leader)
+                .is_some_and(|(plan, _)| *plan == fetcher.plan)
+        });
+        for (leader, (plan, members)) in wanted {
+            if fetchers.contains_key(&leader) {
+                continue;
+            }
+            let stream = ReplicationStream {
+                me: self.me,
+                leader,
+                addr: plan.addr.clone(),
+                partitions: members,
+                transport: self.transport.clone(),
+            };
+            let task = tokio::spawn(stream.run(self.shutdown.clone()));
+            fetchers.insert(leader, Fetcher { plan, task });
+        }
+    }
+}
+
+/// One leader's replication stream, kept up (reconnecting with backoff)
+/// until it is replaced or the SPU stops.
+#[derive(Debug)]
+struct ReplicationStream {
+    me: SpuId,
+    leader: SpuId,
+    addr: String,
+    partitions: Vec<Followed>,
+    transport: TransportConfig,
+}
+
+impl ReplicationStream {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::reconnect();
+        let mut reported: Option<String> = None;
+        loop {
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                outcome = self.replicate() => outcome,
+            };
+            match outcome {
+                Ok(()) => backoff.reset(),
+                Err(reason) => {
+                    if reported.as_ref() != Some(&reason) {
+                        warn!(leader = %self.leader, addr = %self.addr, %reason, "replication stream interrupted; retrying");
+                        reported = Some(reason);
+                    } else {
+                        debug!(leader = %self.leader, %reason, "replication stream still interrupted");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    /// Connects, cuts each partition's divergent suffix, then appends what
+    /// the leader pushes until the stream fails. `Ok` when the leader
+    /// ended it without an error.
+    async fn replicate(&self) -> Result<(), String> {
+        let connection = Connection::connect(&self.addr, self.transport.clone())
+            .await
+            .map_err(|error| format!("cannot connect: {error}"))?;
+        let reporter = Arc::new(Reporter::default());
+        let _reporting = AbortOnDrop(tokio::spawn(Arc::clone(&reporter).run(
+            connection.clone(),
+            self.me,
+            self.leader,
+        )));
+        let mut following = Vec::with_capacity(self.partitions.len());
+        let mut request = ReplicaSyncRequest {
+            follower: self.me,
+            partitions: Vec::with_capacity(self.partitions.len()),
+        };
+        for (replica, epoch) in &self.partitions {
+            if replica.is_removed() {
+                continue;
+            }
+            let offset = cut_divergence(&connection, replica, *epoch).await?;
+            reporter.report(replica, *epoch).await;
+            request.partitions.push(SyncPartition {
+                key: replica.key().clone(),
+                leader_epoch: *epoch,
+                offset,
+            });
+            following.push((Arc::clone(replica), *epoch));
+        }
+        if following.is_empty() {
+            return Ok(());
+        }
+        let mut stream = connection
+            .stream(&request, SYNC_WINDOW)
+            .await
+            .map_err(|error| format!("the leader refused the stream: {error}"))?;
+        loop {
+            let (item, tail) = match stream.next_with_tail().await {
+                Some(Ok(item)) => item,
+                Some(Err(error)) => return Err(format!("stream failed: {error}")),
+                None => return Ok(()),
+            };
+            let Some((replica, epoch)) = following.get(item.index as usize) else {
+                return Err(format!(
+                    "the leader sent an item for partition #{} of {}",
+                    item.index,
+                    following.len()
+                ));
+            };
+            apply_item(replica, item.kind, tail).await?;
+            reporter.report(replica, *epoch).await;
+        }
+    }
+}
+
+/// Applies one pushed item to `replica`: appends batches, follows the
+/// high watermark, or starts the log over where the leader's begins.
+async fn apply_item(replica: &Arc<Replica>, kind: SyncKind, tail: Bytes) -> Result<(), String> {
+    let key = replica.key().clone();
+    match kind {
+        SyncKind::Records {
+            first_offset,
+            high_watermark,
+            ..
+        } => {
+            let appending = Arc::clone(replica);
+            let appended = tokio::task::spawn_blocking(move || {
+                let now = now_ms();
+                let info = appending.log().append_replicated(&tail, now)?;
+                appending.record_replicated(&tail);
+                appending.on_local_append(now);
+                appending.follow_high_watermark(high_watermark, info.log_end);
+                Ok::<_, runnel_log::LogError>(())
+            })
+            .await;
+            match appended {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(format!(
+                    "appending {key} from offset {first_offset} failed: {error}"
+                )),
+                Err(error) => Err(format!("appending {key} did not complete: {error}")),
+            }
+        }
+        SyncKind::HighWatermark { high_watermark, .. } => {
+            let following = Arc::clone(replica);
+            tokio::task::spawn_blocking(move || {
+                let log_end = following.log().log_end_offset();
+                following.follow_high_watermark(high_watermark, log_end);
+            })
+            .await
+            .map_err(|error| format!("following {key}'s high watermark did not complete: {error}"))
+        }
+        SyncKind::StartOver { log_start_offset } => {
+            let resetting = Arc::clone(replica);
+            let reset = tokio::task::spawn_blocking(move || {
+                let reset = resetting.log().reset_to(log_start_offset);
+                resetting.on_truncated();
+                reset
+            })
+            .await;
+            match reset {
+                Ok(Ok(_)) => {
+                    info!(partition = %key, log_start = %log_start_offset, "the leader no longer holds what this replica lacks; started over at its log start");
+                    Ok(())
+                }
+                Ok(Err(error)) => Err(format!("starting {key} over failed: {error}")),
+                Err(error) => Err(format!("starting {key} over did not complete: {error}")),
+            }
+        }
+        SyncKind::Stopped(error) => Err(format!("the leader stopped {key}: {error}")),
+    }
+}
+
+/// Asks the leader where this replica's epochs end in its log and cuts
+/// the suffix that is not the leader's; returns the log end after.
+async fn cut_divergence(
+    connection: &Connection,
+    replica: &Arc<Replica>,
+    leader_epoch: LeaderEpoch,
+) -> Result<Offset, String> {
+    let key = replica.key().clone();
+    let reading = Arc::clone(replica);
+    let (epochs, log_end) = tokio::task::spawn_blocking(move || {
+        (reading.log().epochs(), reading.log().log_end_offset())
+    })
+    .await
+    .map_err(|error| format!("reading {key}'s epochs did not complete: {error}"))?;
+    let mut question = divergence_question(&epochs);
+    for _ in 0..MAX_DIVERGENCE_ROUNDS {
+        let Some(asked) = question else {
+            return Ok(log_end);
+        };
+        let request = FetchEpochEndRequest {
+            key: key.clone(),
+            leader_epoch,
+            epoch: asked,
+        };
+        let answer: EpochEnd = connection
+            .call(&request)
+            .await
+            .map_err(|error| match error {
+                TransportError::Api(error) => {
+                    format!("the leader refused the epoch question for {key}: {error}")
+                }
+                other => format!("asking the leader about {key}'s epoch {asked} failed: {other}"),
+            })?;
+        let next = on_epoch_end(
+            &epochs,
+            log_end,
+            asked,
+            answer.epoch_end,
+            answer.log_start_offset,
+        )
+        .map_err(|error| format!("{key}: {error}"))?;
+        match next {
+            Divergence::Ask(epoch) => question = Some(epoch),
+            Divergence::ResetTo(offset) => {
+                let resetting = Arc::clone(replica);
+                let reset = tokio::task::spawn_blocking(move || {
+                    let reset = resetting.log().reset_to(offset);
+                    resetting.on_truncated();
+                    reset
+                })
+                .await
+                .map_err(|error| format!("starting {key} over did not complete: {error}"))?
+                .map_err(|error| format!("starting {key} over at {offset} failed: {error}"))?;
+                info!(partition = %key, from = %log_end, at = %reset, "nothing in this replica matches the leader's log; started over");
+                return Ok(reset);
+            }
+            Divergence::TruncateTo(offset) if offset >= log_end => return Ok(log_end),
+            Divergence::TruncateTo(offset) => {
+                let truncating = Arc::clone(replica);
+                let truncated = tokio::task::spawn_blocking(move || {
+                    let truncated = truncating.log().truncate_to(offset);
+                    truncating.on_truncated();
+                    truncated
+                })
+                .await
+                .map_err(|error| format!("truncating {key} did not complete: {error}"))?
+                .map_err(|error| format!("truncating {key} to {offset} failed: {error}"))?;
+                info!(partition = %key, from = %log_end, to = %truncated, epoch = %asked, "cut the suffix that diverged from the leader's log");
+                return Ok(truncated);
+            }
+        }
+    }
+    Err(format!(
+        "the leader's epoch answers for {key} did not converge in {MAX_DIVERGENCE_ROUNDS} rounds"
+    ))
+}
+
+/// Sends the follower's positions to the leader, one call at a time,
+/// each with the latest position of every partition that moved: a slow
+/// answer coalesces later reports instead of queueing them.
+#[derive(Debug, Default)]
+struct Reporter {
+    pending: Mutex<BTreeMap<PartitionKey, ReplicaPosition>>,
+    wake: Notify,
+}
+
+impl Reporter {
+    async fn report(&self, replica: &Arc<Replica>, leader_epoch: LeaderEpoch) {
+        let reading = Arc::clone(replica);
+        let Ok(log_end_offset) = tokio::task::spawn_blocking(move || position(&reading)).await
+        else {
+            return;
+        };
+        let position = ReplicaPosition {
+            key: replica.key().clone(),
+            leader_epoch,
+            log_end_offset,
+        };
+        self.pending
+            .lock()
+            .expect("pending positions lock")
+            .insert(position.key.clone(), position);
+        self.wake.notify_one();
+    }
+
+    async fn run(self: Arc<Self>, connection: Connection, me: SpuId, leader: SpuId) {
+        loop {
+            self.wake.notified().await;
+            let positions: Vec<ReplicaPosition> =
+                std::mem::take(&mut *self.pending.lock().expect("pending positions lock"))
+                    .into_values()
+                    .collect();
+            if positions.is_empty() {
+                continue;
+            }
+            let request = ReplicaPositionsRequest {
+                follower: me,
+                positions,
+            };
+            if let Err(error) = connection.call(&request).await {
+                debug!(%leader, %error, "reporting positions failed");
+            }
+        }
+    }
+}
+
+/// What the leader may count of this replica: the durable end under the
+/// `always` policy, the written end otherwise. Blocking.
+fn position(replica: &Replica) -> Offset {
+    match replica.config().flush {
+        FlushPolicy::Always => replica.log().durable_offset(),
+        FlushPolicy::Interval { .. } | FlushPolicy::Os => replica.log().log_end_offset(),
+    }
+}
+
+/// A task stopped when its owner lets go of it.
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
