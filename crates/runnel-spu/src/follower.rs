@@ -187,6 +187,7 @@ impl ReplicationStream {
             if replica.is_removed() {
                 continue;
             }
+            repair(replica).await?;
             let offset = cut_divergence(&connection, replica, *epoch).await?;
             reporter.report(replica, *epoch).await;
             request.partitions.push(SyncPartition {
@@ -278,6 +279,28 @@ async fn apply_item(replica: &Arc<Replica>, kind: SyncKind, tail: Bytes) -> Resu
         }
         SyncKind::Stopped(error) => Err(format!("the leader stopped {key}: {error}")),
     }
+}
+
+/// Cuts a damaged batch and everything after it off a corrupt replica,
+/// so that it fetches them again from the leader.
+async fn repair(replica: &Arc<Replica>) -> Result<(), String> {
+    let key = replica.key().clone();
+    let repairing = Arc::clone(replica);
+    let repaired = tokio::task::spawn_blocking(move || {
+        let Some((path, fault)) = repairing.log().corruption() else {
+            return Ok(None);
+        };
+        let log_end = repairing.log().truncate_to(fault.offset)?;
+        repairing.on_truncated();
+        Ok::<_, runnel_log::LogError>(Some((path, fault, log_end)))
+    })
+    .await
+    .map_err(|error| format!("repairing {key} did not complete: {error}"))?
+    .map_err(|error| format!("repairing {key} failed: {error}"))?;
+    if let Some((path, fault, log_end)) = repaired {
+        warn!(partition = %key, segment = %path.display(), offset = %fault.offset, fault = %fault.kind, %log_end, "repairing a damaged replica: cut it at the damage to fetch the rest from the leader");
+    }
+    Ok(())
 }
 
 /// Asks the leader where this replica's epochs end in its log and cuts

@@ -17,7 +17,10 @@ use runnel_types::{FlushPolicy, LeaderEpoch, Offset, SpuId};
 use runnel_wire::batch::BatchHeader;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
+
+/// How much a scrub reads at a time.
+const SCRUB_READ_BYTES: u64 = 8 << 20;
 
 use crate::producers::{ProducerStates, SequenceCheck, SequenceError};
 
@@ -158,6 +161,12 @@ impl Replica {
         now_ms: i64,
     ) -> Result<(Replica, RecoveryReport), LogError> {
         let (log, report) = Log::open(dir, log_config(&assignment.config))?;
+        // After an unclean stop, the sealed segments recovery trusted are
+        // read once too: damage found there marks the log corrupt, and a
+        // follower repairs it from its leader before anything else.
+        if report.scanned_segments > 0 || report.truncated.is_some() {
+            scrub(&log);
+        }
         let producers = ProducerStates::rebuild(&log)?;
         // Nothing is known committed until the leader (this replica, or
         // the one it follows) says so.
@@ -549,6 +558,26 @@ impl Replica {
 
     fn lock(&self) -> MutexGuard<'_, RoleState> {
         self.state.lock().expect("replica state lock")
+    }
+}
+
+/// Reads the whole log, checking every batch; the first damaged one
+/// marks the log corrupt ([`Log::corruption`]). Blocking.
+fn scrub(log: &Log) {
+    let mut offset = log.log_start_offset();
+    loop {
+        match log.read_verified(offset, SCRUB_READ_BYTES) {
+            Ok(Some((slice, _))) => offset = slice.next_offset,
+            Ok(None) => return,
+            Err(LogError::Corrupt { path, offset, .. }) => {
+                warn!(path = %path.display(), %offset, "scrub found a damaged batch");
+                return;
+            }
+            Err(error) => {
+                warn!(dir = %log.dir().display(), %error, "scrub stopped");
+                return;
+            }
+        }
     }
 }
 
