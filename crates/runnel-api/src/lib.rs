@@ -199,9 +199,10 @@ pub fn decode_with_tail<T: DeserializeOwned>(body: &[u8]) -> Result<(T, &[u8]), 
 #[cfg(test)]
 mod tests {
     use runnel_metadata::{
-        MetadataUpdate, Object, Spu, SpuSpec, Topic, TopicConfig, TopicSpec, TopicState,
+        MetadataUpdate, Object, PartitionKey, Spu, SpuSpec, Topic, TopicConfig, TopicSpec,
+        TopicState,
     };
-    use runnel_types::{Offset, PartitionId, SpuId, TopicName};
+    use runnel_types::{LeaderEpoch, Offset, PartitionId, SpuId, TopicName};
 
     use super::*;
 
@@ -272,6 +273,43 @@ mod tests {
             offset: Offset(42),
             max_bytes: 1 << 20,
         });
+        let key = PartitionKey {
+            topic: topic.clone(),
+            partition: PartitionId(3),
+        };
+        round_trip(InitProducerIdRequest {});
+        round_trip(ElectPreferredRequest {
+            topic: Some(topic.clone()),
+            partition: None,
+        });
+        round_trip(AlterIsrRequest {
+            spu: SpuId(1),
+            key: key.clone(),
+            leader_epoch: LeaderEpoch(4),
+            current_isr: vec![SpuId(1), SpuId(2)],
+            new_isr: vec![SpuId(1)],
+        });
+        round_trip(ReplicaSyncRequest {
+            follower: SpuId(2),
+            partitions: vec![SyncPartition {
+                key: key.clone(),
+                leader_epoch: LeaderEpoch(4),
+                offset: Offset(100),
+            }],
+        });
+        round_trip(ReplicaPositionsRequest {
+            follower: SpuId(2),
+            positions: vec![ReplicaPosition {
+                key: key.clone(),
+                leader_epoch: LeaderEpoch(4),
+                log_end_offset: Offset(120),
+            }],
+        });
+        round_trip(FetchEpochEndRequest {
+            key,
+            leader_epoch: LeaderEpoch(4),
+            epoch: LeaderEpoch(3),
+        });
         round_trip(ListOffsetsRequest {
             topic: topic.clone(),
             partition: PartitionId(3),
@@ -301,6 +339,29 @@ mod tests {
         assert_eq!(
             decode::<Reply<ProduceResponse>>(&encode(&reply)).unwrap(),
             reply
+        );
+    }
+
+    #[test]
+    fn the_produce_example_of_docs_wire_md_encodes_as_written() {
+        let request = ProduceRequest {
+            topic: TopicName::new("events").unwrap(),
+            partition: PartitionId(3),
+            acks: Acks::All,
+            timeout_ms: 30_000,
+        };
+        assert_eq!(
+            encode(&request),
+            [
+                6, b'e', b'v', b'e', b'n', b't', b's', 3, 0, 0xb0, 0xea, 0x01
+            ]
+        );
+        assert_eq!("leader".parse::<Acks>(), Ok(Acks::Leader));
+        assert!(
+            "most"
+                .parse::<Acks>()
+                .unwrap_err()
+                .contains("all, leader or none")
         );
     }
 
