@@ -5,11 +5,16 @@
 //! metadata (pushed by the SC, never polled), and talks to the leader SPU
 //! of each partition directly for data:
 //!
-//! - [`Admin`]: topics and SPUs, through the SC.
+//! - [`Admin`]: topics, partitions, SPUs, producer ids and preferred
+//!   leader elections, through the SC.
 //! - [`Producer`]: records placed on partitions (Kafka's murmur2 for
-//!   keys), batched per partition, sent to each leader with retries while
-//!   a failure proves nothing was stored, one batch in flight per
-//!   partition so order holds.
+//!   keys), batched per partition, one batch in flight per partition so
+//!   order holds, acknowledged under [`Acks`] (default: every in-sync
+//!   replica). Idempotent by default: a producer id from the SC and
+//!   sequence numbers per partition let it retry a batch whose outcome is
+//!   unknown (a lost answer, a failover) without the leader storing it
+//!   twice; without idempotence it retries only while a failure proves
+//!   nothing was stored.
 //! - [`Consumer`]: records pushed by each partition's leader as they are
 //!   committed, checked (CRC, and offsets against those expected) and
 //!   delivered in order per partition.
