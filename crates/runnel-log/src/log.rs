@@ -423,6 +423,12 @@ impl Log {
         self.lock().log_end()
     }
 
+    /// Whether a failed write or fsync left the log refusing writes until
+    /// it is opened again.
+    pub fn is_failed(&self) -> bool {
+        self.lock_sync().failed
+    }
+
     /// Every offset below this is on stable storage.
     pub fn durable_offset(&self) -> Offset {
         self.lock_sync().durable

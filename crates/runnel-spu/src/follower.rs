@@ -40,7 +40,8 @@ const SYNC_WINDOW: u32 = 8;
 const MAX_DIVERGENCE_ROUNDS: usize = 64;
 
 /// What one replication stream is for: a leader, its address, and the
-/// partitions (with their epoch and topic incarnation) followed from it.
+/// partitions (with their epoch and the replica's incarnation: a replica
+/// opened again gets a new stream) followed from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct StreamPlan {
     addr: String,
@@ -100,8 +101,11 @@ impl Followers {
                 };
                 (plan, Vec::new())
             });
-            plan.partitions
-                .push((replica.key().clone(), leadership.epoch, replica.topic_id()));
+            plan.partitions.push((
+                replica.key().clone(),
+                leadership.epoch,
+                replica.incarnation(),
+            ));
             members.push((replica, leadership.epoch));
         }
         let mut fetchers = self.fetchers.lock().expect("fetchers lock");

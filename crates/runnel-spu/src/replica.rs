@@ -8,6 +8,7 @@
 //! by its own log end.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use runnel_log::{AppendInfo, Log, LogConfig, LogError, RecoveryReport};
@@ -18,6 +19,9 @@ use runnel_wire::batch::BatchHeader;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+/// Numbers every replica opened by this process.
+static NEXT_INCARNATION: AtomicU64 = AtomicU64::new(1);
 
 /// How much a scrub reads at a time.
 const SCRUB_READ_BYTES: u64 = 8 << 20;
@@ -83,6 +87,8 @@ pub(crate) enum Commitment {
 
 #[derive(Debug)]
 struct RoleState {
+    /// The SC's latest assignment of this replica.
+    assignment: ReplicaAssignment,
     leadership: Leadership,
     replication_factor: usize,
     role: Role,
@@ -94,6 +100,7 @@ pub(crate) struct Replica {
     me: SpuId,
     /// The topic incarnation this replica's data belongs to.
     topic_id: u64,
+    incarnation: u64,
     log: Arc<Log>,
     /// The topic settings the log was opened with.
     config: TopicConfig,
@@ -179,7 +186,9 @@ impl Replica {
             log: Arc::new(log),
             config: assignment.config.clone(),
             lag_time_max_ms: context.lag_time_max_ms,
+            incarnation: NEXT_INCARNATION.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(RoleState {
+                assignment: assignment.clone(),
                 leadership: Leadership {
                     leader: None,
                     epoch: LeaderEpoch(-1),
@@ -222,6 +231,17 @@ impl Replica {
         self.lock().leadership.clone()
     }
 
+    /// The SC's latest assignment of this replica.
+    pub fn assignment(&self) -> ReplicaAssignment {
+        self.lock().assignment.clone()
+    }
+
+    /// Tells this opening of the replica from earlier and later ones of
+    /// the same partition on this SPU.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
     /// Takes the role an assignment gives: leader (rules started afresh
     /// at a new epoch, or told the ISR the SC committed), follower, or
     /// idle. Blocking (reads the log's end).
@@ -232,6 +252,7 @@ impl Replica {
         let local_end = self.local_end();
         let mut state = self.lock();
         if state.leadership == leadership {
+            state.assignment = assignment.clone();
             return;
         }
         let same_epoch = state.leadership.epoch == leadership.epoch
@@ -277,6 +298,7 @@ impl Replica {
         };
         state.leadership = leadership;
         state.replication_factor = assignment.replicas.len();
+        state.assignment = assignment.clone();
         self.apply(&mut state, actions);
     }
 

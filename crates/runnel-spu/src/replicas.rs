@@ -33,6 +33,9 @@ use crate::replica::{IsrProposal, Leadership, Replica, ReplicaContext};
 /// timer that drives it.
 const MAX_FLUSH_TICK: Duration = Duration::from_millis(100);
 
+/// Leader ticks between two healing passes.
+const HEAL_EVERY_TICKS: u64 = 8;
+
 /// What this SPU knows of a partition.
 #[derive(Debug)]
 pub(crate) enum Lookup {
@@ -46,7 +49,11 @@ pub(crate) enum Lookup {
 #[derive(Debug)]
 enum Slot {
     Ready(Arc<Replica>),
-    Failed { reason: String },
+    /// Its log failed to open; opened again by the next healing pass.
+    Failed {
+        reason: String,
+        assignment: Box<ReplicaAssignment>,
+    },
 }
 
 #[derive(Debug)]
@@ -88,7 +95,7 @@ impl Replicas {
             Some(Slot::Ready(replica)) if !replica.is_removed() => {
                 Lookup::Ready(Arc::clone(replica))
             }
-            Some(Slot::Failed { reason }) => Lookup::Failed(reason.clone()),
+            Some(Slot::Failed { reason, .. }) => Lookup::Failed(reason.clone()),
             Some(Slot::Ready(_)) | None => Lookup::Missing,
         }
     }
@@ -221,7 +228,16 @@ impl Replicas {
             );
             self.remove(&key).await;
         }
+        self.open(assignment).await;
+    }
+
+    /// Opens the replica of `assignment` and serves it, or records why it
+    /// cannot be.
+    async fn open(&self, assignment: ReplicaAssignment) {
+        let key = assignment.key.clone();
+        let leadership = Leadership::of(&assignment);
         let dir = self.replica_dir(&key);
+        let failed_assignment = assignment.clone();
         let opening = tokio::task::spawn_blocking({
             let dir = dir.clone();
             let context = self.context.clone();
@@ -249,17 +265,47 @@ impl Replicas {
                 Slot::Ready(replica)
             }
             Ok(Err(reason)) => {
-                error!(partition = %key, dir = %dir.display(), %reason, "cannot open replica; it is not served");
-                Slot::Failed { reason }
+                error!(partition = %key, dir = %dir.display(), %reason, "cannot open replica; it is not served until it opens");
+                Slot::Failed {
+                    reason,
+                    assignment: Box::new(failed_assignment.clone()),
+                }
             }
             Err(error) => {
-                error!(partition = %key, %error, "opening replica did not complete; it is not served");
+                error!(partition = %key, %error, "opening replica did not complete; it is not served until it opens");
                 Slot::Failed {
                     reason: format!("opening its log did not complete: {error}"),
+                    assignment: Box::new(failed_assignment.clone()),
                 }
             }
         };
         self.lock().insert(key, slot);
+    }
+
+    /// Opens again what failed: a replica whose log refuses writes after a
+    /// failed write or fsync (a full disk), and one whose log did not open.
+    /// Recovery then decides what the files hold; a follower catches up
+    /// from its leader and rejoins the ISR once the disk takes writes.
+    async fn heal(&self) {
+        let mut retry = Vec::new();
+        for (key, slot) in self.lock().iter() {
+            match slot {
+                Slot::Ready(replica) if replica.log().is_failed() && !replica.is_removed() => {
+                    warn!(partition = %key, "the replica's log refuses writes after a failure; opening it again");
+                    replica.mark_removed();
+                    retry.push(replica.assignment());
+                }
+                Slot::Failed { assignment, .. } => retry.push(ReplicaAssignment::clone(assignment)),
+                Slot::Ready(_) => {}
+            }
+        }
+        if retry.is_empty() {
+            return;
+        }
+        for assignment in retry {
+            self.open(assignment).await;
+        }
+        self.followers.follow(self.ready());
     }
 
     /// Ends the streams on a replica and deletes its data. The replica
@@ -325,10 +371,12 @@ impl Replicas {
     }
 
     /// Lets every replica that leads check its followers' lag, every
-    /// `interval`, until shutdown.
+    /// `interval`, and heals failed replicas every [`HEAL_EVERY_TICKS`]
+    /// intervals, until shutdown.
     pub async fn tick_every(&self, interval: Duration) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -337,6 +385,10 @@ impl Replicas {
             let now = now_ms();
             for replica in self.ready() {
                 replica.tick(now);
+            }
+            ticks += 1;
+            if ticks.is_multiple_of(HEAL_EVERY_TICKS) {
+                self.heal().await;
             }
         }
     }
