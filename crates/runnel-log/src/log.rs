@@ -1050,8 +1050,16 @@ impl Log {
             .map(|(base, _)| *base)
             .expect("offset >= log start >= first segment base");
         for (_, segment) in state.segments.range_mut(start_base..) {
-            let Some((mut position, _)) = segment.locate(from, SCAN_BATCH_LIMIT)? else {
-                continue;
+            // Only the first segment is entered mid-way; later ones are read
+            // from their start, and an empty one (rolled just before a
+            // crash) holds nothing to locate.
+            let mut position = if from <= segment.base {
+                0
+            } else {
+                match segment.locate(from, SCAN_BATCH_LIMIT)? {
+                    Some((position, _)) => position,
+                    None => continue,
+                }
             };
             while position < segment.size {
                 let header = segment.read_header_at(position)?;

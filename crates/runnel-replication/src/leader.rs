@@ -79,7 +79,8 @@ pub enum PositionError {
     Invalid {
         spu: SpuId,
         end: Offset,
-        local_end: Offset,
+        /// The end of what the leader has written.
+        leader_end: Offset,
     },
 }
 
@@ -103,10 +104,10 @@ impl fmt::Display for PositionError {
             PositionError::Invalid {
                 spu,
                 end,
-                local_end,
+                leader_end,
             } => write!(
                 f,
-                "SPU {spu} reports log end {end}, but the leader's end is {local_end}; \
+                "SPU {spu} reports log end {end}, but the leader's end is {leader_end}; \
                  the follower must truncate by epoch against this leader before fetching"
             ),
         }
@@ -143,6 +144,9 @@ pub struct Leader {
     /// earlier epochs lies below it.
     epoch_start: Offset,
     local_end: Offset,
+    /// The end of what the leader has written, durable or not: the most a
+    /// follower can hold. At least `local_end`.
+    written_end: Offset,
     high_watermark: Offset,
     /// As the SC committed it, sorted, without duplicates.
     isr: Vec<SpuId>,
@@ -195,6 +199,7 @@ impl Leader {
             epoch,
             epoch_start: local_end,
             local_end,
+            written_end: local_end,
             high_watermark: high_watermark.min(local_end),
             isr: normalized(isr),
             pending: None,
@@ -237,9 +242,17 @@ impl Leader {
         // idle partition's followers do not need to report to stay in.
         self.note_caught_up(now_ms);
         self.local_end = self.local_end.max(local_end);
+        self.written_end = self.written_end.max(self.local_end);
         let mut actions = Vec::new();
         self.advance_high_watermark(&mut actions);
         actions
+    }
+
+    /// The leader has written up to `written_end`, which may be ahead of
+    /// its committable end (under `flush=always`, what is not fsynced yet).
+    /// Followers may hold, and report, up to it.
+    pub fn on_written_end(&mut self, written_end: Offset) {
+        self.written_end = self.written_end.max(written_end);
     }
 
     /// A follower reports its log end for `epoch`. One follower's positions
@@ -267,14 +280,15 @@ impl Leader {
             });
         }
         let local_end = self.local_end;
+        let written_end = self.written_end.max(local_end);
         let Some(follower) = self.followers.get_mut(&spu) else {
             return Err(PositionError::NotAReplica { spu });
         };
-        if end > local_end || end < Offset::ZERO {
+        if end > written_end || end < Offset::ZERO {
             return Err(PositionError::Invalid {
                 spu,
                 end,
-                local_end,
+                leader_end: written_end,
             });
         }
         if end >= local_end {

@@ -250,6 +250,7 @@ impl Replica {
         // Read before the state lock: the log's lock may be held across an
         // fsync, and async tasks take the state lock.
         let local_end = self.local_end();
+        let log_end = self.log.log_end_offset();
         let mut state = self.lock();
         if state.leadership == leadership {
             state.assignment = assignment.clone();
@@ -278,6 +279,7 @@ impl Replica {
                     high_watermark,
                     now_ms,
                 );
+                leader.on_written_end(log_end);
                 let mut actions = leader.on_local_end(local_end, now_ms);
                 actions.push(Action::AdvanceHighWatermark(leader.high_watermark()));
                 state.role = Role::Leader(Box::new(leader));
@@ -399,6 +401,7 @@ impl Replica {
         });
         let mut state = self.lock();
         if let Role::Leader(leader) = &mut state.role {
+            leader.on_written_end(log_end);
             let actions = leader.on_local_end(local_end, now_ms);
             self.apply(&mut state, actions);
         }

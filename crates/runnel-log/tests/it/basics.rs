@@ -540,3 +540,25 @@ fn unsynced_appends_become_durable_on_sync_to() {
     log.sync_to(appended.log_end).expect("sync");
     assert_eq!(log.durable_offset(), Offset(3));
 }
+
+#[test]
+fn batch_headers_are_visited_across_segments_and_past_an_empty_one() {
+    let dir = temp_dir();
+    let log = open(dir.path(), &small_config());
+    for _ in 0..12 {
+        append(&log, 2, 300, 0);
+    }
+    // A roll just before a crash leaves an empty active segment.
+    log.roll().unwrap();
+    assert!(crate::support::segment_logs(dir.path()).len() >= 3);
+    for from in [Offset(0), Offset(5), Offset(23)] {
+        let mut bases = Vec::new();
+        log.visit_batch_headers(from, |header| bases.push(header.base_offset().0))
+            .unwrap();
+        let expected: Vec<i64> = (0..12)
+            .map(|batch| batch * 2)
+            .filter(|&base| base + 2 > from.0)
+            .collect();
+        assert_eq!(bases, expected, "from {from}");
+    }
+}

@@ -125,7 +125,7 @@ fn positions_that_cannot_be_taken() {
             PositionError::Invalid {
                 spu: A,
                 end: Offset(11),
-                local_end: Offset(10),
+                leader_end: Offset(10),
             },
         ),
         (
@@ -135,7 +135,7 @@ fn positions_that_cannot_be_taken() {
             PositionError::Invalid {
                 spu: A,
                 end: Offset(-1),
-                local_end: Offset(10),
+                leader_end: Offset(10),
             },
         ),
     ];
@@ -327,4 +327,28 @@ fn an_sc_change_while_a_proposal_is_in_flight_leaves_it_in_flight() {
     leader.on_isr_refused(id);
     // B is still lagging; A, dropped by the SC, is caught up and comes back.
     assert_eq!(proposal(&leader.on_tick(153)).1, vec![ME, A]);
+}
+
+#[test]
+fn followers_may_be_ahead_of_what_the_leader_has_synced() {
+    // Under flush=always the leader counts what it has fsynced (10) but
+    // has written more (14); a follower that synced faster reports 14.
+    let mut leader = leader(&[ME, A], 10, 10);
+    leader.on_written_end(Offset(14));
+    assert_eq!(
+        report(&mut leader, A, 14, 1),
+        vec![],
+        "capped by the leader's own end"
+    );
+    assert_eq!(leader.follower_end(A), Some(Offset(14)));
+    assert_eq!(leader.on_local_end(Offset(14), 2), advance(14));
+    assert_eq!(
+        leader.on_follower_end(A, EPOCH, Offset(15), 3),
+        Err(PositionError::Invalid {
+            spu: A,
+            end: Offset(15),
+            leader_end: Offset(14),
+        }),
+        "nothing beyond what the leader wrote"
+    );
 }
