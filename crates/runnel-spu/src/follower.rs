@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use runnel_api::{
@@ -35,6 +36,8 @@ use crate::replica::Replica;
 
 /// Items the leader may push ahead of this follower appending them.
 const SYNC_WINDOW: u32 = 8;
+/// How often a follower repeats its positions while none moves.
+const REPORT_REFRESH: Duration = Duration::from_secs(1);
 /// Most rounds of epoch questions before giving up on a leader whose
 /// answers do not converge (each round asks about an older epoch).
 const MAX_DIVERGENCE_ROUNDS: usize = 64;
@@ -386,10 +389,14 @@ async fn cut_divergence(
 
 /// Sends the follower's positions to the leader, one call at a time,
 /// each with the latest position of every partition that moved: a slow
-/// answer coalesces later reports instead of queueing them.
+/// answer coalesces later reports instead of queueing them. While nothing
+/// moves, every position is sent again each [`REPORT_REFRESH`], so a
+/// report the leader could not take (it had not learned its epoch yet, a
+/// call that failed) is not the last word.
 #[derive(Debug, Default)]
 struct Reporter {
     pending: Mutex<BTreeMap<PartitionKey, ReplicaPosition>>,
+    latest: Mutex<BTreeMap<PartitionKey, ReplicaPosition>>,
     wake: Notify,
 }
 
@@ -405,6 +412,10 @@ impl Reporter {
             leader_epoch,
             log_end_offset,
         };
+        self.latest
+            .lock()
+            .expect("latest positions lock")
+            .insert(position.key.clone(), position.clone());
         self.pending
             .lock()
             .expect("pending positions lock")
@@ -414,11 +425,22 @@ impl Reporter {
 
     async fn run(self: Arc<Self>, connection: Connection, me: SpuId, leader: SpuId) {
         loop {
-            self.wake.notified().await;
-            let positions: Vec<ReplicaPosition> =
-                std::mem::take(&mut *self.pending.lock().expect("pending positions lock"))
+            let refresh = tokio::select! {
+                _ = self.wake.notified() => false,
+                _ = tokio::time::sleep(REPORT_REFRESH) => true,
+            };
+            let positions: Vec<ReplicaPosition> = match refresh {
+                true => self
+                    .latest
+                    .lock()
+                    .expect("latest positions lock")
+                    .values()
+                    .cloned()
+                    .collect(),
+                false => std::mem::take(&mut *self.pending.lock().expect("pending positions lock"))
                     .into_values()
-                    .collect();
+                    .collect(),
+            };
             if positions.is_empty() {
                 continue;
             }

@@ -284,7 +284,9 @@ impl Pusher {
         let mut told = Offset(-1);
         loop {
             changes.borrow_and_update();
-            log_end.borrow_and_update();
+            // Only what the replica has announced: its rules know the
+            // leader wrote it, so the follower's report of it is taken.
+            let announced = *log_end.borrow_and_update();
             let leadership = replica.leadership();
             if leadership.leader != Some(self.leader) || replica.is_removed() {
                 return Some(ApiError::new(
@@ -303,7 +305,7 @@ impl Pusher {
                 if offset < log_start {
                     return Ok((None, log_start));
                 }
-                Ok((log.read(offset, max_bytes)?, log_start))
+                Ok((log.read_below(offset, announced, max_bytes)?, log_start))
             })
             .await;
             let (slice, log_start_offset) = match read {
