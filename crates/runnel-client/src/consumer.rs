@@ -293,7 +293,25 @@ impl PartitionStream {
             StartFrom::End | StartFrom::FromEnd(_) => OffsetQuery::End,
             StartFrom::Timestamp(timestamp) => OffsetQuery::Timestamp(timestamp),
         };
-        let listed = self.list_offset_until(query, start).await?;
+        let mut listed = self.list_offset_until(query, start).await?;
+        // A leader elected a moment ago may not know yet how far records
+        // are committed: an offset past its high watermark is asked again
+        // until the start deadline before it counts as out of range.
+        if let StartFrom::Offset(requested) = start.from {
+            let mut backoff = Backoff::reconnect();
+            loop {
+                let retry_at = Instant::now() + backoff.next_delay();
+                if requested <= listed.high_watermark.0 || retry_at >= start.deadline {
+                    break;
+                }
+                tokio::time::sleep_until(retry_at).await;
+                match self.list_offset_until(query, start).await {
+                    Ok(again) => listed = again,
+                    // Out of time: the answer in hand decides.
+                    Err(_) => break,
+                }
+            }
+        }
         let log_start = listed.log_start_offset;
         let high_watermark = listed.high_watermark;
         let first = match start.from {

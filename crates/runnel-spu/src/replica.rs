@@ -160,11 +160,14 @@ pub(crate) struct ReplicaContext {
 impl Replica {
     /// Opens (or creates) the replica's log in `dir`, recovering it after
     /// an unclean stop, and takes the role the assignment gives it.
+    /// `high_watermark` is what this process knew committed before (zero
+    /// for a replica it did not have open).
     /// Blocking: call it from a blocking task.
     pub fn open(
         dir: &Path,
         assignment: &ReplicaAssignment,
         context: &ReplicaContext,
+        high_watermark: Offset,
         now_ms: i64,
     ) -> Result<(Replica, RecoveryReport), LogError> {
         let (log, report) = Log::open(dir, log_config(&assignment.config))?;
@@ -175,9 +178,10 @@ impl Replica {
             scrub(&log);
         }
         let producers = ProducerStates::rebuild(&log)?;
-        // Nothing is known committed until the leader (this replica, or
-        // the one it follows) says so.
-        let high_watermark = Offset::ZERO;
+        // What is known committed: what this process saw before it opened
+        // the log again, or nothing until the leader (this replica, or the
+        // one it follows) says so.
+        let high_watermark = high_watermark.min(log.log_end_offset());
         let log_end = log.log_end_offset();
         let replica = Replica {
             key: assignment.key.clone(),
@@ -715,6 +719,7 @@ mod tests {
                 &dir.path().join("events-0"),
                 &assignment(flush),
                 &context,
+                Offset::ZERO,
                 1_000,
             )
             .expect("open");
@@ -749,14 +754,16 @@ mod tests {
         let assignment = assignment(FlushPolicy::Always);
         let (context, _proposed) = context();
         {
-            let (replica, _) = Replica::open(&path, &assignment, &context, 1_000).expect("open");
+            let (replica, _) =
+                Replica::open(&path, &assignment, &context, Offset::ZERO, 1_000).expect("open");
             let mut bytes = batch();
             replica
                 .log()
                 .append_as_leader(&mut bytes, LeaderEpoch(2), 1_000)
                 .expect("append");
         }
-        let (replica, _) = Replica::open(&path, &assignment, &context, 1_000).expect("reopen");
+        let (replica, _) =
+            Replica::open(&path, &assignment, &context, Offset::ZERO, 1_000).expect("reopen");
         assert_eq!(replica.high_watermark(), Offset(1));
         assert_eq!(replica.leadership(), Leadership::of(&assignment));
     }

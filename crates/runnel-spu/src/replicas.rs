@@ -19,7 +19,7 @@ use std::time::Duration;
 use runnel_log::{Log, RecoveryReport};
 use runnel_metadata::{AssignmentUpdate, PartitionKey, ReplicaAssignment, ReplicaStatus};
 use runnel_transport::TransportConfig;
-use runnel_types::{FlushPolicy, PartitionId, SpuId, TopicName};
+use runnel_types::{FlushPolicy, Offset, PartitionId, SpuId, TopicName};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -228,12 +228,12 @@ impl Replicas {
             );
             self.remove(&key).await;
         }
-        self.open(assignment).await;
+        self.open(assignment, Offset::ZERO).await;
     }
 
     /// Opens the replica of `assignment` and serves it, or records why it
-    /// cannot be.
-    async fn open(&self, assignment: ReplicaAssignment) {
+    /// cannot be. `high_watermark`: what was known committed before.
+    async fn open(&self, assignment: ReplicaAssignment, high_watermark: Offset) {
         let key = assignment.key.clone();
         let leadership = Leadership::of(&assignment);
         let dir = self.replica_dir(&key);
@@ -241,7 +241,7 @@ impl Replicas {
         let opening = tokio::task::spawn_blocking({
             let dir = dir.clone();
             let context = self.context.clone();
-            move || open_replica(&dir, &assignment, &context)
+            move || open_replica(&dir, &assignment, &context, high_watermark)
         })
         .await;
         let slot = match opening {
@@ -293,17 +293,19 @@ impl Replicas {
                 Slot::Ready(replica) if replica.log().is_failed() && !replica.is_removed() => {
                     warn!(partition = %key, "the replica's log refuses writes after a failure; opening it again");
                     replica.mark_removed();
-                    retry.push(replica.assignment());
+                    retry.push((replica.assignment(), replica.high_watermark()));
                 }
-                Slot::Failed { assignment, .. } => retry.push(ReplicaAssignment::clone(assignment)),
+                Slot::Failed { assignment, .. } => {
+                    retry.push((ReplicaAssignment::clone(assignment), Offset::ZERO))
+                }
                 Slot::Ready(_) => {}
             }
         }
         if retry.is_empty() {
             return;
         }
-        for assignment in retry {
-            self.open(assignment).await;
+        for (assignment, high_watermark) in retry {
+            self.open(assignment, high_watermark).await;
         }
         self.followers.follow(self.ready());
     }
@@ -533,6 +535,7 @@ fn open_replica(
     dir: &Path,
     assignment: &ReplicaAssignment,
     context: &ReplicaContext,
+    high_watermark: Offset,
 ) -> Result<(Replica, RecoveryReport), String> {
     let topic_id = assignment.topic_id;
     match identity::incarnation(dir, topic_id) {
@@ -553,7 +556,8 @@ fn open_replica(
             &format!("{reason}, so its topic id is unknown"),
         )?,
     }
-    Replica::open(dir, assignment, context, now_ms()).map_err(|error| error.to_string())
+    Replica::open(dir, assignment, context, high_watermark, now_ms())
+        .map_err(|error| error.to_string())
 }
 
 fn create_replica_dir(dir: &Path, topic_id: u64) -> Result<(), String> {
@@ -871,6 +875,7 @@ mod tests {
             &dir.path().join("t-0"),
             &os_flush,
             &replicas.context,
+            Offset::ZERO,
             now_ms(),
         )
         .expect("reopen");

@@ -135,8 +135,11 @@ async fn an_offset_outside_the_partition_names_its_range() {
     let cluster = FakeCluster::start().await;
     let client = cluster.client().await;
     let topic = cluster.create_topic(&client, "short", 1).await;
+    // Past the high watermark, the start is asked again (a new leader may
+    // not know the committed end yet) until the start timeout.
     let config = ConsumerConfig {
         start: StartFrom::Offset(10),
+        start_timeout: std::time::Duration::from_millis(500),
         ..ConsumerConfig::default()
     };
     let error = bounded("consumer", client.consumer(&topic, config))
