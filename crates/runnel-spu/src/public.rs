@@ -148,8 +148,10 @@ impl PublicApi {
                 } => (first_offset, Offset(last_offset.0 + 1)),
             };
             // Under `always`, the leader stores a batch once it is durable;
-            // the fsync is shared with concurrent appends (group commit).
+            // the fsync is shared with concurrent appends (group commit),
+            // and followers copy the batch meanwhile.
             if acks != Acks::None && appending.config().flush == FlushPolicy::Always {
+                appending.on_written();
                 log.sync_to(end)
                     .map_err(|error| log_error_to_api(&appending_key, &error))?;
             }

@@ -396,6 +396,31 @@ impl Replica {
     pub fn on_local_append(&self, now_ms: i64) {
         let log_end = self.log.log_end_offset();
         let local_end = self.local_end();
+        {
+            let mut state = self.lock();
+            if let Role::Leader(leader) = &mut state.role {
+                leader.on_written_end(log_end);
+                let actions = leader.on_local_end(local_end, now_ms);
+                self.apply(&mut state, actions);
+            }
+        }
+        self.announce(log_end);
+    }
+
+    /// After a leader wrote batches, before they are durable: followers
+    /// may fetch them now, so their fsyncs run alongside the leader's
+    /// instead of after it. Blocking (reads the log's end).
+    pub fn on_written(&self) {
+        let log_end = self.log.log_end_offset();
+        if let Role::Leader(leader) = &mut self.lock().role {
+            leader.on_written_end(log_end);
+        }
+        self.announce(log_end);
+    }
+
+    /// Wakes replication streams for what is written up to `log_end`. The
+    /// rules learn of it first, so a follower's report of it is taken.
+    fn announce(&self, log_end: Offset) {
         self.log_end.send_if_modified(|end| {
             let moved = *end < log_end;
             if moved {
@@ -403,12 +428,6 @@ impl Replica {
             }
             moved
         });
-        let mut state = self.lock();
-        if let Role::Leader(leader) = &mut state.role {
-            leader.on_written_end(log_end);
-            let actions = leader.on_local_end(local_end, now_ms);
-            self.apply(&mut state, actions);
-        }
     }
 
     /// A follower's position, reported after it appended.
