@@ -141,6 +141,10 @@ pub struct ReplicaStatus {
     pub log_end_offset: Offset,
     pub high_watermark: Offset,
     pub size_bytes: u64,
+    /// The replica found damage in its log: it may not lead or count as
+    /// in sync until it has fetched the damaged range again.
+    #[serde(default)]
+    pub damaged: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -805,7 +805,20 @@ impl Controller {
                     .topics
                     .get(&record.spec.key.topic)
                     .is_some_and(|topic| topic.spec.config.unclean_election);
-                election::reconcile(record, unclean_election, &liveness)
+                let damaged: BTreeSet<SpuId> = record
+                    .spec
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|spu| {
+                        state
+                            .reports
+                            .get(spu)
+                            .and_then(|reports| reports.get(&record.spec.key))
+                            .is_some_and(|report| report.damaged)
+                    })
+                    .collect();
+                election::reconcile(record, unclean_election, &liveness, &damaged)
                     .map(|outcome| (record.leader, outcome))
             })
             .collect();

@@ -71,8 +71,38 @@ pub struct Outcome {
 }
 
 /// The change `liveness` calls for in `record`'s partition, if any.
-/// `unclean_election` is the topic's setting.
+/// `unclean_election` is the topic's setting. `damaged` are the replicas
+/// that reported damage in their log: they leave the ISR and may not be
+/// elected, as if failed, except that a damaged leader no other replica
+/// can replace keeps leading (it still serves what is sound).
 pub fn reconcile(
+    record: &PartitionRecord,
+    unclean_election: bool,
+    liveness: &Liveness,
+    damaged: &BTreeSet<SpuId>,
+) -> Option<Outcome> {
+    if damaged.is_empty() {
+        return reconcile_live(record, unclean_election, liveness);
+    }
+    let mut sound = liveness.clone();
+    for &spu in damaged {
+        sound.online.remove(&spu);
+        sound.failed.insert(spu);
+    }
+    let outcome = reconcile_live(record, false, &sound);
+    let stranded = record
+        .leader
+        .is_some_and(|leader| damaged.contains(&leader) && !liveness.has_failed(leader));
+    match outcome {
+        Some(outcome) if stranded && outcome.decision == Decision::Leaderless => {
+            reconcile_live(record, unclean_election, liveness)
+        }
+        outcome => outcome,
+    }
+}
+
+/// [`reconcile`] without damage.
+fn reconcile_live(
     record: &PartitionRecord,
     unclean_election: bool,
     liveness: &Liveness,
@@ -459,10 +489,41 @@ mod tests {
             },
         ];
         for case in cases {
-            let got = reconcile(&case.before, case.unclean, &case.alive)
+            let got = reconcile(&case.before, case.unclean, &case.alive, &BTreeSet::new())
                 .map(|outcome| (outcome.record, outcome.decision));
             assert_eq!(got, case.after, "{}", case.name);
         }
+    }
+
+    #[test]
+    fn damaged_replicas_neither_lead_nor_stay_in_sync_while_others_can() {
+        let everyone = liveness(&[1, 2, 3], &[]);
+        let damaged = |list: &[u32]| -> BTreeSet<SpuId> { ids(list).into_iter().collect() };
+        let decide = |before: &PartitionRecord, unclean: bool, hurt: &[u32]| {
+            reconcile(before, unclean, &everyone, &damaged(hurt))
+                .map(|outcome| (outcome.record, outcome.decision))
+        };
+        assert_eq!(
+            decide(&record(Some(1), 4, &[1, 2, 3]), false, &[1]),
+            Some((record(Some(2), 5, &[2, 3]), Decision::Elected)),
+            "a damaged leader hands over to a sound ISR member"
+        );
+        assert_eq!(
+            decide(&record(Some(1), 4, &[1, 2, 3]), false, &[3]),
+            Some((record(Some(1), 4, &[1, 2]), Decision::IsrShrunk)),
+            "a damaged follower leaves the ISR"
+        );
+        assert_eq!(
+            decide(&record(Some(1), 4, &[1]), true, &[1]),
+            None,
+            "a damaged last in-sync leader keeps leading: nobody else has its records"
+        );
+        assert_eq!(
+            decide(&record(None, 4, &[1, 2]), false, &[1]),
+            Some((record(Some(2), 5, &[2]), Decision::Elected)),
+            "no damaged replica is elected"
+        );
+        assert_eq!(decide(&record(Some(1), 4, &[1, 2, 3]), false, &[]), None);
     }
 
     #[test]

@@ -266,6 +266,7 @@ impl FakeSpu {
             log_end_offset: Offset(end),
             high_watermark: Offset(end),
             size_bytes: 100 * end as u64,
+            damaged: false,
         }
     }
 }
