@@ -132,7 +132,14 @@ struct Follower {
 struct Proposal {
     id: ProposalId,
     proposed: Vec<SpuId>,
+    /// When it was last sent.
+    sent_ms: i64,
 }
+
+/// How long a proposal may go unsettled before it is sent again: its
+/// answer may have been lost, or the SC's later change may have crossed
+/// it. The SC answers a repeat definitively either way.
+pub const PROPOSAL_RESEND_MS: i64 = 5_000;
 
 /// Leader-side state of one partition for one leader epoch. A new epoch
 /// gets a new `Leader`.
@@ -314,6 +321,17 @@ impl Leader {
     pub fn on_tick(&mut self, now_ms: i64) -> Vec<Action> {
         let mut actions = Vec::new();
         self.reconsider_isr(now_ms, &mut actions);
+        let isr = self.isr.clone();
+        if let Some(pending) = &mut self.pending
+            && now_ms - pending.sent_ms >= PROPOSAL_RESEND_MS
+        {
+            pending.sent_ms = now_ms;
+            actions.push(Action::ProposeIsr {
+                proposal: pending.id,
+                current: isr,
+                proposed: pending.proposed.clone(),
+            });
+        }
         actions
     }
 
@@ -434,6 +452,7 @@ impl Leader {
         self.pending = Some(Proposal {
             id,
             proposed: proposed.clone(),
+            sent_ms: now_ms,
         });
         actions.push(Action::ProposeIsr {
             proposal: id,

@@ -420,11 +420,29 @@ impl Controller {
             self.close_session(&mut state, &previous, "connected again")
                 .await;
         }
-        let mutations = if state.spus.get(&spec.id) == Some(&spec) {
+        let mut mutations = if state.spus.get(&spec.id) == Some(&spec) {
             Vec::new()
         } else {
             vec![Mutation::PutSpu(spec.clone())]
         };
+        // A new session may be a restarted process (after an SC restart
+        // the SC cannot tell), which may have lost what it wrote but had
+        // not synced while its followers hold it: whatever the SPU still
+        // leads, it leads from a new epoch, committed with its session, so
+        // followers cut by epoch against what it has now and one epoch
+        // never has two histories.
+        mutations.extend(
+            state
+                .partitions
+                .values()
+                .filter(|record| record.leader == Some(spec.id))
+                .map(|record| {
+                    Mutation::PutPartition(PartitionRecord {
+                        leader_epoch: election::next_epoch(record.leader_epoch),
+                        ..record.clone()
+                    })
+                }),
+        );
         self.commit(
             &mut state,
             mutations,

@@ -312,7 +312,7 @@ fn invalid_isr(message: String) -> ApiError {
     ApiError::new(ErrorCode::INVALID_ISR, message)
 }
 
-fn next_epoch(epoch: LeaderEpoch) -> LeaderEpoch {
+pub fn next_epoch(epoch: LeaderEpoch) -> LeaderEpoch {
     LeaderEpoch(
         epoch
             .0

@@ -25,6 +25,8 @@ const ASSIGNMENT_WINDOW: u32 = 64;
 /// Heartbeat intervals an SC may take to answer one before this SPU
 /// takes it for dead and reconnects.
 const HEARTBEAT_PATIENCE: u32 = 3;
+/// Wait before sending again an ISR proposal that got no answer.
+const PROPOSAL_RETRY: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
 pub(crate) struct ScSession {
@@ -200,8 +202,8 @@ impl ScSession {
 /// Sends each ISR proposal to the SC, one at a time, for as long as the
 /// session lasts. A refusal is told to its replica; an accepted change
 /// arrives as an assignment. A proposal whose answer was lost goes back
-/// in the queue for the next session: the SC answers a repeated proposal
-/// it has committed already with success.
+/// in the queue: the SC answers a repeated proposal it has committed
+/// already with success.
 async fn propose_isr_changes(
     connection: Connection,
     spu: SpuId,
@@ -215,6 +217,9 @@ async fn propose_isr_changes(
         let Lookup::Ready(replica) = replicas.lookup(&proposal.key) else {
             continue;
         };
+        if replica.incarnation() != proposal.incarnation {
+            continue;
+        }
         let request = AlterIsrRequest {
             spu,
             key: proposal.key.clone(),
@@ -231,9 +236,11 @@ async fn propose_isr_changes(
                 replica.on_isr_refused(proposal.epoch, proposal.proposal);
             }
             Err(error) => {
-                warn!(partition = %proposal.key, %error, "no answer to an ISR change; it is sent again in the next session");
+                warn!(partition = %proposal.key, %error, "no answer to an ISR change; sending it again");
                 let _ = requeue.send(proposal);
-                return;
+                // A connection that is gone ends the session (its
+                // heartbeats fail too), and this task with it.
+                tokio::time::sleep(PROPOSAL_RETRY).await;
             }
         }
     }

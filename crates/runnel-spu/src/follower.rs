@@ -25,14 +25,14 @@ use runnel_api::{
 use runnel_metadata::PartitionKey;
 use runnel_replication::{Divergence, divergence_question, on_epoch_end};
 use runnel_transport::{Backoff, Connection, TransportConfig, TransportError};
-use runnel_types::{FlushPolicy, LeaderEpoch, Offset, SpuId};
+use runnel_types::{LeaderEpoch, Offset, SpuId};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::now_ms;
-use crate::replica::Replica;
+use crate::replica::{FollowError, Replica};
 
 /// Items the leader may push ahead of this follower appending them.
 const SYNC_WINDOW: u32 = 8;
@@ -48,11 +48,17 @@ const MAX_DIVERGENCE_ROUNDS: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct StreamPlan {
     addr: String,
-    partitions: Vec<(PartitionKey, LeaderEpoch, u64)>,
+    partitions: Vec<(PartitionKey, LeaderEpoch, u64, u64)>,
 }
 
-/// A replica followed at a leader epoch.
-type Followed = (Arc<Replica>, LeaderEpoch);
+/// A replica followed at a leader epoch, in one generation of its role:
+/// every change the stream makes to it is fenced by that generation.
+#[derive(Debug, Clone)]
+struct Followed {
+    replica: Arc<Replica>,
+    epoch: LeaderEpoch,
+    generation: u64,
+}
 
 #[derive(Debug)]
 struct Fetcher {
@@ -90,8 +96,7 @@ impl Followers {
     pub fn follow(&self, replicas: Vec<Arc<Replica>>) {
         let mut wanted: BTreeMap<SpuId, (StreamPlan, Vec<Followed>)> = BTreeMap::new();
         for replica in replicas {
-            let leadership = replica.leadership();
-            let (Some(leader), Some(addr)) = (leadership.leader, leadership.leader_addr) else {
+            let Some((leader, epoch, addr, generation)) = replica.following() else {
                 continue;
             };
             if leader == self.me {
@@ -106,10 +111,15 @@ impl Followers {
             });
             plan.partitions.push((
                 replica.key().clone(),
-                leadership.epoch,
+                epoch,
                 replica.incarnation(),
+                generation,
             ));
-            members.push((replica, leadership.epoch));
+            members.push(Followed {
+                replica,
+                epoch,
+                generation,
+            });
         }
         let mut fetchers = self.fetchers.lock().expect("fetchers lock");
         fetchers.retain(|leader, fetcher| {
@@ -190,19 +200,19 @@ impl ReplicationStream {
             follower: self.me,
             partitions: Vec::with_capacity(self.partitions.len()),
         };
-        for (replica, epoch) in &self.partitions {
-            if replica.is_removed() {
+        for followed in &self.partitions {
+            if followed.replica.is_removed() {
                 continue;
             }
-            repair(replica).await?;
-            let offset = cut_divergence(&connection, replica, *epoch).await?;
-            reporter.report(replica, *epoch).await;
+            repair(followed).await?;
+            let offset = cut_divergence(&connection, followed).await?;
+            reporter.report(followed).await;
             request.partitions.push(SyncPartition {
-                key: replica.key().clone(),
-                leader_epoch: *epoch,
+                key: followed.replica.key().clone(),
+                leader_epoch: followed.epoch,
                 offset,
             });
-            following.push((Arc::clone(replica), *epoch));
+            following.push(followed.clone());
         }
         if following.is_empty() {
             return Ok(());
@@ -217,93 +227,80 @@ impl ReplicationStream {
                 Some(Err(error)) => return Err(format!("stream failed: {error}")),
                 None => return Ok(()),
             };
-            let Some((replica, epoch)) = following.get(item.index as usize) else {
+            let Some(followed) = following.get(item.index as usize) else {
                 return Err(format!(
                     "the leader sent an item for partition #{} of {}",
                     item.index,
                     following.len()
                 ));
             };
-            apply_item(replica, item.kind, tail).await?;
-            reporter.report(replica, *epoch).await;
+            apply_item(followed, item.kind, tail).await?;
+            reporter.report(followed).await;
         }
     }
 }
 
-/// Applies one pushed item to `replica`: appends batches, follows the
-/// high watermark, or starts the log over where the leader's begins.
-async fn apply_item(replica: &Arc<Replica>, kind: SyncKind, tail: Bytes) -> Result<(), String> {
-    let key = replica.key().clone();
+/// Runs `change` on a blocking thread; its error, or a task that did not
+/// complete, becomes the reason the stream stops.
+async fn blocking<T: Send + 'static>(
+    what: String,
+    change: impl FnOnce() -> Result<T, FollowError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(change).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(format!("{what}: {error}")),
+        Err(error) => Err(format!("{what} did not complete: {error}")),
+    }
+}
+
+/// Applies one pushed item to the followed replica: appends batches,
+/// follows the high watermark, or starts the log over where the leader's
+/// begins.
+async fn apply_item(followed: &Followed, kind: SyncKind, tail: Bytes) -> Result<(), String> {
+    let key = followed.replica.key().clone();
+    let replica = Arc::clone(&followed.replica);
+    let generation = followed.generation;
     match kind {
         SyncKind::Records {
             first_offset,
             high_watermark,
             ..
         } => {
-            let appending = Arc::clone(replica);
-            let appended = tokio::task::spawn_blocking(move || {
-                let now = now_ms();
-                let info = appending.log().append_replicated(&tail, now)?;
-                appending.record_replicated(&tail);
-                appending.on_local_append(now);
-                appending.follow_high_watermark(high_watermark, info.log_end);
-                Ok::<_, runnel_log::LogError>(())
-            })
-            .await;
-            match appended {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(format!(
-                    "appending {key} from offset {first_offset} failed: {error}"
-                )),
-                Err(error) => Err(format!("appending {key} did not complete: {error}")),
-            }
+            blocking(
+                format!("appending {key} from offset {first_offset}"),
+                move || replica.append_replicated(generation, &tail, high_watermark, now_ms()),
+            )
+            .await?;
         }
         SyncKind::HighWatermark { high_watermark, .. } => {
-            let following = Arc::clone(replica);
-            tokio::task::spawn_blocking(move || {
-                let log_end = following.log().log_end_offset();
-                following.follow_high_watermark(high_watermark, log_end);
+            blocking(format!("following {key}'s high watermark"), move || {
+                replica.follow_high_watermark(generation, high_watermark);
+                Ok(())
             })
-            .await
-            .map_err(|error| format!("following {key}'s high watermark did not complete: {error}"))
+            .await?;
         }
         SyncKind::StartOver { log_start_offset } => {
-            let resetting = Arc::clone(replica);
-            let reset = tokio::task::spawn_blocking(move || {
-                let reset = resetting.log().reset_to(log_start_offset);
-                resetting.on_truncated();
-                reset
+            blocking(format!("starting {key} over"), move || {
+                replica.truncate_replicated(generation, log_start_offset, true)
             })
-            .await;
-            match reset {
-                Ok(Ok(_)) => {
-                    info!(partition = %key, log_start = %log_start_offset, "the leader no longer holds what this replica lacks; started over at its log start");
-                    Ok(())
-                }
-                Ok(Err(error)) => Err(format!("starting {key} over failed: {error}")),
-                Err(error) => Err(format!("starting {key} over did not complete: {error}")),
-            }
+            .await?;
+            info!(partition = %key, log_start = %log_start_offset, "the leader no longer holds what this replica lacks; started over at its log start");
         }
-        SyncKind::Stopped(error) => Err(format!("the leader stopped {key}: {error}")),
+        SyncKind::Stopped(error) => return Err(format!("the leader stopped {key}: {error}")),
     }
+    Ok(())
 }
 
 /// Cuts a damaged batch and everything after it off a corrupt replica,
 /// so that it fetches them again from the leader.
-async fn repair(replica: &Arc<Replica>) -> Result<(), String> {
-    let key = replica.key().clone();
-    let repairing = Arc::clone(replica);
-    let repaired = tokio::task::spawn_blocking(move || {
-        let Some((path, fault)) = repairing.log().corruption() else {
-            return Ok(None);
-        };
-        let log_end = repairing.log().truncate_to(fault.offset)?;
-        repairing.on_truncated();
-        Ok::<_, runnel_log::LogError>(Some((path, fault, log_end)))
+async fn repair(followed: &Followed) -> Result<(), String> {
+    let key = followed.replica.key().clone();
+    let replica = Arc::clone(&followed.replica);
+    let generation = followed.generation;
+    let repaired = blocking(format!("repairing {key}"), move || {
+        replica.repair(generation)
     })
-    .await
-    .map_err(|error| format!("repairing {key} did not complete: {error}"))?
-    .map_err(|error| format!("repairing {key} failed: {error}"))?;
+    .await?;
     if let Some((path, fault, log_end)) = repaired {
         warn!(partition = %key, segment = %path.display(), offset = %fault.offset, fault = %fault.kind, %log_end, "repairing a damaged replica: cut it at the damage to fetch the rest from the leader");
     }
@@ -312,13 +309,10 @@ async fn repair(replica: &Arc<Replica>) -> Result<(), String> {
 
 /// Asks the leader where this replica's epochs end in its log and cuts
 /// the suffix that is not the leader's; returns the log end after.
-async fn cut_divergence(
-    connection: &Connection,
-    replica: &Arc<Replica>,
-    leader_epoch: LeaderEpoch,
-) -> Result<Offset, String> {
-    let key = replica.key().clone();
-    let reading = Arc::clone(replica);
+async fn cut_divergence(connection: &Connection, followed: &Followed) -> Result<Offset, String> {
+    let key = followed.replica.key().clone();
+    let generation = followed.generation;
+    let reading = Arc::clone(&followed.replica);
     let (epochs, log_end) = tokio::task::spawn_blocking(move || {
         (reading.log().epochs(), reading.log().log_end_offset())
     })
@@ -331,7 +325,7 @@ async fn cut_divergence(
         };
         let request = FetchEpochEndRequest {
             key: key.clone(),
-            leader_epoch,
+            leader_epoch: followed.epoch,
             epoch: asked,
         };
         let answer: EpochEnd = connection
@@ -351,36 +345,29 @@ async fn cut_divergence(
             answer.log_start_offset,
         )
         .map_err(|error| format!("{key}: {error}"))?;
-        match next {
-            Divergence::Ask(epoch) => question = Some(epoch),
-            Divergence::ResetTo(offset) => {
-                let resetting = Arc::clone(replica);
-                let reset = tokio::task::spawn_blocking(move || {
-                    let reset = resetting.log().reset_to(offset);
-                    resetting.on_truncated();
-                    reset
-                })
-                .await
-                .map_err(|error| format!("starting {key} over did not complete: {error}"))?
-                .map_err(|error| format!("starting {key} over at {offset} failed: {error}"))?;
-                info!(partition = %key, from = %log_end, at = %reset, "nothing in this replica matches the leader's log; started over");
-                return Ok(reset);
+        let (offset, start_over) = match next {
+            Divergence::Ask(epoch) => {
+                question = Some(epoch);
+                continue;
             }
             Divergence::TruncateTo(offset) if offset >= log_end => return Ok(log_end),
-            Divergence::TruncateTo(offset) => {
-                let truncating = Arc::clone(replica);
-                let truncated = tokio::task::spawn_blocking(move || {
-                    let truncated = truncating.log().truncate_to(offset);
-                    truncating.on_truncated();
-                    truncated
-                })
-                .await
-                .map_err(|error| format!("truncating {key} did not complete: {error}"))?
-                .map_err(|error| format!("truncating {key} to {offset} failed: {error}"))?;
-                info!(partition = %key, from = %log_end, to = %truncated, epoch = %asked, "cut the suffix that diverged from the leader's log");
-                return Ok(truncated);
+            Divergence::TruncateTo(offset) => (offset, false),
+            Divergence::ResetTo(offset) => (offset, true),
+        };
+        let replica = Arc::clone(&followed.replica);
+        let cut = blocking(format!("cutting {key} at {offset}"), move || {
+            replica.truncate_replicated(generation, offset, start_over)
+        })
+        .await?;
+        match start_over {
+            true => {
+                info!(partition = %key, from = %log_end, at = %cut, "nothing in this replica matches the leader's log; started over")
+            }
+            false => {
+                info!(partition = %key, from = %log_end, to = %cut, epoch = %asked, "cut the suffix that diverged from the leader's log")
             }
         }
+        return Ok(cut);
     }
     Err(format!(
         "the leader's epoch answers for {key} did not converge in {MAX_DIVERGENCE_ROUNDS} rounds"
@@ -401,15 +388,19 @@ struct Reporter {
 }
 
 impl Reporter {
-    async fn report(&self, replica: &Arc<Replica>, leader_epoch: LeaderEpoch) {
-        let reading = Arc::clone(replica);
-        let Ok(log_end_offset) = tokio::task::spawn_blocking(move || position(&reading)).await
+    /// Queues the followed replica's position, if its stream's generation
+    /// still lasts.
+    async fn report(&self, followed: &Followed) {
+        let reading = Arc::clone(&followed.replica);
+        let generation = followed.generation;
+        let Ok(Some(log_end_offset)) =
+            tokio::task::spawn_blocking(move || reading.follower_position(generation)).await
         else {
             return;
         };
         let position = ReplicaPosition {
-            key: replica.key().clone(),
-            leader_epoch,
+            key: followed.replica.key().clone(),
+            leader_epoch: followed.epoch,
             log_end_offset,
         };
         self.latest
@@ -452,15 +443,6 @@ impl Reporter {
                 debug!(%leader, %error, "reporting positions failed");
             }
         }
-    }
-}
-
-/// What the leader may count of this replica: the durable end under the
-/// `always` policy, the written end otherwise. Blocking.
-fn position(replica: &Replica) -> Offset {
-    match replica.config().flush {
-        FlushPolicy::Always => replica.log().durable_offset(),
-        FlushPolicy::Interval { .. } | FlushPolicy::Os => replica.log().log_end_offset(),
     }
 }
 

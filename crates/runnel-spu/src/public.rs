@@ -328,9 +328,16 @@ impl PublicApi {
         sender: &mut StreamSender,
     ) -> Option<ApiError> {
         let mut committed = replica.watch_high_watermark();
+        let mut changes = replica.watch_changes();
         loop {
             if replica.is_removed() {
                 return Some(self.removed_error(key));
+            }
+            // Consumers read from the leader: one that moved away sends
+            // them to the new one.
+            changes.borrow_and_update();
+            if let Err(error) = self.leader_replica(key) {
+                return Some(error);
             }
             // Marks this value seen before reading: an append after it
             // wakes the wait below, so no commit is missed.
@@ -382,6 +389,7 @@ impl PublicApi {
                                 return Some(self.removed_error(key));
                             }
                         }
+                        _ = changes.changed() => {}
                     }
                 }
             }
@@ -486,6 +494,10 @@ fn produce_refusal(key: &PartitionKey, refusal: ProduceRefusal) -> ApiError {
         ProduceRefusal::Sequence(error @ SequenceError::Fenced { .. }) => ApiError::new(
             ErrorCode::PRODUCER_FENCED,
             format!("partition {key}: {error}"),
+        ),
+        refusal @ ProduceRefusal::NotLeader { .. } => ApiError::new(
+            ErrorCode::NOT_LEADER,
+            format!("partition {key}: {refusal}; refresh metadata and retry at the new leader"),
         ),
         ProduceRefusal::MixedRetry => ApiError::new(
             ErrorCode::INVALID_RECORDS,

@@ -63,6 +63,9 @@ enum Role {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IsrProposal {
     pub key: PartitionKey,
+    /// The opening of the replica that made it: one opened again (healed)
+    /// numbers its proposals anew.
+    pub incarnation: u64,
     pub epoch: LeaderEpoch,
     pub proposal: ProposalId,
     pub current: Vec<SpuId>,
@@ -87,6 +90,10 @@ pub(crate) enum Commitment {
 
 #[derive(Debug)]
 struct RoleState {
+    /// Bumped on every change of leader, epoch or leader address: a
+    /// replication stream may change the log only while the generation it
+    /// started in lasts.
+    generation: u64,
     /// The SC's latest assignment of this replica.
     assignment: ReplicaAssignment,
     leadership: Leadership,
@@ -147,6 +154,23 @@ pub(crate) enum ProduceRefusal {
         "the request mixes batches this partition holds already with new ones; send one batch per idempotent producer per request"
     )]
     MixedRetry,
+    /// Leadership moved between the request's check and its write.
+    #[error(
+        "leadership moved (now epoch {epoch}, leader {leader:?}) before the records were written; nothing was stored"
+    )]
+    NotLeader {
+        leader: Option<SpuId>,
+        epoch: LeaderEpoch,
+    },
+}
+
+/// Why a replication stream may not change a follower's log.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FollowError {
+    #[error("the replica's role changed since the stream started; a new stream takes over")]
+    Superseded,
+    #[error(transparent)]
+    Log(#[from] LogError),
 }
 
 /// What an SPU passes to every replica it opens.
@@ -192,6 +216,7 @@ impl Replica {
             lag_time_max_ms: context.lag_time_max_ms,
             incarnation: NEXT_INCARNATION.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(RoleState {
+                generation: 0,
                 assignment: assignment.clone(),
                 leadership: Leadership {
                     leader: None,
@@ -251,6 +276,10 @@ impl Replica {
     /// idle. Blocking (reads the log's end).
     pub fn assign(&self, assignment: &ReplicaAssignment, now_ms: i64) {
         let leadership = Leadership::of(assignment);
+        // No write to the log runs while the role changes: a produce
+        // checked against the old role, or a stream of the old leader,
+        // cannot append after it.
+        let _writing = self.writer();
         // Read before the state lock: the log's lock may be held across an
         // fsync, and async tasks take the state lock.
         let local_end = self.local_end();
@@ -262,6 +291,9 @@ impl Replica {
         }
         let same_epoch = state.leadership.epoch == leadership.epoch
             && state.leadership.leader == leadership.leader;
+        if !same_epoch || state.leadership.leader_addr != leadership.leader_addr {
+            state.generation += 1;
+        }
         let actions = match (&mut state.role, leadership.leader) {
             (Role::Leader(leader), Some(me)) if me == self.me && same_epoch => {
                 leader.on_isr_committed(leadership.in_sync_replicas.clone(), now_ms)
@@ -346,7 +378,17 @@ impl Replica {
         epoch: LeaderEpoch,
         now_ms: i64,
     ) -> Result<Produced, ProduceRefusal> {
-        let mut producers = self.producers.lock().expect("producers lock");
+        let mut producers = self.writer();
+        {
+            let state = self.lock();
+            let leads = matches!(state.role, Role::Leader(_)) && state.leadership.epoch == epoch;
+            if !leads {
+                return Err(ProduceRefusal::NotLeader {
+                    leader: state.leadership.leader,
+                    epoch: state.leadership.epoch,
+                });
+            }
+        }
         let mut duplicate = None;
         let mut fresh = false;
         for header in headers(batches) {
@@ -380,13 +422,119 @@ impl Replica {
         Ok(Produced::Appended(info))
     }
 
-    /// Records the producers of batches replicated from the leader, so a
-    /// retry after a failover is recognised here. Blocking.
-    pub fn record_replicated(&self, batches: &[u8]) {
-        let mut producers = self.producers.lock().expect("producers lock");
+    /// The generation of this replica's role while it follows `leader`
+    /// at `epoch`, for a stream from that leader to fence its writes with.
+    pub fn following(&self) -> Option<(SpuId, LeaderEpoch, String, u64)> {
+        let state = self.lock();
+        match (
+            &state.role,
+            state.leadership.leader,
+            &state.leadership.leader_addr,
+        ) {
+            (Role::Follower, Some(leader), Some(addr)) => Some((
+                leader,
+                state.leadership.epoch,
+                addr.clone(),
+                state.generation,
+            )),
+            _ => None,
+        }
+    }
+
+    /// Refuses a stream whose generation is over.
+    fn check_following(&self, generation: u64) -> Result<(), FollowError> {
+        let state = self.lock();
+        match state.role {
+            Role::Follower if state.generation == generation => Ok(()),
+            _ => Err(FollowError::Superseded),
+        }
+    }
+
+    /// Appends batches copied from the leader, and records their
+    /// producers (so a retry after a failover is recognised here), if the
+    /// stream's generation still lasts. Blocking.
+    pub fn append_replicated(
+        &self,
+        generation: u64,
+        batches: &[u8],
+        leader_high_watermark: Offset,
+        now_ms: i64,
+    ) -> Result<AppendInfo, FollowError> {
+        let mut producers = self.writer();
+        self.check_following(generation)?;
+        let info = self.log.append_replicated(batches, now_ms)?;
         for header in headers(batches) {
             producers.record(&header);
         }
+        drop(producers);
+        self.on_local_append(now_ms);
+        self.publish_high_watermark(leader_high_watermark.min(info.log_end));
+        Ok(info)
+    }
+
+    /// Cuts the log at `offset` (or, `start_over`, empties it and starts it
+    /// at `offset`) for the stream of `generation`. Blocking.
+    pub fn truncate_replicated(
+        &self,
+        generation: u64,
+        offset: Offset,
+        start_over: bool,
+    ) -> Result<Offset, FollowError> {
+        let mut producers = self.writer();
+        self.check_following(generation)?;
+        let log_end = match start_over {
+            true => self.log.reset_to(offset)?,
+            false => self.log.truncate_to(offset)?,
+        };
+        producers.truncate_to(log_end);
+        drop(producers);
+        self.after_truncation(log_end);
+        Ok(log_end)
+    }
+
+    /// Cuts a damaged log at its damage for the stream of `generation`:
+    /// the damaged path, fault and new log end, or `None` when sound.
+    /// Blocking.
+    pub fn repair(
+        &self,
+        generation: u64,
+    ) -> Result<Option<(std::path::PathBuf, runnel_log::scan::Fault, Offset)>, FollowError> {
+        let mut producers = self.writer();
+        self.check_following(generation)?;
+        let Some((path, fault)) = self.log.corruption() else {
+            return Ok(None);
+        };
+        let log_end = self.log.truncate_to(fault.offset)?;
+        producers.truncate_to(log_end);
+        drop(producers);
+        self.after_truncation(log_end);
+        Ok(Some((path, fault, log_end)))
+    }
+
+    /// What the leader may count of this follower, if the stream's
+    /// generation still lasts: the durable end under the `always` policy,
+    /// the written end otherwise. Read under the writer lock, so it is an
+    /// end this stream's own writes made. Blocking.
+    pub fn follower_position(&self, generation: u64) -> Option<Offset> {
+        let _writing = self.writer();
+        self.check_following(generation).ok()?;
+        Some(self.local_end())
+    }
+
+    /// On a follower, for the stream of `generation`: the leader's high
+    /// watermark, capped by this log's end. Blocking.
+    pub fn follow_high_watermark(&self, generation: u64, leader_high_watermark: Offset) {
+        let _writing = self.writer();
+        if self.check_following(generation).is_ok() {
+            let log_end = self.log.log_end_offset();
+            self.publish_high_watermark(leader_high_watermark.min(log_end));
+        }
+    }
+
+    /// The lock every change of the log's content takes; it guards the
+    /// producers' table too.
+    fn writer(&self) -> MutexGuard<'_, ProducerStates> {
+        self.producers.lock().expect("producers lock")
     }
 
     /// After an append to the log (as leader or follower), or a flush:
@@ -475,20 +623,9 @@ impl Replica {
         self.apply(&mut state, actions);
     }
 
-    /// On a follower: the leader's high watermark, capped by this log's end.
-    pub fn follow_high_watermark(&self, leader_high_watermark: Offset, log_end: Offset) {
-        let capped = leader_high_watermark.min(log_end);
-        self.publish_high_watermark(capped);
-    }
-
-    /// After a follower truncated its log: its high watermark may not
-    /// point past the new end.
-    pub fn on_truncated(&self) {
-        let log_end = self.log.log_end_offset();
-        self.producers
-            .lock()
-            .expect("producers lock")
-            .truncate_to(log_end);
+    /// After a truncation: the high watermark may not point past the new
+    /// end.
+    fn after_truncation(&self, log_end: Offset) {
         self.high_watermark.send_if_modified(|high_watermark| {
             let above = *high_watermark > log_end;
             if above {
@@ -555,6 +692,7 @@ impl Replica {
                     // No receiver means the SPU is stopping.
                     let _ = self.proposals.send(IsrProposal {
                         key: self.key.clone(),
+                        incarnation: self.incarnation,
                         epoch: state.leadership.epoch,
                         proposal,
                         current,

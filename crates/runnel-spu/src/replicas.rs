@@ -63,6 +63,9 @@ pub(crate) struct Replicas {
     context: ReplicaContext,
     /// The replication streams this SPU runs as a follower.
     followers: Followers,
+    /// Held while an assignment update or a healing pass runs: one at a
+    /// time, so a replica is never opened again with a stale assignment.
+    changing: tokio::sync::Mutex<()>,
     /// Held only for map operations, never across an await or disk I/O.
     slots: Mutex<BTreeMap<PartitionKey, Slot>>,
     shutdown: CancellationToken,
@@ -79,6 +82,7 @@ impl Replicas {
             spu: context.me,
             data_dir,
             followers: Followers::new(context.me, transport, shutdown.clone()),
+            changing: tokio::sync::Mutex::new(()),
             context,
             slots: Mutex::default(),
             shutdown,
@@ -116,6 +120,7 @@ impl Replicas {
     /// applied one at a time, in order. A snapshot from the SC of another
     /// cluster is refused whole: nothing is opened or deleted.
     pub async fn apply(&self, update: AssignmentUpdate) -> Result<(), ClusterRefusal> {
+        let _changing = self.changing.lock().await;
         match update {
             AssignmentUpdate::Snapshot {
                 cluster_id,
@@ -287,6 +292,7 @@ impl Replicas {
     /// Recovery then decides what the files hold; a follower catches up
     /// from its leader and rejoins the ISR once the disk takes writes.
     async fn heal(&self) {
+        let _changing = self.changing.lock().await;
         let mut retry = Vec::new();
         for (key, slot) in self.lock().iter() {
             match slot {

@@ -352,3 +352,23 @@ fn followers_may_be_ahead_of_what_the_leader_has_synced() {
         "nothing beyond what the leader wrote"
     );
 }
+
+#[test]
+fn an_unsettled_proposal_is_sent_again_with_the_same_id() {
+    let mut leader = leader(&[ME, A, B], 10, 0);
+    let (first, proposed) = proposal(&leader.on_tick(1_000));
+    assert_eq!(
+        leader.on_tick(1_000 + PROPOSAL_RESEND_MS - 1),
+        vec![],
+        "not yet"
+    );
+    let again = leader.on_tick(1_000 + PROPOSAL_RESEND_MS);
+    assert_eq!(proposal(&again), (first, proposed.clone()));
+    assert_eq!(
+        leader.on_tick(1_000 + PROPOSAL_RESEND_MS + 1),
+        vec![],
+        "the resend restarts the wait"
+    );
+    leader.on_isr_committed(proposed, 9_000);
+    assert_eq!(leader.on_tick(9_000 + PROPOSAL_RESEND_MS), vec![]);
+}
