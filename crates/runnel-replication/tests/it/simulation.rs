@@ -82,7 +82,7 @@ enum Role {
     /// Restarted, or its partition has no leader: waits for the SC.
     Idle,
     Leader {
-        state: Leader,
+        state: Box<Leader>,
         /// `acks=all` produces not answered yet: (end, value).
         waiting: Vec<(Offset, u64)>,
         last_high_watermark: Offset,
@@ -521,7 +521,7 @@ impl Sim {
         );
         target.role = Role::Leader {
             last_high_watermark: state.high_watermark(),
-            state,
+            state: Box::new(state),
             waiting: Vec::new(),
         };
         self.announce(node);
