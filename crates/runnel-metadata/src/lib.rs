@@ -141,8 +141,9 @@ pub struct ReplicaStatus {
     pub log_end_offset: Offset,
     pub high_watermark: Offset,
     pub size_bytes: u64,
-    /// The replica found damage in its log: it may not lead or count as
-    /// in sync until it has fetched the damaged range again.
+    /// The replica's log is damaged, refuses writes after a failure, or
+    /// did not open: it may not lead or count as in sync until it is
+    /// repaired.
     #[serde(default)]
     pub damaged: bool,
 }

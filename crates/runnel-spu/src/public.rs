@@ -406,7 +406,7 @@ impl PublicApi {
                 return Err(ApiError::new(
                     ErrorCode::STORAGE,
                     format!(
-                        "partition {key} cannot be served by SPU {spu}: its log failed to open ({reason}); the operator must fix the SPU's disk and restart it"
+                        "partition {key} cannot be served by SPU {spu}: its log failed to open ({reason}); the SPU tries again every few seconds: free space or fix the disk"
                     ),
                 ));
             }

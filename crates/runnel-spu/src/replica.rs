@@ -725,7 +725,7 @@ impl Replica {
             log_end_offset: self.log.log_end_offset(),
             high_watermark: self.high_watermark(),
             size_bytes: self.log.size_bytes(),
-            damaged: self.log.corruption().is_some(),
+            damaged: self.log.corruption().is_some() || self.log.is_failed(),
         }
     }
 

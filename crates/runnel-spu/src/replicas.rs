@@ -106,13 +106,33 @@ impl Replicas {
 
     /// The state of every replica served, for the heartbeat. Blocking (it
     /// reads each log under its lock).
+    /// A replica whose log did not open is reported damaged and empty, so
+    /// the SC neither elects it nor counts it in sync.
     pub fn statuses(&self) -> Vec<(TopicName, PartitionId, ReplicaStatus)> {
+        let failed: Vec<PartitionKey> = self
+            .lock()
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Failed { .. }))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let unopened = failed.into_iter().map(|key| {
+            let status = ReplicaStatus {
+                spu: self.spu,
+                log_start_offset: Offset::ZERO,
+                log_end_offset: Offset::ZERO,
+                high_watermark: Offset::ZERO,
+                size_bytes: 0,
+                damaged: true,
+            };
+            (key.topic, key.partition, status)
+        });
         self.ready()
             .iter()
             .map(|replica| {
                 let key = replica.key();
                 (key.topic.clone(), key.partition, replica.status(self.spu))
             })
+            .chain(unopened)
             .collect()
     }
 
@@ -853,7 +873,21 @@ mod tests {
             panic!("the replica should have failed to open");
         };
         assert!(reason.contains("t-0"), "{reason}");
-        assert!(replicas.statuses().is_empty());
+        let statuses = replicas.statuses();
+        assert_eq!(statuses.len(), 1);
+        let (topic, partition, status) = &statuses[0];
+        assert_eq!((topic.as_str(), partition.0), ("t", 0));
+        assert!(
+            status.damaged,
+            "the SC must not elect it or count it in sync"
+        );
+        assert_eq!(status.log_end_offset, Offset::ZERO);
+
+        // Healing opens it once the obstacle is gone.
+        std::fs::remove_file(dir.path().join("t-0")).expect("remove the blocking file");
+        replicas.heal().await;
+        assert!(matches!(replicas.lookup(&key("t", 0)), Lookup::Ready(_)));
+        assert!(!replicas.statuses()[0].2.damaged);
     }
 
     #[tokio::test]
