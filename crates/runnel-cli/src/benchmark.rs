@@ -467,32 +467,43 @@ async fn start_consumers(
                 if reached {
                     return Ok(latencies);
                 }
-                let record = tokio::select! {
-                    record = consumer.next() => record,
+                // Records as they arrive together: the work per record is
+                // only what the benchmark measures.
+                let batch = tokio::select! {
+                    batch = consumer.next_batch() => batch,
                     changed = ends.changed() => {
                         changed.map_err(|_| "the benchmark ended early".to_string())?;
                         continue;
                     }
                 };
-                let Some(record) = record else {
+                let Some(batch) = batch else {
                     // A stop-at-end consumer has read everything.
                     return Ok(latencies);
                 };
-                let record = record.map_err(|error| error.to_string())?;
-                if stamped && record.value.len() >= STAMP_LEN {
-                    let stamp = u64::from_be_bytes(
-                        record.value[..STAMP_LEN].try_into().expect("eight bytes"),
-                    );
+                let batch = batch.map_err(|error| error.to_string())?;
+                let Some(last) = batch.last() else {
+                    continue;
+                };
+                positions.insert(last.partition, last.offset.0 + 1);
+                if stamped {
                     let now = run.epoch.elapsed().as_nanos() as u64;
-                    record_latency(
-                        &mut latencies,
-                        std::time::Duration::from_nanos(now.saturating_sub(stamp)),
-                    );
+                    for record in batch
+                        .iter()
+                        .filter(|record| record.value.len() >= STAMP_LEN)
+                    {
+                        let stamp = u64::from_be_bytes(
+                            record.value[..STAMP_LEN].try_into().expect("eight bytes"),
+                        );
+                        record_latency(
+                            &mut latencies,
+                            std::time::Duration::from_nanos(now.saturating_sub(stamp)),
+                        );
+                    }
                 } else {
+                    let count = batch.len() as u64;
                     run.progress
-                        .set_position(received.fetch_add(1, Ordering::Relaxed) + 1);
+                        .set_position(received.fetch_add(count, Ordering::Relaxed) + count);
                 }
-                positions.insert(record.partition, record.offset.0 + 1);
             }
         }));
     }

@@ -88,6 +88,41 @@ async fn keyed_records_come_back_in_order_on_their_key_partitions() {
         ));
     }
     assert_eq!(received, expected);
+
+    // In batches: the same records, each batch of one partition in order,
+    // one record taken with `next` first.
+    let consumer_config = ConsumerConfig {
+        start: StartFrom::Beginning,
+        stop_at_end: true,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = bounded("consumer", client.consumer(&topic, consumer_config))
+        .await
+        .expect("consumer");
+    let first = bounded("the first record", consumer.next())
+        .await
+        .expect("a record")
+        .expect("no error");
+    let mut batched: BTreeMap<PartitionId, Vec<i64>> = BTreeMap::new();
+    batched
+        .entry(first.partition)
+        .or_default()
+        .push(first.offset.0);
+    while let Some(batch) = bounded("the next batch", consumer.next_batch()).await {
+        let batch = batch.expect("no error");
+        assert!(!batch.is_empty(), "a batch holds a record at least");
+        let partition = batch[0].partition;
+        assert!(batch.iter().all(|record| record.partition == partition));
+        batched
+            .entry(partition)
+            .or_default()
+            .extend(batch.iter().map(|record| record.offset.0));
+    }
+    let offsets: BTreeMap<PartitionId, Vec<i64>> = expected
+        .iter()
+        .map(|(partition, records)| (*partition, (0..records.len() as i64).collect()))
+        .collect();
+    assert_eq!(batched, offsets);
 }
 
 #[tokio::test]
