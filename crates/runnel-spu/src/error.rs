@@ -70,6 +70,16 @@ pub(crate) fn log_error_to_api(key: &PartitionKey, error: &LogError) -> ApiError
 
 /// The answer when a blocking log task did not finish (it panicked, or the
 /// runtime is shutting down).
+/// A request body that does not decode.
+pub(crate) fn malformed(api: &str, error: runnel_wire::WireError) -> ApiError {
+    ApiError::new(
+        ErrorCode::MALFORMED_REQUEST,
+        format!(
+            "cannot decode the {api} request: {error}; the sender may speak another protocol version than this SPU"
+        ),
+    )
+}
+
 pub(crate) fn task_failed(
     key: &PartitionKey,
     what: &str,

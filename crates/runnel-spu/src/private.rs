@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::error::{log_error_to_api, task_failed};
+use crate::error::{log_error_to_api, malformed, task_failed};
 use crate::now_ms;
 use crate::replica::Replica;
 use crate::replicas::{Lookup, Replicas};
@@ -116,6 +116,7 @@ impl PrivateApi {
         let report = request
             .decode::<ReplicaPositionsRequest>()
             .map_err(|error| malformed("ReplicaPositions", error))?;
+        self.within_held("ReplicaPositions", report.positions.len())?;
         let now = now_ms();
         for position in report.positions {
             let Lookup::Ready(replica) = self.replicas.lookup(&position.key) else {
@@ -142,6 +143,11 @@ impl PrivateApi {
                 return refuse(ApiKey::ReplicaSync as u16, responder, error).await;
             }
         };
+        // One pusher task per listed partition: a peer may not list more
+        // than this SPU holds.
+        if let Err(error) = self.within_held("ReplicaSync", sync.partitions.len()) {
+            return refuse(ApiKey::ReplicaSync as u16, responder, error).await;
+        }
         let mut sender = responder.into_stream();
         let (items, mut ready) = mpsc::channel::<(SyncItem, Option<FileRange>)>(PUSHED_AHEAD);
         let mut pushers = JoinSet::new();
@@ -193,6 +199,22 @@ impl PrivateApi {
         }
     }
 
+    /// Refuses a peer's list of `count` partitions longer than the
+    /// replicas this SPU holds: no follower can need more.
+    fn within_held(&self, api: &str, count: usize) -> Result<(), ApiError> {
+        let held = self.replicas.held();
+        if count > held {
+            return Err(ApiError::new(
+                ErrorCode::MALFORMED_REQUEST,
+                format!(
+                    "the {api} request lists {count} partitions but SPU {} holds {held} replicas; list only partitions this SPU leads",
+                    self.spu
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The replica of `key` if this SPU leads it at exactly `epoch`.
     fn led_at(&self, key: &PartitionKey, epoch: LeaderEpoch) -> Result<Arc<Replica>, ApiError> {
         let spu = self.spu;
@@ -205,17 +227,16 @@ impl PrivateApi {
                 ));
             }
         };
-        let leadership = replica.leadership();
-        if leadership.leader != Some(spu) {
+        let (leader, current) = replica.leader_and_epoch();
+        if leader != Some(spu) {
             return Err(ApiError::new(
                 ErrorCode::NOT_LEADER,
                 format!(
-                    "SPU {spu} does not lead partition {key} (epoch {}, leader {:?})",
-                    leadership.epoch, leadership.leader
+                    "SPU {spu} does not lead partition {key} (epoch {current}, leader {leader:?}); follow the SC's newer assignment"
                 ),
             ));
         }
-        fenced(key, leadership.epoch, epoch)?;
+        fenced(key, current, epoch)?;
         Ok(replica)
     }
 }
@@ -287,14 +308,14 @@ impl Pusher {
             // Only what the replica has announced: its rules know the
             // leader wrote it, so the follower's report of it is taken.
             let announced = *log_end.borrow_and_update();
-            let leadership = replica.leadership();
-            if leadership.leader != Some(self.leader) || replica.is_removed() {
+            let (leader, current) = replica.leader_and_epoch();
+            if leader != Some(self.leader) || replica.is_removed() {
                 return Some(ApiError::new(
                     ErrorCode::NOT_LEADER,
                     format!("partition {key} is no longer led here"),
                 ));
             }
-            if let Err(error) = fenced(&key, leadership.epoch, epoch) {
+            if let Err(error) = fenced(&key, current, epoch) {
                 return Some(error);
             }
             let high_watermark = replica.high_watermark();
@@ -373,13 +394,6 @@ impl Pusher {
             }
         }
     }
-}
-
-fn malformed(api: &str, error: runnel_wire::WireError) -> ApiError {
-    ApiError::new(
-        ErrorCode::MALFORMED_REQUEST,
-        format!("cannot decode the {api} request: {error}; the peer may run another version"),
-    )
 }
 
 /// Answers a refused request: a reply, or the end of a stream.

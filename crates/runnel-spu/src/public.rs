@@ -22,11 +22,10 @@ use runnel_log::scan::Fault;
 use runnel_metadata::PartitionKey;
 use runnel_transport::{FileRange, Handler, IncomingRequest, Responder, StreamSender};
 use runnel_types::{FlushPolicy, LeaderEpoch, Offset, SpuId};
-use runnel_wire::WireError;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::error::{log_error_to_api, task_failed};
+use crate::error::{log_error_to_api, malformed, task_failed};
 use crate::now_ms;
 use crate::producers::SequenceError;
 use crate::replica::{Commitment, ProduceRefusal, Produced, Replica};
@@ -336,7 +335,7 @@ impl PublicApi {
             // Consumers read from the leader: one that moved away sends
             // them to the new one.
             changes.borrow_and_update();
-            if let Err(error) = self.leader_replica(key) {
+            if let Err(error) = self.leads(key, replica) {
                 return Some(error);
             }
             // Marks this value seen before reading: an append after it
@@ -411,17 +410,22 @@ impl PublicApi {
                 ));
             }
         };
-        let leadership = replica.leadership();
-        match leadership.leader {
-            Some(leader) if leader == spu => Ok((replica, leadership.epoch)),
-            Some(leader) => Err(ApiError::new(
+        let epoch = self.leads(key, &replica)?;
+        Ok((replica, epoch))
+    }
+
+    /// The epoch at which this SPU leads `replica`, or why it does not.
+    fn leads(&self, key: &PartitionKey, replica: &Replica) -> Result<LeaderEpoch, ApiError> {
+        let spu = self.spu;
+        match replica.leader_and_epoch() {
+            (Some(leader), epoch) if leader == spu => Ok(epoch),
+            (Some(leader), epoch) => Err(ApiError::new(
                 ErrorCode::NOT_LEADER,
                 format!(
-                    "SPU {spu} is not the leader of partition {key}; SPU {leader} leads it (epoch {}): refresh metadata and retry there",
-                    leadership.epoch
+                    "SPU {spu} is not the leader of partition {key}; SPU {leader} leads it (epoch {epoch}): refresh metadata and retry there"
                 ),
             )),
-            None => Err(ApiError::new(
+            (None, _) => Err(ApiError::new(
                 ErrorCode::NOT_LEADER,
                 format!("partition {key} has no leader right now; retry after refreshing metadata"),
             )),
@@ -511,15 +515,6 @@ fn not_enough_replicas(key: &PartitionKey, in_sync: usize, needed: usize) -> Api
         ErrorCode::NOT_ENOUGH_REPLICAS,
         format!(
             "partition {key} has {in_sync} in-sync replica(s), fewer than the {needed} that acks=all needs; nothing was written: retry once replicas catch up, or produce with --acks leader"
-        ),
-    )
-}
-
-fn malformed(api: &str, error: WireError) -> ApiError {
-    ApiError::new(
-        ErrorCode::MALFORMED_REQUEST,
-        format!(
-            "cannot decode the {api} request: {error}; the client may speak another protocol version than this SPU"
         ),
     )
 }

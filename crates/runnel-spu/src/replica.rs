@@ -97,7 +97,6 @@ struct RoleState {
     /// The SC's latest assignment of this replica.
     assignment: ReplicaAssignment,
     leadership: Leadership,
-    replication_factor: usize,
     role: Role,
 }
 
@@ -224,7 +223,6 @@ impl Replica {
                     in_sync_replicas: Vec::new(),
                     leader_addr: None,
                 },
-                replication_factor: assignment.replicas.len(),
                 role: Role::Idle,
             }),
             high_watermark: watch::Sender::new(high_watermark),
@@ -258,6 +256,13 @@ impl Replica {
 
     pub fn leadership(&self) -> Leadership {
         self.lock().leadership.clone()
+    }
+
+    /// Who leads and at which epoch, without copying the rest of the
+    /// leadership: for checks on the fetch and replication paths.
+    pub fn leader_and_epoch(&self) -> (Option<SpuId>, LeaderEpoch) {
+        let state = self.lock();
+        (state.leadership.leader, state.leadership.epoch)
     }
 
     /// The SC's latest assignment of this replica.
@@ -335,7 +340,6 @@ impl Replica {
             }
         };
         state.leadership = leadership;
-        state.replication_factor = assignment.replicas.len();
         state.assignment = assignment.clone();
         self.apply(&mut state, actions);
     }
@@ -674,7 +678,7 @@ impl Replica {
     }
 
     fn min_in_sync(&self, state: &RoleState) -> usize {
-        self.config.min_in_sync(state.replication_factor)
+        self.config.min_in_sync(state.assignment.replicas.len())
     }
 
     /// Carries out the rules' actions: a new high watermark is published,

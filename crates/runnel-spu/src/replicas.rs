@@ -94,6 +94,11 @@ impl Replicas {
         self.context.proposals.clone()
     }
 
+    /// How many replicas this SPU is assigned, opened or not.
+    pub fn held(&self) -> usize {
+        self.lock().len()
+    }
+
     pub fn lookup(&self, key: &PartitionKey) -> Lookup {
         match self.lock().get(key) {
             Some(Slot::Ready(replica)) if !replica.is_removed() => {

@@ -10,7 +10,7 @@ use runnel_api::{
 };
 use runnel_metadata::{PartitionKey, ReplicaAssignment};
 use runnel_transport::{Connection, TransportConfig, TransportError};
-use runnel_types::{Offset, SpuId};
+use runnel_types::{LeaderEpoch, Offset, SpuId};
 
 use support::*;
 
@@ -299,6 +299,20 @@ async fn requests_the_spu_cannot_serve_get_clear_errors() {
     assert_eq!(served, vec![0, 70, 71, 72]);
     let refused = api_error(produce(&peer, &led, &["x"]).await);
     assert_eq!(refused.code, ErrorCode::UNSUPPORTED_API);
+
+    // A peer lists no more partitions than this SPU holds (two here).
+    let position = runnel_api::ReplicaPosition {
+        key: led.clone(),
+        leader_epoch: LeaderEpoch(0),
+        log_end_offset: Offset(0),
+    };
+    let too_many = runnel_api::ReplicaPositionsRequest {
+        follower: SpuId(9),
+        positions: vec![position; 3],
+    };
+    let refused = api_error(peer.call(&too_many).await);
+    assert_eq!(refused.code, ErrorCode::MALFORMED_REQUEST);
+    assert!(refused.message.contains("holds 2 replicas"), "{refused}");
     spu.stop().await;
 }
 
