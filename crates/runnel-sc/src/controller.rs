@@ -983,15 +983,8 @@ impl Controller {
             Some(SessionChange::Open(session)) => {
                 changed_spus.insert(session.spu);
                 state.connected_since_start.insert(session.spu);
-                if let Some(replaced) = state.sessions.insert(session.spu, session) {
-                    replaced.end(ApiError::new(
-                        ErrorCode::SPU_IN_USE,
-                        format!(
-                            "SPU {} connected again on another connection; this session is replaced",
-                            replaced.spu
-                        ),
-                    ));
-                }
+                // `connect_spu` closed any session the SPU had before.
+                state.sessions.insert(session.spu, session);
             }
             Some(SessionChange::Close(session)) => {
                 changed_spus.insert(session.spu);
