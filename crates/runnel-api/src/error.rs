@@ -62,6 +62,16 @@ error_codes! {
     PRODUCER_FENCED = 35, false, "producer epoch is older than the current one";
     INVALID_ISR = 36, false, "invalid in-sync replica change";
     ELECTION_NOT_POSSIBLE = 37, true, "no eligible replica can lead";
+    AUTHENTICATION_REQUIRED = 40, false, "authentication required";
+    AUTHENTICATION_FAILED = 41, false, "authentication failed";
+    PERMISSION_DENIED = 42, false, "permission denied";
+    USER_NOT_FOUND = 43, false, "unknown user";
+    USER_EXISTS = 44, false, "user already exists";
+    ROLE_NOT_FOUND = 45, false, "unknown role";
+    ROLE_EXISTS = 46, false, "role already exists";
+    INVALID_POLICY = 47, false, "invalid policy";
+    INVALID_CSR = 48, false, "invalid certificate signing request";
+    SECURITY_DISABLED = 49, false, "security is not enabled on this cluster";
 }
 
 impl fmt::Display for ErrorCode {

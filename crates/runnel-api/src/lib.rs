@@ -15,6 +15,7 @@
 
 mod error;
 mod messages;
+mod security;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -22,6 +23,7 @@ use serde::de::DeserializeOwned;
 pub use error::{ApiError, ErrorCode};
 pub use messages::*;
 use runnel_wire::WireError;
+pub use security::*;
 
 /// Which listener an api is served on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +84,16 @@ api_keys! {
     WatchMetadata = 17, ScPublic, true;
     InitProducerId = 18, ScPublic, false;
     ElectPreferred = 19, ScPublic, false;
+    Login = 20, ScPublic, false;
+    UserAdd = 21, ScPublic, false;
+    UserList = 22, ScPublic, false;
+    UserDelete = 23, ScPublic, false;
+    UserPasswd = 24, ScPublic, false;
+    UserRevoke = 25, ScPublic, false;
+    RoleCreate = 26, ScPublic, false;
+    RoleBind = 27, ScPublic, false;
+    RoleList = 28, ScPublic, false;
+    ApplyPolicy = 29, ScPublic, false;
     SpuConnect = 30, ScPrivate, true;
     SpuHeartbeat = 31, ScPrivate, false;
     AlterIsr = 32, ScPrivate, false;

@@ -257,4 +257,20 @@ pub enum AssignmentUpdate {
     },
     Upsert(ReplicaAssignment),
     Remove(PartitionKey),
+    /// What the SPU needs to authorize its clients, whole: sent after the
+    /// snapshot and after every change, when the cluster runs with
+    /// security on. Until the first one arrives the SPU refuses its
+    /// clients everything (deny by default).
+    Security(SecurityState),
+}
+
+/// The authorization state the SC hands every SPU.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityState {
+    /// Principals allowed everything, whatever the policy says.
+    pub superusers: Vec<String>,
+    pub policy: runnel_auth::Policy,
+    /// Serial numbers (lower-case hex) of revoked certificates that have
+    /// not expired yet.
+    pub revoked: Vec<String>,
 }

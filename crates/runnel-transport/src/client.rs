@@ -45,6 +45,19 @@ struct Shared {
     pending: Mutex<HashMap<u32, Pending>>,
     next_correlation_id: AtomicU32,
     closed: CancellationToken,
+    /// Why the server refused this connection, when it said so (a TLS
+    /// alert about our certificate); set before `closed` is cancelled.
+    refusal: std::sync::OnceLock<String>,
+}
+
+impl Shared {
+    /// The error for an exchange the connection's end cut short.
+    fn closed_error(&self) -> TransportError {
+        match self.refusal.get() {
+            Some(why) => TransportError::Refused(why.clone()),
+            None => TransportError::Closed,
+        }
+    }
 }
 
 /// A multiplexed connection; clones share it. It closes when the last
@@ -65,7 +78,7 @@ impl Drop for DropGuard {
 }
 
 impl Connection {
-    /// Connects over plaintext TCP.
+    /// Connects over TCP, then TLS when the config carries TLS settings.
     pub async fn connect(
         addr: &str,
         config: TransportConfig,
@@ -87,7 +100,27 @@ impl Connection {
             }
         };
         crate::io::tune_socket(&socket);
-        Ok(Connection::new(socket, config))
+        let Some(tls) = config.client_tls.clone() else {
+            return Ok(Connection::new(socket, config));
+        };
+        let handshake = tokio::time::timeout(config.connect_timeout, tls.connect(addr, socket));
+        match handshake.await {
+            Ok(Ok(stream)) => Ok(Connection::new(stream, config)),
+            Ok(Err(source)) => Err(match crate::tls::refusal(&source) {
+                Some(why) => TransportError::Refused(why),
+                None => TransportError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                },
+            }),
+            Err(_) => Err(TransportError::Connect {
+                addr: addr.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the TLS handshake timed out",
+                ),
+            }),
+        }
     }
 
     /// Starts a connection over any byte stream (TLS, a test pipe).
@@ -101,6 +134,7 @@ impl Connection {
             pending: Mutex::default(),
             next_correlation_id: AtomicU32::new(1),
             closed: closed.clone(),
+            refusal: std::sync::OnceLock::new(),
         });
         tokio::spawn({
             let closed = closed.clone();
@@ -163,7 +197,7 @@ impl Connection {
         let timeout = self.shared.config.request_timeout;
         let waited = tokio::time::timeout(timeout, async {
             self.send(frame).await?;
-            reply_rx.await.map_err(|_| TransportError::Closed)
+            reply_rx.await.map_err(|_| self.shared.closed_error())
         })
         .await;
         let body = match waited {
@@ -237,7 +271,11 @@ impl Connection {
         } else {
             Tail::Bytes(tail)
         };
-        Ok(Outgoing { bytes, tail })
+        Ok(Outgoing {
+            bytes,
+            tail,
+            held: None,
+        })
     }
 
     /// Registers an exchange under a correlation id no open exchange uses
@@ -247,7 +285,7 @@ impl Connection {
         // Checked under the lock the reader takes to fail everything on
         // close: nothing registered after it can wait forever.
         if self.is_closed() {
-            return Err(TransportError::Closed);
+            return Err(self.shared.closed_error());
         }
         let correlation_id = loop {
             let id = self
@@ -272,8 +310,8 @@ impl Connection {
 
     async fn send(&self, frame: Outgoing) -> Result<(), TransportError> {
         tokio::select! {
-            _ = self.shared.closed.cancelled() => Err(TransportError::Closed),
-            sent = self.shared.queue.send(frame) => sent.map_err(|_| TransportError::Closed),
+            _ = self.shared.closed.cancelled() => Err(self.shared.closed_error()),
+            sent = self.shared.queue.send(frame) => sent.map_err(|_| self.shared.closed_error()),
         }
     }
 }
@@ -313,6 +351,7 @@ fn control_frame(api_key: u16, correlation_id: u32, body: &[u8]) -> Outgoing {
     Outgoing {
         bytes,
         tail: Tail::None,
+        held: None,
     }
 }
 
@@ -338,6 +377,11 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(mut reader: R, shared: Arc<S
         }
     };
     if let Err(error) = outcome {
+        if let TransportError::Io(error) = &error
+            && let Some(why) = crate::tls::refusal(error)
+        {
+            let _ = shared.refusal.set(why);
+        }
         debug!(%error, "connection read ended");
     }
     // Fail every exchange still waiting: dropping their senders wakes them.
@@ -418,7 +462,7 @@ impl<T: DeserializeOwned> ResponseStream<T> {
         }
         let Some(event) = self.events.recv().await else {
             self.ended = true;
-            return Some(Err(TransportError::Closed));
+            return Some(Err(self.connection.shared.closed_error()));
         };
         match event {
             Event::Item(body) => {

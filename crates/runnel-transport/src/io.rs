@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::TransportError;
 
-/// A connection's bytes: plaintext TCP, or (later) TLS over it.
+/// A connection's bytes: plaintext TCP, or TLS over it.
 pub trait ByteStream: Send + 'static {
     type Reader: AsyncRead + Send + Unpin + 'static;
     type Writer: FrameWrite;
@@ -96,6 +96,9 @@ pub struct FileRange {
 pub(crate) struct Outgoing {
     pub bytes: Vec<u8>,
     pub tail: Tail,
+    /// A stream's share of its queued-bytes limit, given back once the
+    /// frame is written (when this is dropped).
+    pub held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 #[derive(Debug)]

@@ -8,9 +8,10 @@
 //! checked against [`TransportConfig::max_frame_bytes`] before anything is
 //! allocated for it.
 //!
-//! The byte stream is generic ([`ByteStream`]): plaintext TCP today, TLS
-//! later, without touching callers. A stream item may carry a file range
-//! as its tail; on plaintext TCP it goes to the socket with `sendfile`.
+//! The byte stream is generic ([`ByteStream`]): plaintext TCP, or TLS 1.3
+//! over it ([`tls`]) when the config carries TLS settings, without
+//! touching callers. A stream item may carry a file range as its tail; on
+//! plaintext TCP it goes to the socket with `sendfile`.
 //!
 //! Knows nothing of what the apis mean: the client side sends typed
 //! [`runnel_api::Request`]s, the server side hands raw requests to a
@@ -20,6 +21,7 @@ mod backoff;
 mod client;
 mod io;
 mod server;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -29,6 +31,7 @@ pub use io::{ByteStream, FileRange, FrameWrite};
 pub use server::{
     Handler, IncomingRequest, Responder, StreamClosed, StreamSender, serve, serve_connection,
 };
+pub use tls::{Admission, ClientTls, NodeTls, Revocations, ServerTls, TlsError};
 pub use tokio_util::sync::CancellationToken;
 
 use runnel_api::ApiError;
@@ -53,6 +56,24 @@ pub struct TransportConfig {
     pub max_streams: usize,
     /// Connections a server serves at once; more wait to be accepted.
     pub max_connections: usize,
+    /// Connections a server serves at once from one IP address; more are
+    /// closed as soon as they are accepted.
+    pub max_connections_per_addr: usize,
+    /// Bytes of one stream's items queued for the connection's writer; a
+    /// stream whose peer reads slowly waits there, whatever its credits.
+    pub max_stream_queued_bytes: usize,
+    /// How long a server gives a client to finish the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// A server closes a connection with no request in progress and no
+    /// stream open that completes no frame for this long.
+    pub idle_timeout: Duration,
+    /// How long a server holds a connection whose authentication failed
+    /// before closing it, so guessing costs the guesser time.
+    pub failed_auth_delay: Duration,
+    /// TLS for the listeners a server serves with this config.
+    pub server_tls: Option<ServerTls>,
+    /// TLS for the connections a client opens with this config.
+    pub client_tls: Option<ClientTls>,
     /// Frames queued for a connection's writer.
     pub write_queue: usize,
     /// Label sent in every request header.
@@ -69,6 +90,13 @@ impl Default for TransportConfig {
             max_in_flight: 256,
             max_streams: 4096,
             max_connections: 4096,
+            max_connections_per_addr: 1024,
+            max_stream_queued_bytes: 32 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            failed_auth_delay: Duration::from_secs(1),
+            server_tls: None,
+            client_tls: None,
             write_queue: 1024,
             client_id: "runnel".to_string(),
             connect_timeout: Duration::from_secs(5),
@@ -96,6 +124,9 @@ pub enum TransportError {
     /// The server answered with an error.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// The server refused this side's TLS identity; says why.
+    #[error("the server refused the connection: {0}")]
+    Refused(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }

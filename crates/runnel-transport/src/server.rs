@@ -2,11 +2,12 @@
 //! own task, and send replies and credit-limited streams back.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use runnel_api::{ApiError, ErrorCode, Request};
+use runnel_pki::PeerIdentity;
 use runnel_wire::WireError;
 use runnel_wire::frame::{
     API_CANCEL, API_CREDIT, REQUEST_HEADER_FIXED_LEN, RequestHeader, ResponseHeader, ResponseKind,
@@ -16,10 +17,10 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::io::{Outgoing, Tail, read_frame, write_loop};
-use crate::{ByteStream, FileRange, TransportConfig, TransportError};
+use crate::{ByteStream, FileRange, ServerTls, TransportConfig, TransportError};
 
 /// How long a closing connection may take to send the frames already
 /// queued for it.
@@ -43,6 +44,9 @@ pub struct IncomingRequest {
     pub header: RequestHeader,
     pub body: Bytes,
     pub peer: SocketAddr,
+    /// Who the peer's certificate names, on a TLS connection with a
+    /// client certificate; `None` on plaintext or anonymous connections.
+    pub identity: Option<Arc<PeerIdentity>>,
 }
 
 impl IncomingRequest {
@@ -65,6 +69,8 @@ impl IncomingRequest {
 struct Exchange {
     credits: Semaphore,
     cancelled: CancellationToken,
+    /// Bytes of this exchange's frames queued but not yet written.
+    queued: Arc<Semaphore>,
 }
 
 type Exchanges = Arc<Mutex<HashMap<u32, Arc<Exchange>>>>;
@@ -86,6 +92,8 @@ pub struct Responder {
     permit: Option<OwnedSemaphorePermit>,
     /// The connection's places for streams.
     streams: Arc<Semaphore>,
+    /// Most bytes a stream may have queued for the writer.
+    max_queued_bytes: usize,
 }
 
 impl Responder {
@@ -215,6 +223,17 @@ impl StreamSender {
             tail_len,
         );
         frame.tail = tail;
+        // The stream waits while its frames not yet written hold the
+        // bytes it may queue; one larger item waits for all of them.
+        let queued = Arc::clone(&exchange.queued);
+        let limit = queued_limit(self.responder.max_queued_bytes);
+        let size = (frame.bytes.len() + tail_len).clamp(1, limit) as u32;
+
+        frame.held = tokio::select! {
+            biased;
+            _ = exchange.cancelled.cancelled() => return Err(StreamClosed),
+            held = queued.acquire_many_owned(size) => Some(held.map_err(|_| StreamClosed)?),
+        };
         self.responder
             .queue
             .send(frame)
@@ -248,6 +267,12 @@ impl Drop for StreamSender {
     }
 }
 
+/// The queued-bytes limit as the semaphore can count it: at least one
+/// byte, at most what one acquisition can take.
+fn queued_limit(configured: usize) -> usize {
+    configured.clamp(1, u32::MAX as usize)
+}
+
 fn response_frame<T: Serialize>(
     correlation_id: u32,
     kind: ResponseKind,
@@ -266,12 +291,15 @@ fn response_frame<T: Serialize>(
     Outgoing {
         bytes,
         tail: Tail::None,
+        held: None,
     }
 }
 
 /// Accepts connections on `listener` and serves each until `shutdown` is
 /// cancelled; then stops accepting and closes the connections, letting
-/// requests in progress see their cancellation.
+/// requests in progress see their cancellation. With
+/// [`TransportConfig::server_tls`] set, every connection runs a TLS 1.3
+/// handshake first, within [`TransportConfig::handshake_timeout`].
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -279,6 +307,7 @@ pub async fn serve<H: Handler>(
     shutdown: CancellationToken,
 ) {
     let connections = Arc::new(Semaphore::new(config.max_connections));
+    let per_address = PerAddress::default();
     loop {
         // At the connection limit, new connections wait in the listen
         // backlog until one closes.
@@ -301,16 +330,102 @@ pub async fn serve<H: Handler>(
                 }
             },
         };
+        // One address may hold only so many connections: closed at once,
+        // before a handshake or a byte is read.
+        let Some(address_place) = per_address.take(peer.ip(), config.max_connections_per_addr)
+        else {
+            debug!(%peer, limit = config.max_connections_per_addr,
+                "connection refused: too many from this address");
+            continue;
+        };
         crate::io::tune_socket(&socket);
         let handler = Arc::clone(&handler);
         let config = config.clone();
         let shutdown = shutdown.child_token();
         tokio::spawn(async move {
-            if let Err(error) = serve_connection(socket, peer, handler, config, shutdown).await {
+            let served = match config.server_tls.clone() {
+                None => serve_connection(socket, peer, None, handler, config, shutdown).await,
+                Some(tls) => serve_tls(socket, peer, tls, handler, config, shutdown).await,
+            };
+            if let Err(error) = served {
                 debug!(%peer, %error, "connection closed");
             }
+            drop(address_place);
             drop(place);
         });
+    }
+}
+
+/// The handshake, bounded in time, then the connection. A refused
+/// handshake holds the connection for the failed-authentication delay
+/// before closing, so guessing costs the guesser time.
+async fn serve_tls<H: Handler>(
+    socket: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: ServerTls,
+    handler: Arc<H>,
+    config: TransportConfig,
+    shutdown: CancellationToken,
+) -> Result<(), TransportError> {
+    let handshake = tokio::time::timeout(config.handshake_timeout, tls.acceptor().accept(socket));
+    let stream = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        handshake = handshake => match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                info!(%peer, %error, "TLS handshake failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(config.failed_auth_delay) => {}
+                }
+                return Err(error.into());
+            }
+            Err(_) => {
+                info!(%peer, timeout = ?config.handshake_timeout, "TLS handshake timed out");
+                return Err(TransportError::Timeout(config.handshake_timeout));
+            }
+        },
+    };
+    let identity = tls.peer_identity(&stream).map(Arc::new);
+    serve_connection(stream, peer, identity, handler, config, shutdown).await
+}
+
+/// Connections open per client address.
+#[derive(Debug, Clone, Default)]
+struct PerAddress(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl PerAddress {
+    /// A place for one more connection from `address`, or `None` at the
+    /// limit. The place is given back when dropped.
+    fn take(&self, address: IpAddr, limit: usize) -> Option<AddressPlace> {
+        let mut counts = self.0.lock().expect("per-address lock");
+        let count = counts.entry(address).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressPlace {
+            counts: self.clone(),
+            address,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct AddressPlace {
+    counts: PerAddress,
+    address: IpAddr,
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().expect("per-address lock");
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
     }
 }
 
@@ -318,6 +433,7 @@ pub async fn serve<H: Handler>(
 pub async fn serve_connection<S: ByteStream, H: Handler>(
     stream: S,
     peer: SocketAddr,
+    identity: Option<Arc<PeerIdentity>>,
     handler: Arc<H>,
     config: TransportConfig,
     shutdown: CancellationToken,
@@ -333,9 +449,27 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
     let streams = Arc::new(Semaphore::new(config.max_streams));
 
     let result = loop {
-        let frame = tokio::select! {
-            _ = connection.cancelled() => break Ok(()),
-            frame = read_frame(&mut reader, REQUEST_HEADER_FIXED_LEN, config.max_frame_bytes) => frame,
+        // A connection with nothing in progress (no request running, no
+        // stream open) that completes no frame within the idle timeout is
+        // closed: a slow sender or a forgotten client holds a place only
+        // so long. The read itself is never dropped midway otherwise.
+        let read = read_frame(
+            &mut reader,
+            REQUEST_HEADER_FIXED_LEN,
+            config.max_frame_bytes,
+        );
+        tokio::pin!(read);
+        let frame = loop {
+            tokio::select! {
+                _ = connection.cancelled() => break Ok(None),
+                frame = &mut read => break frame,
+                _ = tokio::time::sleep(config.idle_timeout) => {
+                    if exchanges.lock().expect("exchange map lock").is_empty() {
+                        info!(%peer, timeout = ?config.idle_timeout, "closing idle connection");
+                        break Ok(None);
+                    }
+                }
+            }
         };
         let frame = match frame {
             Ok(Some(frame)) => frame.freeze(),
@@ -408,6 +542,7 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
                 let exchange = Arc::new(Exchange {
                     credits: Semaphore::new(0),
                     cancelled: connection.child_token(),
+                    queued: Arc::new(Semaphore::new(queued_limit(config.max_stream_queued_bytes))),
                 });
                 let duplicate = exchanges
                     .lock()
@@ -428,11 +563,13 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
                     answered: false,
                     permit: Some(permit),
                     streams: Arc::clone(&streams),
+                    max_queued_bytes: config.max_stream_queued_bytes,
                 };
                 let request = IncomingRequest {
                     header,
                     body: frame.slice(body_at..),
                     peer,
+                    identity: identity.clone(),
                 };
                 let handler = Arc::clone(&handler);
                 tokio::spawn(async move { handler.handle(request, responder).await });

@@ -75,6 +75,16 @@ fn body(api_key: u16, bytes: &[u8]) {
             round_trip::<StreamFetchRequest, Result<(), ApiError>>(bytes);
         }
         Some(ApiKey::ListOffsets) => round_trip::<ListOffsetsRequest, Reply<ListOffsetsResponse>>(bytes),
+        Some(ApiKey::Login) => round_trip::<LoginRequest, Reply<LoginResponse>>(bytes),
+        Some(ApiKey::UserAdd) => round_trip::<UserAddRequest, Reply<()>>(bytes),
+        Some(ApiKey::UserList) => round_trip::<UserListRequest, Reply<Vec<UserInfo>>>(bytes),
+        Some(ApiKey::UserDelete) => round_trip::<UserDeleteRequest, Reply<()>>(bytes),
+        Some(ApiKey::UserPasswd) => round_trip::<UserPasswdRequest, Reply<()>>(bytes),
+        Some(ApiKey::UserRevoke) => round_trip::<UserRevokeRequest, Reply<RevokeResponse>>(bytes),
+        Some(ApiKey::RoleCreate) => round_trip::<RoleCreateRequest, Reply<()>>(bytes),
+        Some(ApiKey::RoleBind) => round_trip::<RoleBindRequest, Reply<()>>(bytes),
+        Some(ApiKey::RoleList) => round_trip::<RoleListRequest, Reply<runnel_auth::Policy>>(bytes),
+        Some(ApiKey::ApplyPolicy) => round_trip::<ApplyPolicyRequest, Reply<ApplyPolicyResponse>>(bytes),
         None => {}
     }
 }

@@ -8,4 +8,5 @@ mod hostile_peers;
 mod lifecycle;
 mod streams;
 mod support;
+mod tls;
 mod unary;

@@ -415,6 +415,7 @@ pub fn serve_pipe_with(
     let task = tokio::spawn(serve_connection(
         server,
         peer,
+        None,
         handler,
         TransportConfig::default(),
         shutdown,
