@@ -2,10 +2,18 @@
 //! processes of this same binary.
 //!
 //! Everything lives under `RUNNEL_HOME/local/`: `cluster.json` (ports,
-//! SPU count, data directory), `run/<process>.pid`, `logs/<process>.log`,
-//! and by default `data/<process>/`. A process counts as running only if
-//! its pid file names a live process whose command line is ours for that
-//! role and data directory, so a reused pid is never taken for ours.
+//! SPU count, data directory, TLS directory), `run/<process>.pid`,
+//! `logs/<process>.log`, `tls/` for a cluster started with `--tls` (see
+//! [`tls`]), and by default `data/<process>/`. A process counts as
+//! running only if its pid file names a live process whose command line
+//! is ours for that role and data directory, so a reused pid is never
+//! taken for ours.
+//!
+//! A cluster started once with `--tls` stays a TLS cluster: its SC runs
+//! with the CA key (so `runnel login` works) and `admin` as superuser, and
+//! the `local` profile uses the admin certificate.
+
+mod tls;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,12 +21,13 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use runnel_client::{Profiles, RunnelClient, runnel_home};
+use runnel_client::{Profile, ProfileTls, Profiles, RunnelClient, runnel_home};
 use runnel_types::SpuId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::{ClusterCommand, CommandResult, Output};
+use tls::{ADMIN, Identity, TlsFiles};
 
 /// How long `start` waits for the SC to answer and every SPU to be online.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -40,6 +49,12 @@ pub struct StartArgs {
     /// Where the processes keep their data (default RUNNEL_HOME/local/data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Run with TLS on every listener and authorization on: creates a
+    /// cluster CA and certificates in RUNNEL_HOME/local/tls (once), makes
+    /// `admin` a superuser, and has profile `local` use its certificate.
+    /// The cluster stays a TLS cluster on later starts.
+    #[arg(long)]
+    tls: bool,
 }
 
 const DEFAULT_BASE_PORT: u16 = 9003;
@@ -51,6 +66,9 @@ struct Settings {
     base_port: u16,
     spus: u32,
     data_dir: PathBuf,
+    /// The CA and certificates of a TLS cluster; none for plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tls_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -77,11 +95,74 @@ impl Settings {
         self.data_dir.join(process.name())
     }
 
+    fn tls_files(&self) -> Option<TlsFiles> {
+        self.tls_dir.clone().map(TlsFiles::new)
+    }
+
+    /// The certificates a TLS cluster needs: one per process, and the
+    /// admin's.
+    fn identities(&self) -> Vec<Identity> {
+        let mut identities: Vec<Identity> = self
+            .processes()
+            .into_iter()
+            .map(|process| Identity {
+                file_stem: process.name(),
+                common_name: process.principal(),
+                node: true,
+            })
+            .collect();
+        identities.push(Identity {
+            file_stem: ADMIN.to_string(),
+            common_name: ADMIN.to_string(),
+            node: false,
+        });
+        identities
+    }
+
+    /// The `local` profile: the SC's address, and with TLS, the admin's
+    /// certificate.
+    fn profile(&self) -> Profile {
+        Profile {
+            tls: self.tls_files().map(|files| ProfileTls {
+                ca: files.ca_cert(),
+                cert: files.cert(ADMIN),
+                key: files.key(ADMIN),
+                domain: None,
+            }),
+            ..Profile::plaintext(PROFILE, &self.sc_public())
+        }
+    }
+
+    /// The TLS flags of `process`, none for a plaintext cluster.
+    fn tls_arguments(&self, process: Process) -> Vec<String> {
+        let Some(files) = self.tls_files() else {
+            return Vec::new();
+        };
+        let path = |path: PathBuf| path.display().to_string();
+        let mut arguments = vec![
+            "--tls-ca".to_string(),
+            path(files.ca_cert()),
+            "--tls-cert".to_string(),
+            path(files.cert(&process.name())),
+            "--tls-key".to_string(),
+            path(files.key(&process.name())),
+        ];
+        if process == Process::Sc {
+            arguments.extend([
+                "--tls-ca-key".to_string(),
+                path(files.ca_key()),
+                "--superuser".to_string(),
+                ADMIN.to_string(),
+            ]);
+        }
+        arguments
+    }
+
     /// The command line that runs `process`; also how a running process is
     /// recognised.
     fn arguments(&self, process: Process) -> Vec<String> {
         let data_dir = self.data_dir_of(process).display().to_string();
-        match process {
+        let mut arguments = match process {
             Process::Sc => vec![
                 "run".into(),
                 "sc".into(),
@@ -109,7 +190,9 @@ impl Settings {
                     data_dir,
                 ]
             }
-        }
+        };
+        arguments.extend(self.tls_arguments(process));
+        arguments
     }
 }
 
@@ -126,6 +209,14 @@ impl Process {
             Process::Spu(id) => format!("spu-{id}"),
         }
     }
+
+    /// The node identity its certificate names.
+    fn principal(self) -> String {
+        match self {
+            Process::Sc => "sc".to_string(),
+            Process::Spu(id) => format!("spu:{id}"),
+        }
+    }
 }
 
 /// The files of the local cluster under RUNNEL_HOME.
@@ -139,6 +230,10 @@ impl Layout {
         Ok(Layout {
             root: runnel_home()?.join("local"),
         })
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.root.join("tls")
     }
 
     fn settings_path(&self) -> PathBuf {
@@ -239,33 +334,9 @@ async fn start(layout: &Layout, args: StartArgs) -> CommandResult {
                 Some(dir) => std::path::absolute(dir)?,
                 None => layout.root.join("data"),
             },
+            tls_dir: args.tls.then(|| layout.tls_dir()),
         },
-        Some(existing) => {
-            if let Some(port) = args.base_port.filter(|&port| port != existing.base_port) {
-                return Err(format!(
-                    "the local cluster uses base port {}, not {port}; omit --base-port, or run \
-                     `runnel cluster delete` first to make a new cluster",
-                    existing.base_port
-                )
-                .into());
-            }
-            if let Some(dir) = args.data_dir {
-                let dir = std::path::absolute(dir)?;
-                if dir != existing.data_dir {
-                    return Err(format!(
-                        "the local cluster keeps its data in {}, not {}; omit --data-dir, or run \
-                         `runnel cluster delete` first",
-                        existing.data_dir.display(),
-                        dir.display()
-                    )
-                    .into());
-                }
-            }
-            Settings {
-                spus: existing.spus.max(args.spus.unwrap_or(0)),
-                ..existing
-            }
-        }
+        Some(existing) => restart_settings(layout, existing, args)?,
     };
     let last_port = u32::from(settings.base_port) + 2 * settings.spus + 1;
     if last_port > u32::from(u16::MAX) {
@@ -274,6 +345,9 @@ async fn start(layout: &Layout, args: StartArgs) -> CommandResult {
             settings.spus, settings.base_port
         )
         .into());
+    }
+    if let Some(files) = settings.tls_files() {
+        files.ensure(&settings.identities())?;
     }
     layout.save_settings(&settings)?;
     fs::create_dir_all(layout.root.join("run"))?;
@@ -297,13 +371,66 @@ async fn start(layout: &Layout, args: StartArgs) -> CommandResult {
         println!("started {} (pid {pid})", process.name());
     }
     println!(
-        "SC at {} with {} SPUs online; profile '{PROFILE}' is current",
+        "SC at {}{} with {} SPUs online; profile '{PROFILE}' is current",
         settings.sc_public(),
+        if settings.tls_dir.is_some() {
+            " (TLS)"
+        } else {
+            ""
+        },
         settings.spus
     );
     println!("logs: {}", layout.root.join("logs").display());
     println!("data: {}", settings.data_dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The settings of a later start: those the cluster was created with,
+/// with more SPUs if asked for, and TLS from now on if asked for.
+fn restart_settings(
+    layout: &Layout,
+    existing: Settings,
+    args: StartArgs,
+) -> Result<Settings, Box<dyn std::error::Error>> {
+    if let Some(port) = args.base_port.filter(|&port| port != existing.base_port) {
+        return Err(format!(
+            "the local cluster uses base port {}, not {port}; omit --base-port, or run \
+             `runnel cluster delete` first to make a new cluster",
+            existing.base_port
+        )
+        .into());
+    }
+    if let Some(dir) = args.data_dir {
+        let dir = std::path::absolute(dir)?;
+        if dir != existing.data_dir {
+            return Err(format!(
+                "the local cluster keeps its data in {}, not {}; omit --data-dir, or run \
+                 `runnel cluster delete` first",
+                existing.data_dir.display(),
+                dir.display()
+            )
+            .into());
+        }
+    }
+    if args.tls && existing.tls_dir.is_none() {
+        let running = existing
+            .processes()
+            .into_iter()
+            .any(|process| layout.running_pid(&existing, process).is_some());
+        if running {
+            return Err("the local cluster is running without TLS; stop it with \
+                        `runnel cluster stop`, then start it again with --tls"
+                .into());
+        }
+    }
+    Ok(Settings {
+        spus: existing.spus.max(args.spus.unwrap_or(0)),
+        tls_dir: existing
+            .tls_dir
+            .clone()
+            .or_else(|| args.tls.then(|| layout.tls_dir())),
+        ..existing
+    })
 }
 
 /// Starts every process of the cluster that is not running, points the
@@ -323,7 +450,7 @@ async fn launch_missing(
     }
 
     let mut profiles = Profiles::load(&runnel_home()?)?;
-    profiles.upsert(PROFILE, &settings.sc_public());
+    profiles.upsert(settings.profile());
     profiles.switch(PROFILE)?;
     profiles.save()?;
 
@@ -369,9 +496,17 @@ async fn wait_until_online(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let deadline = Instant::now() + START_TIMEOUT;
     let logs = layout.root.join("logs");
+    let profile = settings.profile();
     let client = loop {
-        match RunnelClient::connect(&settings.sc_public()).await {
+        match RunnelClient::connect_profile(&profile).await {
             Ok(client) => break client,
+            Err(error) if !error.is_retriable() => {
+                return Err(format!(
+                    "cannot connect to the SC: {error}; see {}",
+                    layout.log_path(Process::Sc).display()
+                )
+                .into());
+            }
             Err(error) => {
                 if layout.running_pid(settings, Process::Sc).is_none() {
                     return Err(format!(
@@ -419,7 +554,7 @@ async fn status(layout: &Layout, output: Output) -> CommandResult {
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let spus = match RunnelClient::connect(&settings.sc_public()).await {
+    let spus = match RunnelClient::connect_profile(&settings.profile()).await {
         Ok(client) => client.admin().list_spus().await.ok(),
         Err(_) => None,
     };

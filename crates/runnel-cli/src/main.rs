@@ -6,9 +6,13 @@ mod benchmark;
 mod cluster;
 mod consume;
 mod debug;
+mod files;
+mod login;
 mod produce;
 mod profile;
+mod role;
 mod server;
+mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +55,19 @@ enum Command {
     /// Switch between clusters.
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// Log in to a TLS cluster with a password: get a certificate for a
+    /// key made here, and a profile that uses it (named after the user,
+    /// or --profile), made current.
+    Login(login::LoginArgs),
+    /// Manage users and their certificates (admin, TLS cluster).
+    #[command(subcommand)]
+    User(user::UserCommand),
+    /// Manage roles and who holds them (admin, TLS cluster).
+    #[command(subcommand)]
+    Role(role::RoleCommand),
+    /// Make a policy file (roles and bindings, YAML) the cluster's whole
+    /// policy (admin, TLS cluster).
+    Apply(role::ApplyArgs),
     /// Run one cluster process in the foreground (what `cluster start`
     /// launches).
     #[command(subcommand)]
@@ -141,8 +158,9 @@ enum ProfileCommand {
     Current,
     /// Make NAME the current profile.
     Switch { name: String },
-    /// Add (or change) a profile for the SC at ADDRESS (host:port).
-    Add { name: String, address: String },
+    /// Add (or change) a profile for the SC at ADDRESS (host:port), with
+    /// the TLS files of a cluster that runs with TLS.
+    Add(profile::AddArgs),
     /// Delete a profile.
     Delete { name: String },
 }
@@ -229,6 +247,10 @@ fn main() -> ExitCode {
         Command::Run(RunCommand::Sc(args)) => server::run_sc(args),
         Command::Run(RunCommand::Spu(args)) => server::run_spu(args),
         Command::Profile(command) => profile::run(command),
+        Command::Login(args) => block_on(login::run(profile, args)),
+        Command::User(command) => block_on(user::run(profile, command)),
+        Command::Role(command) => block_on(role::run(profile, command)),
+        Command::Apply(args) => block_on(role::apply(profile, args)),
         Command::Cluster(command) => block_on(cluster::run(command)),
         Command::Topic(command) => block_on(admin::topic(profile, command)),
         Command::Partition(PartitionCommand::List { topic, output }) => {
@@ -267,4 +289,201 @@ fn block_on(command: impl Future<Output = CommandResult>) -> CommandResult {
         .enable_all()
         .build()?
         .block_on(command)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    fn parse(arguments: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("runnel").chain(arguments.iter().copied()))
+    }
+
+    fn refused(arguments: &[&str]) -> clap::Error {
+        parse(arguments).expect_err(&arguments.join(" "))
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    const SC: &[&str] = &["run", "sc", "--data-dir", "d"];
+    const SPU: &[&str] = &[
+        "run",
+        "spu",
+        "--id",
+        "1",
+        "--public-addr",
+        "a:1",
+        "--private-addr",
+        "a:2",
+        "--data-dir",
+        "d",
+    ];
+
+    fn with(base: &[&'static str], extra: &[&'static str]) -> Vec<&'static str> {
+        base.iter().chain(extra).copied().collect()
+    }
+
+    #[test]
+    fn node_tls_flags_come_all_three_or_none() {
+        let all = [
+            "--tls-ca",
+            "ca.pem",
+            "--tls-cert",
+            "n.pem",
+            "--tls-key",
+            "n.key",
+        ];
+        for base in [SC, SPU] {
+            parse(base).expect("no TLS flag");
+            parse(&with(base, &all)).expect("all three TLS flags");
+            for missing in 0..3 {
+                let mut partial: Vec<&str> = base.to_vec();
+                for (index, pair) in all.chunks(2).enumerate() {
+                    if index != missing {
+                        partial.extend(pair);
+                    }
+                }
+                let error = refused(&partial);
+                assert_eq!(error.kind(), ErrorKind::MissingRequiredArgument, "{error}");
+                assert!(error.to_string().contains(all[2 * missing]), "{error}");
+            }
+        }
+    }
+
+    #[test]
+    fn sc_security_flags_need_tls_and_valid_values() {
+        let error = refused(&with(SC, &["--superuser", "admin"]));
+        assert!(error.to_string().contains("--tls-ca"), "{error}");
+        let error = refused(&with(SC, &["--tls-ca-key", "ca.key"]));
+        assert!(error.to_string().contains("--tls-ca"), "{error}");
+        let tls = ["--tls-ca", "c", "--tls-cert", "c", "--tls-key", "k"];
+        let error = refused(&[SC, &tls[..], &["--superuser", "bad name"]].concat());
+        assert!(error.to_string().contains("invalid principal"), "{error}");
+        let error = refused(&with(SC, &["--principal-from", "subject"]));
+        assert!(error.to_string().contains("san-dns"), "{error}");
+        let error = refused(&with(SC, &["--max-cert-lifetime", "0s"]));
+        assert!(error.to_string().contains("longer than 0"), "{error}");
+        parse(
+            &[
+                SC,
+                &tls[..],
+                &["--superuser", "admin", "--superuser", "ops"],
+            ]
+            .concat(),
+        )
+        .expect("repeated superusers");
+    }
+
+    #[test]
+    fn limit_flags_refuse_values_that_cannot_work() {
+        for (flag, value, expected) in [
+            ("--max-connections-per-addr", "0", "not in 1.."),
+            ("--max-in-flight", "0", "not in 1.."),
+            ("--max-frame-bytes", "1KiB", "at least 64KiB"),
+            ("--max-frame-bytes", "2GiB", "at most 1GiB"),
+            ("--max-stream-queued-bytes", "0", "larger than 0"),
+            ("--handshake-timeout", "0s", "longer than 0"),
+            ("--idle-timeout", "soon", "soon"),
+        ] {
+            for base in [SC, SPU] {
+                let error = refused(&with(base, &[flag, value]));
+                assert_eq!(error.kind(), ErrorKind::ValueValidation, "{flag}: {error}");
+                let message = error.to_string();
+                assert!(message.contains(flag), "{message}");
+                assert!(message.contains(expected), "{message}");
+            }
+        }
+        let error = refused(&with(SPU, &["--max-decompressed-batch-bytes", "0"]));
+        assert!(error.to_string().contains("larger than 0"), "{error}");
+    }
+
+    #[test]
+    fn role_rules_are_checked_when_parsed() {
+        let error = refused(&["role", "create", "writers", "--allow", "write"]);
+        assert_eq!(error.kind(), ErrorKind::ValueValidation, "{error}");
+        assert!(
+            error.to_string().contains("is not ACTIONS=PATTERN"),
+            "{error}"
+        );
+        let error = refused(&["role", "create", "writers", "--deny", "steal=topic:a"]);
+        assert!(error.to_string().contains("unknown action"), "{error}");
+        let error = refused(&["role", "create", "writers"]);
+        assert_eq!(error.kind(), ErrorKind::MissingRequiredArgument, "{error}");
+        let error = refused(&["role", "create", "bad role", "--allow", "read=topic:a"]);
+        assert!(error.to_string().contains("invalid role name"), "{error}");
+        let Command::Role(role::RoleCommand::Create(_)) = parse(&[
+            "role",
+            "create",
+            "writers",
+            "--allow",
+            "write,describe=topic:orders-*",
+            "--allow",
+            "read=group:g",
+            "--deny",
+            "write=topic:orders-audit",
+            "--replace",
+        ])
+        .expect("valid role")
+        .command
+        else {
+            panic!("parsed as another command");
+        };
+    }
+
+    #[test]
+    fn profile_tls_flags_come_all_three_or_none() {
+        parse(&["profile", "add", "p", "h:1"]).expect("plaintext profile");
+        parse(&[
+            "profile",
+            "add",
+            "p",
+            "h:1",
+            "--tls-ca",
+            "c",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--tls-domain",
+            "sc.example.com",
+        ])
+        .expect("TLS profile");
+        let error = refused(&["profile", "add", "p", "h:1", "--tls-ca", "c"]);
+        assert_eq!(error.kind(), ErrorKind::MissingRequiredArgument, "{error}");
+        let error = refused(&["profile", "add", "p", "h:1", "--tls-domain", "d"]);
+        assert_eq!(error.kind(), ErrorKind::MissingRequiredArgument, "{error}");
+    }
+
+    #[test]
+    fn user_commands_check_names_and_revocation_targets() {
+        let error = refused(&["user", "add", "sc"]);
+        assert!(error.to_string().contains("invalid user name"), "{error}");
+        let error = refused(&["user", "revoke"]);
+        assert_eq!(error.kind(), ErrorKind::MissingRequiredArgument, "{error}");
+        let error = refused(&["user", "revoke", "alice", "--serial", "0a"]);
+        assert_eq!(error.kind(), ErrorKind::ArgumentConflict, "{error}");
+        parse(&["user", "revoke", "--serial", "0a"]).expect("by serial");
+        parse(&["user", "passwd", "alice", "--password-stdin"]).expect("passwd");
+        let error = refused(&["login", "h:1", "--user", "alice"]);
+        assert!(error.to_string().contains("--tls-ca"), "{error}");
+        parse(&[
+            "--profile",
+            "ops",
+            "login",
+            "h:1",
+            "--user",
+            "alice",
+            "--tls-ca",
+            "ca.pem",
+            "--cert-lifetime",
+            "7d",
+        ])
+        .expect("login");
+    }
 }

@@ -1,15 +1,17 @@
 //! `runnel run sc|spu`: one cluster process in the foreground, logging to
-//! standard error, until SIGTERM or SIGINT.
+//! standard error, until SIGTERM or SIGINT. TLS files, and the limits on
+//! what peers control, come from flags.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use runnel_pki::PrincipalSource;
 use runnel_sc::ScConfig;
 use runnel_spu::SpuConfig;
-use runnel_transport::CancellationToken;
-use runnel_types::SpuId;
+use runnel_transport::{CancellationToken, NodeTls, TransportConfig};
+use runnel_types::{ByteSize, SpuId};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::CommandResult;
@@ -17,6 +19,11 @@ use crate::CommandResult;
 /// Exit status when a second signal cuts a shutdown short (as a shell
 /// reports a process ended by SIGTERM).
 const EXIT_SECOND_SIGNAL: i32 = 143;
+/// Smallest frame limit accepted: below this, ordinary requests and
+/// metadata snapshots would not fit.
+const MIN_FRAME_BYTES: u64 = 64 << 10;
+/// Largest frame limit accepted: a frame is read whole into memory.
+const MAX_FRAME_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Args)]
 pub struct ScArgs {
@@ -32,6 +39,21 @@ pub struct ScArgs {
     /// An SPU silent this long is offline (e.g. 3s, 500ms).
     #[arg(long, default_value = "3s")]
     session_timeout: runnel_types::Duration,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// The cluster CA's private key (PEM), with which the SC signs the
+    /// certificates `runnel login` asks for. Without it, login is refused.
+    #[arg(long, value_name = "FILE", requires = "tls_ca")]
+    tls_ca_key: Option<PathBuf>,
+    /// A principal allowed everything, whatever the roles say (repeatable).
+    #[arg(long, value_name = "NAME", requires = "tls_ca", value_parser = parse_principal)]
+    superuser: Vec<String>,
+    /// Longest lifetime of a certificate issued at login (e.g. 30d, 12h).
+    #[arg(long, default_value_t = defaults::duration(ScConfig::default().max_cert_lifetime),
+        value_parser = positive_duration)]
+    max_cert_lifetime: runnel_types::Duration,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +81,180 @@ pub struct SpuArgs {
     /// Where this SPU keeps its partition replicas.
     #[arg(long)]
     data_dir: PathBuf,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Largest size a produced batch may decompress to (e.g. 32MiB); a
+    /// larger one is refused without being decompressed further.
+    #[arg(long, default_value_t = ByteSize(SpuConfig::default().max_decompressed_batch_bytes as u64),
+        value_parser = positive_size)]
+    max_decompressed_batch_bytes: ByteSize,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// A node's TLS: with all three files, every listener and every
+/// connection to other nodes is TLS 1.3 and clients need certificates.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// The cluster CA's certificate (PEM): peers' certificates must chain
+    /// to it. Turns TLS, authentication and authorization on.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), naming `sc` or `spu:<id>`.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+    /// Where a client certificate names its principal: cn (the subject's
+    /// common name), san-dns, san-email or san-uri.
+    #[arg(long, default_value = "cn")]
+    principal_from: PrincipalSource,
+}
+
+impl TlsArgs {
+    /// The node's TLS material, read from the files; `None` without TLS.
+    fn node_tls(&self) -> Result<Option<NodeTls>, Box<dyn std::error::Error>> {
+        let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(NodeTls::from_files(
+            ca,
+            cert,
+            key,
+            self.principal_from,
+        )?))
+    }
+}
+
+/// Limits on what peers control, for every listener of the process and
+/// its connections. The defaults are [`TransportConfig::default`]'s.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Largest frame accepted or sent (e.g. 64MiB).
+    #[arg(long, default_value_t = defaults::max_frame_bytes(), value_parser = frame_size)]
+    max_frame_bytes: ByteSize,
+    /// Connections served at once from one IP address; more are closed.
+    #[arg(long, default_value_t = TransportConfig::default().max_connections_per_addr as u32,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_addr: u32,
+    /// Requests one connection may have in progress at once.
+    #[arg(long, default_value_t = TransportConfig::default().max_in_flight as u32,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    max_in_flight: u32,
+    /// Bytes of one stream's responses queued for a slow reader (e.g.
+    /// 32MiB).
+    #[arg(long, default_value_t = defaults::max_stream_queued_bytes(), value_parser = positive_size)]
+    max_stream_queued_bytes: ByteSize,
+    /// How long a client has to finish the TLS handshake (e.g. 10s).
+    #[arg(long, default_value_t = defaults::handshake_timeout(), value_parser = positive_duration)]
+    handshake_timeout: runnel_types::Duration,
+    /// A connection with nothing in progress is closed after this long
+    /// without a frame (e.g. 5m).
+    #[arg(long, default_value_t = defaults::idle_timeout(), value_parser = positive_duration)]
+    idle_timeout: runnel_types::Duration,
+    /// How long a connection whose authentication failed is held before
+    /// it is closed, to slow guessing (e.g. 1s; 0s closes at once).
+    #[arg(long, default_value_t = defaults::failed_auth_delay())]
+    failed_auth_delay: runnel_types::Duration,
+}
+
+impl LimitArgs {
+    /// `transport` with these limits.
+    fn apply(&self, transport: TransportConfig) -> TransportConfig {
+        TransportConfig {
+            max_frame_bytes: self.max_frame_bytes.as_u64() as usize,
+            max_connections_per_addr: self.max_connections_per_addr as usize,
+            max_in_flight: self.max_in_flight as usize,
+            max_stream_queued_bytes: self.max_stream_queued_bytes.as_u64() as usize,
+            handshake_timeout: self.handshake_timeout.to_std(),
+            idle_timeout: self.idle_timeout.to_std(),
+            failed_auth_delay: self.failed_auth_delay.to_std(),
+            ..transport
+        }
+    }
+}
+
+/// [`TransportConfig::default`]'s limits in the units flags take.
+mod defaults {
+    use runnel_transport::TransportConfig;
+    use runnel_types::{ByteSize, Duration};
+
+    pub fn duration(duration: std::time::Duration) -> Duration {
+        Duration::from_millis(duration.as_millis() as u64)
+    }
+
+    pub fn max_frame_bytes() -> ByteSize {
+        ByteSize(TransportConfig::default().max_frame_bytes as u64)
+    }
+
+    pub fn max_stream_queued_bytes() -> ByteSize {
+        ByteSize(TransportConfig::default().max_stream_queued_bytes as u64)
+    }
+
+    pub fn handshake_timeout() -> Duration {
+        duration(TransportConfig::default().handshake_timeout)
+    }
+
+    pub fn idle_timeout() -> Duration {
+        duration(TransportConfig::default().idle_timeout)
+    }
+
+    pub fn failed_auth_delay() -> Duration {
+        duration(TransportConfig::default().failed_auth_delay)
+    }
+}
+
+fn parse_principal(text: &str) -> Result<String, String> {
+    runnel_auth::validate_principal(text)
+        .map(|()| text.to_string())
+        .map_err(|error| error.to_string())
+}
+
+pub(crate) fn positive_duration(text: &str) -> Result<runnel_types::Duration, String> {
+    let duration: runnel_types::Duration = text.parse().map_err(|error| format!("{error}"))?;
+    if duration.as_millis() == 0 {
+        return Err("it must be longer than 0 (e.g. 10s)".into());
+    }
+    Ok(duration)
+}
+
+fn positive_size(text: &str) -> Result<ByteSize, String> {
+    let size: ByteSize = text.parse().map_err(|error| format!("{error}"))?;
+    if size.as_u64() == 0 {
+        return Err("it must be larger than 0 (e.g. 32MiB)".into());
+    }
+    if usize::try_from(size.as_u64()).is_err() {
+        return Err("it is larger than this machine can address".into());
+    }
+    Ok(size)
+}
+
+fn frame_size(text: &str) -> Result<ByteSize, String> {
+    let size = positive_size(text)?;
+    if size.as_u64() < MIN_FRAME_BYTES {
+        return Err(format!(
+            "it must be at least {} so ordinary requests fit",
+            ByteSize(MIN_FRAME_BYTES)
+        ));
+    }
+    if size.as_u64() > MAX_FRAME_BYTES {
+        return Err(format!(
+            "it must be at most {}: a frame is held whole in memory",
+            ByteSize(MAX_FRAME_BYTES)
+        ));
+    }
+    Ok(size)
+}
+
+/// Reads the CA key the SC signs login certificates with.
+fn read_ca_key(path: Option<&Path>) -> Result<Option<Vec<u8>>, Box<dyn std::error::Error>> {
+    path.map(|path| {
+        std::fs::read(path)
+            .map_err(|error| format!("cannot read the CA key {}: {error}", path.display()).into())
+    })
+    .transpose()
 }
 
 pub fn run_sc(args: ScArgs) -> CommandResult {
@@ -67,7 +263,11 @@ pub fn run_sc(args: ScArgs) -> CommandResult {
         public_addr: args.public_addr,
         private_addr: args.private_addr,
         session_timeout: args.session_timeout.to_std(),
-        ..ScConfig::default()
+        tls: args.tls.node_tls()?,
+        ca_key_pem: read_ca_key(args.tls_ca_key.as_deref())?,
+        superusers: args.superuser,
+        max_cert_lifetime: args.max_cert_lifetime.to_std(),
+        transport: args.limits.apply(TransportConfig::default()),
     };
     serve(|shutdown| async move { runnel_sc::run(config, shutdown).await.map_err(Into::into) })
 }
@@ -81,6 +281,9 @@ pub fn run_spu(args: SpuArgs) -> CommandResult {
         advertised_private_addr: args.advertise_private_addr,
         sc_addr: args.sc_addr,
         data_dir: args.data_dir,
+        tls: args.tls.node_tls()?,
+        max_decompressed_batch_bytes: args.max_decompressed_batch_bytes.as_u64() as usize,
+        transport: args.limits.apply(TransportConfig::default()),
         ..SpuConfig::default()
     };
     serve(|shutdown| async move { runnel_spu::run(config, shutdown).await.map_err(Into::into) })
@@ -129,4 +332,76 @@ where
     // Blocking tasks (a log's fsync) finish before the process exits.
     runtime.shutdown_timeout(Duration::from_secs(10));
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Limits {
+        #[command(flatten)]
+        limits: LimitArgs,
+    }
+
+    #[test]
+    fn limit_defaults_are_the_transport_defaults() {
+        let defaults = TransportConfig::default();
+        let parsed = Limits::try_parse_from(["limits"]).expect("no flags");
+        let applied = parsed.limits.apply(TransportConfig {
+            max_frame_bytes: 1,
+            max_connections_per_addr: 1,
+            max_in_flight: 1,
+            max_stream_queued_bytes: 1,
+            handshake_timeout: Duration::ZERO,
+            idle_timeout: Duration::ZERO,
+            failed_auth_delay: Duration::ZERO,
+            ..TransportConfig::default()
+        });
+        assert_eq!(applied.max_frame_bytes, defaults.max_frame_bytes);
+        assert_eq!(
+            applied.max_connections_per_addr,
+            defaults.max_connections_per_addr
+        );
+        assert_eq!(applied.max_in_flight, defaults.max_in_flight);
+        assert_eq!(
+            applied.max_stream_queued_bytes,
+            defaults.max_stream_queued_bytes
+        );
+        assert_eq!(applied.handshake_timeout, defaults.handshake_timeout);
+        assert_eq!(applied.idle_timeout, defaults.idle_timeout);
+        assert_eq!(applied.failed_auth_delay, defaults.failed_auth_delay);
+    }
+
+    #[test]
+    fn limit_flags_reach_the_transport_config() {
+        let parsed = Limits::try_parse_from([
+            "limits",
+            "--max-frame-bytes",
+            "1MiB",
+            "--max-connections-per-addr",
+            "8",
+            "--max-in-flight",
+            "16",
+            "--max-stream-queued-bytes",
+            "2MiB",
+            "--handshake-timeout",
+            "2s",
+            "--idle-timeout",
+            "1m",
+            "--failed-auth-delay",
+            "0s",
+        ])
+        .expect("valid flags");
+        let applied = parsed.limits.apply(TransportConfig::default());
+        assert_eq!(applied.max_frame_bytes, 1 << 20);
+        assert_eq!(applied.max_connections_per_addr, 8);
+        assert_eq!(applied.max_in_flight, 16);
+        assert_eq!(applied.max_stream_queued_bytes, 2 << 20);
+        assert_eq!(applied.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(applied.idle_timeout, Duration::from_secs(60));
+        assert_eq!(applied.failed_auth_delay, Duration::ZERO);
+    }
 }

@@ -73,9 +73,10 @@ impl RunnelClient {
         RunnelClient::connect_with(sc_addr, TransportConfig::default()).await
     }
 
-    /// Connects to the SC of `profile`.
+    /// Connects to the SC of `profile`, over TLS with its identity when
+    /// it has TLS settings (to the SC and to every SPU).
     pub async fn connect_profile(profile: &Profile) -> Result<RunnelClient, ClientError> {
-        RunnelClient::connect(&profile.sc_addr).await
+        RunnelClient::connect_with(&profile.sc_addr, profile.transport()?).await
     }
 
     /// Like [`RunnelClient::connect`], with these transport settings for
@@ -86,14 +87,14 @@ impl RunnelClient {
     ) -> Result<RunnelClient, ClientError> {
         let connection = Connection::connect(sc_addr, transport.clone())
             .await
-            .map_err(|error| ClientError::Unreachable {
+            .map_err(|error| ClientError::from_first_connect(sc_addr, error))?;
+        let plaintext = transport.client_tls.is_none();
+        let mut stream = open_watch(&connection).await.map_err(|error| match error {
+            TransportError::Closed if plaintext => ClientError::ClosedUnanswered {
                 addr: sc_addr.to_string(),
-                reason: match error {
-                    TransportError::Connect { source, .. } => source.to_string(),
-                    other => other.to_string(),
-                },
-            })?;
-        let mut stream = open_watch(&connection, sc_addr).await?;
+            },
+            other => ClientError::from_sc(sc_addr, other),
+        })?;
         // The first item is the snapshot: a client returned from here
         // already knows every topic.
         let first = tokio::time::timeout(transport.request_timeout, stream.next()).await;
@@ -231,7 +232,18 @@ impl RunnelClient {
             .topics
             .get(topic)
             .map(|topic| topic.spec.partitions)
-            .ok_or_else(|| ClientError::TopicNotFound(topic.clone()))
+            .ok_or_else(|| self.topic_not_found(topic))
+    }
+
+    /// The error for a topic missing from the metadata. With TLS the
+    /// metadata lists only topics the principal may describe, so the topic
+    /// may exist and be hidden.
+    pub(crate) fn topic_not_found(&self, topic: &TopicName) -> ClientError {
+        if self.shared.transport.client_tls.is_some() {
+            ClientError::TopicNotVisible(topic.clone())
+        } else {
+            ClientError::TopicNotFound(topic.clone())
+        }
     }
 
     pub(crate) fn topic_exists(&self, topic: &TopicName) -> bool {
@@ -340,7 +352,7 @@ impl RunnelClient {
     /// A unary call to the SC. While the SC is away this fails with a
     /// retriable [`ClientError::ScUnavailable`]; it does not wait for the
     /// background reconnection, it tries once itself.
-    async fn call_sc<R, T>(&self, request: &R) -> Result<T, ClientError>
+    pub(crate) async fn call_sc<R, T>(&self, request: &R) -> Result<T, ClientError>
     where
         R: Request<Response = Result<T, ApiError>>,
         T: DeserializeOwned,
@@ -400,12 +412,10 @@ pub(crate) fn check_partition(
 
 async fn open_watch(
     connection: &Connection,
-    sc_addr: &str,
-) -> Result<ResponseStream<MetadataUpdate>, ClientError> {
+) -> Result<ResponseStream<MetadataUpdate>, TransportError> {
     connection
         .stream(&WatchMetadataRequest {}, METADATA_WINDOW)
         .await
-        .map_err(|error| ClientError::from_sc(sc_addr, error))
 }
 
 /// Applies the metadata stream to the view; when it breaks, reconnects
@@ -452,7 +462,9 @@ async fn reconnect(shared: &Shared) -> Option<ResponseStream<MetadataUpdate>> {
             let connection = Connection::connect(&shared.sc_addr, shared.transport.clone())
                 .await
                 .map_err(|error| ClientError::from_sc(&shared.sc_addr, error))?;
-            let stream = open_watch(&connection, &shared.sc_addr).await?;
+            let stream = open_watch(&connection)
+                .await
+                .map_err(|error| ClientError::from_sc(&shared.sc_addr, error))?;
             Ok::<_, ClientError>((connection, stream))
         };
         match attempt.await {
@@ -471,7 +483,7 @@ async fn reconnect(shared: &Shared) -> Option<ResponseStream<MetadataUpdate>> {
 /// Cluster administration through the SC.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    client: RunnelClient,
+    pub(crate) client: RunnelClient,
 }
 
 impl Admin {

@@ -28,6 +28,13 @@ pub enum ClientError {
         "the cluster at {addr} is not answering right now ({reason}); the client reconnects by itself, retry shortly"
     )]
     ScUnavailable { addr: String, reason: String },
+    /// The SC closed a new plaintext connection without answering: what
+    /// a TLS listener does to a client not speaking TLS. Retriable, as an
+    /// SC shutting down does the same.
+    #[error(
+        "the cluster at {addr} closed the connection without answering; if it runs with TLS, give the profile its TLS files (`runnel profile add NAME ADDRESS --tls-ca FILE --tls-cert FILE --tls-key FILE`) or log in (`runnel login`)"
+    )]
+    ClosedUnanswered { addr: String },
     /// The SPU leading a partition could not be reached. Retriable.
     #[error(
         "cannot reach SPU {addr}, the leader of {partition} ({reason}); retry shortly, and check `runnel spu list` if it lasts"
@@ -42,6 +49,41 @@ pub enum ClientError {
         "partition {0} has no online leader right now; retry shortly, and check `runnel spu list` if it lasts"
     )]
     NoLeader(PartitionKey),
+    /// The server refused this client's TLS certificate (missing,
+    /// revoked, expired, from another CA, or not a usable principal).
+    #[error("{addr} refused this client: {reason}")]
+    Refused { addr: String, reason: String },
+    /// The TLS handshake failed on this side: the server's certificate did
+    /// not verify, or the server does not speak TLS.
+    #[error(
+        "the TLS handshake with {addr} failed ({reason}); check that the profile's CA certificate is the cluster's, and that the server's certificate names the host dialled (or set the profile's TLS domain)"
+    )]
+    TlsHandshake { addr: String, reason: String },
+    /// A TLS file of a profile cannot be read.
+    #[error(
+        "cannot read the {what} {path}: {reason}; fix the profile's TLS settings with `runnel profile add`, or get new files with `runnel login`"
+    )]
+    TlsFile {
+        /// `CA certificate`, `certificate` or `private key`.
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// A TLS setting of a profile was read but cannot be used.
+    #[error(
+        "the {setting} cannot be used for TLS: {reason}; fix the profile's TLS settings with `runnel profile add`, or get new files with `runnel login`"
+    )]
+    TlsUnusable {
+        /// The setting at fault and its file, as `CA certificate /x/ca.pem`.
+        setting: String,
+        reason: String,
+    },
+    /// `runnel login` could not produce a usable identity.
+    #[error("login failed: {0}")]
+    Login(String),
+    /// The CA certificate given to `runnel login` cannot be used.
+    #[error("the CA certificate given cannot be used for TLS: {0}")]
+    LoginCa(String),
     /// The server answered with an error; its message says what to do.
     #[error("{0}")]
     Api(ApiError),
@@ -77,6 +119,12 @@ pub enum ClientError {
     ConfigInvalid { path: PathBuf, reason: String },
     #[error("topic '{0}' does not exist; create it with `runnel topic create {0}`")]
     TopicNotFound(TopicName),
+    /// Not in the metadata of a TLS client, which lists only the topics
+    /// its principal may describe.
+    #[error(
+        "topic '{0}' does not exist, or this client may not see it (it needs describe on topic:{0}); check the name, or ask an admin for a role (`runnel role bind`)"
+    )]
+    TopicNotVisible(TopicName),
     #[error(
         "topic '{topic}' has {count} partitions (0 to {last}); there is no partition {partition}",
         last = count.saturating_sub(1)
@@ -166,11 +214,32 @@ impl ClientError {
         match self {
             ClientError::Unreachable { .. }
             | ClientError::ScUnavailable { .. }
+            | ClientError::ClosedUnanswered { .. }
             | ClientError::SpuUnavailable { .. }
             | ClientError::NoLeader(_) => true,
             ClientError::Api(error) => error.code.is_retriable(),
             ClientError::NoProducerId { retriable, .. } => *retriable,
             _ => false,
+        }
+    }
+
+    /// The error of the first connection to the SC at `addr`: a server
+    /// that cannot be reached may not be running.
+    pub(crate) fn from_first_connect(addr: &str, error: TransportError) -> ClientError {
+        let error = match error {
+            TransportError::Connect { source, .. } if !is_tls_failure(&source) => {
+                return ClientError::Unreachable {
+                    addr: addr.to_string(),
+                    reason: source.to_string(),
+                };
+            }
+            other => ClientError::from_sc(addr, other),
+        };
+        match error {
+            ClientError::ScUnavailable { addr, reason } => {
+                ClientError::Unreachable { addr, reason }
+            }
+            other => other,
         }
     }
 
@@ -204,6 +273,16 @@ impl ClientError {
     ) -> ClientError {
         match error {
             TransportError::Api(error) => ClientError::Api(error),
+            TransportError::Refused(reason) => ClientError::Refused {
+                addr: addr.to_string(),
+                reason,
+            },
+            TransportError::Connect { ref source, .. } if is_tls_failure(source) => {
+                ClientError::TlsHandshake {
+                    addr: addr.to_string(),
+                    reason: source.to_string(),
+                }
+            }
             TransportError::Protocol(_)
             | TransportError::Wire(_)
             | TransportError::FrameTooLarge { .. } => ClientError::Protocol {
@@ -216,6 +295,14 @@ impl ClientError {
             | TransportError::Io(_) => unavailable(error.to_string()),
         }
     }
+}
+
+/// Whether a failed connection attempt failed in the TLS handshake rather
+/// than in reaching the server: rustls reports what it refuses (the
+/// server's certificate, a peer not speaking TLS) as invalid data, which
+/// retrying does not change.
+fn is_tls_failure(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::InvalidData
 }
 
 /// Why a produced record was not acknowledged.

@@ -18,11 +18,17 @@
 //! - [`Consumer`]: records pushed by each partition's leader as they are
 //!   committed, checked (CRC, and offsets against those expected) and
 //!   delivered in order per partition.
-//! - [`Profiles`]: which cluster to talk to, kept in
-//!   `$RUNNEL_HOME/config.toml`.
+//! - [`Profiles`]: which cluster to talk to, and with which TLS identity
+//!   (CA, certificate and key files), kept in `$RUNNEL_HOME/config.toml`.
+//!   A profile with TLS settings makes every connection, to the SC and to
+//!   each SPU, TLS 1.3 with that identity.
+//! - [`login`]: a user's password exchanged for a certificate signed by
+//!   the cluster CA, for a key generated here; and the admin calls for
+//!   users, certificates, roles and bindings on [`Admin`].
 //!
 //! Depends on no server crate: only the wire, api, metadata and transport
-//! crates.
+//! crates, and the pure pki (key and CSR generation) and auth (policy
+//! types) crates.
 
 mod accumulator;
 mod client;
@@ -33,6 +39,7 @@ mod partitioner;
 mod pool;
 mod producer;
 mod profile;
+mod security;
 
 pub use client::{Admin, RunnelClient};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};
@@ -41,8 +48,12 @@ pub use partitioner::{Partitioner, key_partition, murmur2};
 pub use producer::{
     DeliveryFuture, MAX_BATCH_BYTES, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
-pub use profile::{CONFIG_FILE, Profile, Profiles, runnel_home};
+pub use profile::{CONFIG_FILE, Profile, ProfileTls, Profiles, runnel_home};
+pub use security::{Credentials, LoginOptions, login};
 
-pub use runnel_api::{Acks, ListOffsetsResponse, OffsetQuery};
+pub use runnel_api::{
+    Acks, ApplyPolicyResponse, IssuedCertificate, ListOffsetsResponse, LoginResponse, OffsetQuery,
+    RevokeResponse, UserInfo,
+};
 pub use runnel_metadata::MetadataView;
 pub use runnel_wire::{Compression, RecordHeader};

@@ -324,7 +324,7 @@ impl Producer {
             let found = view
                 .topics
                 .get(topic)
-                .ok_or_else(|| ClientError::TopicNotFound(topic.clone()))?;
+                .ok_or_else(|| client.topic_not_found(topic))?;
             (found.spec.partitions, found.spec.config.compression)
         };
         let compression = config.compression.unwrap_or(topic_compression);

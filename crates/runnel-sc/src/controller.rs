@@ -174,7 +174,7 @@ pub struct Controller {
 impl Controller {
     /// A controller over `store`, holding what it loaded.
     pub fn new(
-        store: Store,
+        store: Arc<Store>,
         loaded: Loaded,
         session_timeout: Duration,
         shutdown: CancellationToken,
@@ -182,7 +182,7 @@ impl Controller {
         let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
         let cluster_id = store.cluster_id().to_string();
         let state = State {
-            store: Some(Arc::new(store)),
+            store: Some(store),
             version: loaded.version,
             topics: loaded
                 .topics

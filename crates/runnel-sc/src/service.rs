@@ -1,26 +1,35 @@
-//! The SC's two listeners: which api each serves, request decoding, and
-//! the long-lived streams (metadata watches, SPU sessions).
+//! The SC's two listeners: which api each serves, who may call it, request
+//! decoding, and the long-lived streams (metadata watches, SPU sessions).
 //!
 //! The public listener serves clients (administration, metadata watches,
-//! producer ids); the private one serves SPUs (connect, heartbeat, ISR
-//! changes). Each refuses the other's apis, so a client cannot pose as an
-//! SPU by reaching the wrong port.
+//! producer ids, users and roles); the private one serves SPUs (connect,
+//! heartbeat, ISR changes). Each refuses the other's apis, so a client
+//! cannot pose as an SPU by reaching the wrong port. With security on,
+//! every request is authenticated and authorized first (`access`).
 
 use std::sync::Arc;
 
 use runnel_api::{
-    AlterIsrRequest, ApiError, ApiKey, ApiVersionsRequest, CreateTopicRequest, DeleteTopicRequest,
-    ElectPreferredRequest, ErrorCode, InitProducerIdRequest, ListPartitionsRequest,
-    ListSpusRequest, ListTopicsRequest, Listener, RegisterSpuRequest, Request, SpuConnectRequest,
-    SpuHeartbeatRequest, UnregisterSpuRequest, WatchMetadataRequest,
+    AlterIsrRequest, ApiError, ApiKey, ApiVersionsRequest, ApplyPolicyRequest, CreateTopicRequest,
+    DeleteTopicRequest, ElectPreferredRequest, ErrorCode, InitProducerIdRequest,
+    ListPartitionsRequest, ListSpusRequest, ListTopicsRequest, Listener, LoginRequest,
+    RegisterSpuRequest, Reply, Request, RoleBindRequest, RoleCreateRequest, RoleListRequest,
+    SpuConnectRequest, SpuHeartbeatRequest, UnregisterSpuRequest, UserAddRequest,
+    UserDeleteRequest, UserListRequest, UserPasswdRequest, UserRevokeRequest, WatchMetadataRequest,
 };
-use runnel_metadata::MetadataUpdate;
+use runnel_auth::{Action, Resource};
+use runnel_metadata::{AssignmentUpdate, MetadataUpdate, SecurityState};
+use runnel_pki::PeerIdentity;
 use runnel_transport::{Handler, IncomingRequest, Responder, StreamSender};
+use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
+use crate::access::{self, Caller};
 use crate::controller::{Controller, Session, shutting_down};
+use crate::security::Security;
 
 /// Serves one of the SC's listeners.
 #[derive(Debug)]
@@ -30,7 +39,19 @@ pub struct Service {
     /// Names the listener in refusals.
     name: &'static str,
     controller: Arc<Controller>,
+    /// `None` when security is off.
+    security: Option<Arc<Security>>,
     shutdown: CancellationToken,
+}
+
+/// How an SPU session ended.
+enum SessionEnd {
+    /// The SPU went away; says how.
+    BySpu(&'static str),
+    /// The SC ended it (replaced, timed out, shutting down).
+    BySc,
+    /// The SPU's certificate was revoked.
+    Revoked(ApiError),
 }
 
 impl Service {
@@ -39,6 +60,7 @@ impl Service {
     pub fn new(
         listener: Listener,
         controller: Arc<Controller>,
+        security: Option<Arc<Security>>,
         shutdown: CancellationToken,
     ) -> Service {
         let name = match listener {
@@ -49,23 +71,278 @@ impl Service {
             served: [Listener::Any, listener],
             name,
             controller,
+            security,
             shutdown,
+        }
+    }
+
+    /// Topics, partitions, SPUs and producer ids.
+    async fn metadata_api(
+        &self,
+        key: ApiKey,
+        caller: &Caller,
+        request: &IncomingRequest,
+        responder: Responder,
+    ) {
+        let controller = &self.controller;
+        match key {
+            ApiKey::CreateTopic => {
+                unary(
+                    request,
+                    responder,
+                    |message: CreateTopicRequest| async move {
+                        caller.require(Action::Create, topic(&message.spec.name))?;
+                        controller.create_topic(message.spec).await
+                    },
+                )
+                .await
+            }
+            ApiKey::DeleteTopic => {
+                unary(
+                    request,
+                    responder,
+                    |message: DeleteTopicRequest| async move {
+                        caller.require(Action::Delete, topic(&message.name))?;
+                        controller.delete_topic(message.name).await
+                    },
+                )
+                .await
+            }
+            ApiKey::ListTopics => {
+                unary(
+                    request,
+                    responder,
+                    |message: ListTopicsRequest| async move {
+                        // Named topics are checked before they are looked up, so
+                        // a refusal does not tell whether the topic exists.
+                        for name in &message.names {
+                            caller.require(Action::Describe, topic(name))?;
+                        }
+                        let topics = controller.list_topics(message.names).await?;
+                        Ok(caller.visible_topics(topics))
+                    },
+                )
+                .await
+            }
+            ApiKey::ListPartitions => {
+                unary(
+                    request,
+                    responder,
+                    |message: ListPartitionsRequest| async move {
+                        if let Some(name) = &message.topic {
+                            caller.require(Action::Describe, topic(name))?;
+                        }
+                        let partitions = controller.list_partitions(message.topic).await?;
+                        Ok(caller.visible_partitions(partitions))
+                    },
+                )
+                .await
+            }
+            ApiKey::ListSpus => {
+                unary(request, responder, |ListSpusRequest {}| async move {
+                    caller.require(Action::Describe, Resource::Cluster)?;
+                    Ok(controller.list_spus().await)
+                })
+                .await
+            }
+            ApiKey::RegisterSpu => {
+                unary(
+                    request,
+                    responder,
+                    |message: RegisterSpuRequest| async move {
+                        caller.require(Action::Admin, Resource::Cluster)?;
+                        controller.register_spu(message.spec).await
+                    },
+                )
+                .await
+            }
+            ApiKey::UnregisterSpu => {
+                unary(
+                    request,
+                    responder,
+                    |message: UnregisterSpuRequest| async move {
+                        caller.require(Action::Admin, Resource::Cluster)?;
+                        controller.unregister_spu(message.id).await
+                    },
+                )
+                .await
+            }
+            ApiKey::InitProducerId => {
+                unary(request, responder, |InitProducerIdRequest {}| async move {
+                    caller.require_write_somewhere()?;
+                    controller.init_producer_id().await
+                })
+                .await
+            }
+            ApiKey::ElectPreferred => {
+                unary(
+                    request,
+                    responder,
+                    |message: ElectPreferredRequest| async move {
+                        caller.require(Action::Admin, Resource::Cluster)?;
+                        controller
+                            .elect_preferred(message.topic, message.partition)
+                            .await
+                    },
+                )
+                .await
+            }
+            _ => unreachable!("{key:?} is no metadata api"),
+        }
+    }
+
+    /// Login, users and roles. All but login need admin on the cluster,
+    /// checked before the request is even decoded.
+    async fn security_api(
+        &self,
+        key: ApiKey,
+        caller: &Caller,
+        request: &IncomingRequest,
+        responder: Responder,
+    ) {
+        let Some(security) = self.security.as_deref() else {
+            let error = ApiError::new(
+                ErrorCode::SECURITY_DISABLED,
+                "security is off on this cluster, so it has no users, roles or logins; start \
+                 the cluster with --tls",
+            );
+            return refuse(request.header.api_key, responder, error).await;
+        };
+        if key != ApiKey::Login
+            && let Err(error) = caller.require(Action::Admin, Resource::Cluster)
+        {
+            return refuse(request.header.api_key, responder, error).await;
+        }
+        match key {
+            ApiKey::Login => {
+                unary(request, responder, |message: LoginRequest| {
+                    security.login(message)
+                })
+                .await
+            }
+            ApiKey::UserAdd => {
+                unary(request, responder, |message: UserAddRequest| {
+                    security.user_add(message)
+                })
+                .await
+            }
+            ApiKey::UserList => {
+                unary(request, responder, |UserListRequest {}| async {
+                    Ok(security.user_list().await)
+                })
+                .await
+            }
+            ApiKey::UserDelete => {
+                unary(request, responder, |message: UserDeleteRequest| {
+                    security.user_delete(message.name)
+                })
+                .await
+            }
+            ApiKey::UserPasswd => {
+                unary(request, responder, |message: UserPasswdRequest| {
+                    security.user_passwd(message)
+                })
+                .await
+            }
+            ApiKey::UserRevoke => {
+                unary(request, responder, |message: UserRevokeRequest| {
+                    security.user_revoke(message)
+                })
+                .await
+            }
+            ApiKey::RoleCreate => {
+                unary(request, responder, |message: RoleCreateRequest| {
+                    security.role_create(message)
+                })
+                .await
+            }
+            ApiKey::RoleBind => {
+                unary(request, responder, |message: RoleBindRequest| {
+                    security.role_bind(message)
+                })
+                .await
+            }
+            ApiKey::RoleList => {
+                unary(request, responder, |RoleListRequest {}| async {
+                    Ok(security.role_list().await)
+                })
+                .await
+            }
+            ApiKey::ApplyPolicy => {
+                unary(request, responder, |message: ApplyPolicyRequest| {
+                    security.apply_policy(message.policy)
+                })
+                .await
+            }
+            _ => unreachable!("{key:?} is no security api"),
+        }
+    }
+
+    /// An SPU's heartbeats and ISR changes, each only from that SPU.
+    async fn spu_api(
+        &self,
+        key: ApiKey,
+        caller: &Caller,
+        request: &IncomingRequest,
+        responder: Responder,
+    ) {
+        let controller = &self.controller;
+        match key {
+            ApiKey::SpuHeartbeat => {
+                unary(
+                    request,
+                    responder,
+                    |message: SpuHeartbeatRequest| async move {
+                        caller.require_spu(message.id)?;
+                        controller.heartbeat(message.id, message.replicas).await
+                    },
+                )
+                .await
+            }
+            ApiKey::AlterIsr => {
+                unary(request, responder, |message: AlterIsrRequest| async move {
+                    caller.require_spu(message.spu)?;
+                    controller.alter_isr(message).await
+                })
+                .await
+            }
+            _ => unreachable!("{key:?} is no SPU request"),
+        }
+    }
+
+    async fn open_watch(&self, caller: Caller, request: &IncomingRequest, responder: Responder) {
+        let stream = responder.into_stream();
+        match decoded::<WatchMetadataRequest>(request) {
+            Ok(WatchMetadataRequest {}) => {
+                self.watch_metadata(caller, request.identity.clone(), stream)
+                    .await
+            }
+            Err(error) => stream.end(Err(error)).await,
         }
     }
 
     /// Sends a snapshot, then every change, until the watcher cancels or
     /// the SC shuts down. A watcher that falls further behind than the
-    /// change feed holds gets a new snapshot.
-    async fn watch_metadata(&self, mut stream: StreamSender) {
+    /// change feed holds gets a new snapshot, and so does one whose
+    /// permissions may have changed; one whose certificate is revoked is
+    /// ended. It sees only the topics and partitions it may describe.
+    async fn watch_metadata(
+        &self,
+        mut caller: Caller,
+        identity: Option<Arc<PeerIdentity>>,
+        mut stream: StreamSender,
+    ) {
+        let mut security = self.security.as_ref().map(|security| security.subscribe());
         let (snapshot, mut changes) = self.controller.watch().await;
         let mut next: MetadataUpdate = snapshot;
         loop {
+            let visible = caller.visible_update(next);
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
                     stream.end(Err(shutting_down())).await;
                     return;
                 }
-                sent = stream.send(&next) => {
+                sent = stream.send(&visible) => {
                     if sent.is_err() {
                         return;
                     }
@@ -90,158 +367,165 @@ impl Service {
                     }
                     Err(RecvError::Closed) => return,
                 },
+                () = security_changed(&mut security) => {
+                    let judged = access::authenticate(
+                        self.security.as_deref(),
+                        identity.as_deref(),
+                        ApiKey::WatchMetadata,
+                    );
+                    caller = match judged {
+                        Ok(caller) => caller,
+                        Err(error) => {
+                            stream.end(Err(error)).await;
+                            return;
+                        }
+                    };
+                    let (snapshot, fresh) = self.controller.watch().await;
+                    changes = fresh;
+                    snapshot
+                }
             };
         }
     }
 
+    async fn open_session(&self, caller: Caller, request: &IncomingRequest, responder: Responder) {
+        let stream = responder.into_stream();
+        let session = async {
+            let message = decoded::<SpuConnectRequest>(request)?;
+            caller.require_spu(message.spec.id)?;
+            self.controller.connect_spu(message.spec).await
+        };
+        match session.await {
+            Ok(session) => {
+                self.spu_session(session, request.identity.clone(), stream)
+                    .await
+            }
+            Err(error) => stream.end(Err(error)).await,
+        }
+    }
+
     /// Serves an SPU's session: its assignments, then each change to them,
-    /// until the SPU goes away or the SC ends the session.
-    async fn spu_session(&self, session: Arc<Session>, mut stream: StreamSender) {
-        // `None`: the SC ended the session (replaced, timed out, shutting
-        // down) and the SPU is told why.
-        let closed_by_spu = 'serve: loop {
+    /// and with security on the security state after each snapshot and
+    /// whenever it changes, until the SPU goes away, the SC ends the
+    /// session, or the SPU's certificate is revoked.
+    async fn spu_session(
+        &self,
+        session: Arc<Session>,
+        identity: Option<Arc<PeerIdentity>>,
+        mut stream: StreamSender,
+    ) {
+        let mut security = self.security.as_ref().map(|security| security.subscribe());
+        // Nothing goes before the first snapshot, which carries the latest
+        // security state anyway.
+        let mut snapshot_sent = false;
+        let end = 'serve: loop {
             let updates = tokio::select! {
-                _ = session.ended() => break 'serve None,
-                _ = stream.cancelled() => break 'serve Some("its connection closed"),
-                updates = self.controller.next_assignments(&session) => updates,
+                _ = session.ended() => break 'serve SessionEnd::BySc,
+                _ = stream.cancelled() => break 'serve SessionEnd::BySpu("its connection closed"),
+                updates = self.controller.next_assignments(&session) => {
+                    // The first call returns the snapshot.
+                    snapshot_sent = true;
+                    with_security_after_snapshot(updates, security.as_mut())
+                }
+                () = security_changed(&mut security), if snapshot_sent => {
+                    if let Some(revoked) = self.revoked(identity.as_deref()) {
+                        break 'serve SessionEnd::Revoked(revoked);
+                    }
+                    security.as_mut().map(latest_security).into_iter().collect()
+                }
             };
             for update in &updates {
                 tokio::select! {
-                    _ = session.ended() => break 'serve None,
+                    _ = session.ended() => break 'serve SessionEnd::BySc,
                     sent = stream.send(update) => {
                         if sent.is_err() {
-                            break 'serve Some("its connection closed");
+                            break 'serve SessionEnd::BySpu("its connection closed");
                         }
                     }
                 }
             }
         };
-        let why = closed_by_spu.unwrap_or("the SC ended its session");
+        let why = match &end {
+            SessionEnd::BySpu(why) => why,
+            SessionEnd::BySc => "the SC ended its session",
+            SessionEnd::Revoked(_) => "its certificate was revoked",
+        };
         self.controller.disconnect(&session, why).await;
-        if closed_by_spu.is_none() {
-            stream.end(Err(session.end_reason())).await;
+        match end {
+            SessionEnd::BySpu(_) => {}
+            SessionEnd::BySc => stream.end(Err(session.end_reason())).await,
+            SessionEnd::Revoked(error) => stream.end(Err(error)).await,
         }
+    }
+
+    /// The refusal for `identity`, if its certificate is revoked.
+    fn revoked(&self, identity: Option<&PeerIdentity>) -> Option<ApiError> {
+        let security = self.security.as_deref()?;
+        let identity = identity?;
+        security
+            .is_revoked(&identity.serial)
+            .then(|| access::revoked(identity))
     }
 }
 
 impl Handler for Service {
     async fn handle(&self, request: IncomingRequest, responder: Responder) {
-        let served = runnel_api::check_served(
-            request.header.api_key,
-            request.header.api_version,
-            &self.served,
-            self.name,
-        );
+        let api_key = request.header.api_key;
+        let served =
+            runnel_api::check_served(api_key, request.header.api_version, &self.served, self.name);
         let key = match served {
             Ok(key) => key,
             Err(error) => {
-                info!(peer = %request.peer, api_key = request.header.api_key, %error, "request refused");
-                return refuse(request.header.api_key, responder, error).await;
+                info!(peer = %request.peer, api_key, %error, "request refused");
+                return refuse(api_key, responder, error).await;
             }
         };
-        let controller = &self.controller;
+        let authenticated =
+            access::authenticate(self.security.as_deref(), request.identity.as_deref(), key);
+        let caller = match authenticated {
+            Ok(caller) => caller,
+            Err(error) => {
+                if error.code == ErrorCode::AUTHENTICATION_FAILED {
+                    warn!(peer = %request.peer, api = ?key, %error, "request refused");
+                } else {
+                    info!(peer = %request.peer, api = ?key, %error, "request refused");
+                }
+                return refuse(api_key, responder, error).await;
+            }
+        };
+        if let Err(error) = caller.require_api(key) {
+            return refuse(api_key, responder, error).await;
+        }
         match key {
             ApiKey::ApiVersions => {
-                let reply = decoded::<ApiVersionsRequest>(&request)
-                    .map(|_| runnel_api::api_versions(&self.served));
-                reply_to::<ApiVersionsRequest>(responder, &reply).await;
+                unary(&request, responder, |ApiVersionsRequest {}| async {
+                    Ok(runnel_api::api_versions(&self.served))
+                })
+                .await
             }
-            ApiKey::CreateTopic => {
-                let reply = async {
-                    let request = decoded::<CreateTopicRequest>(&request)?;
-                    controller.create_topic(request.spec).await
-                };
-                reply_to::<CreateTopicRequest>(responder, &reply.await).await;
-            }
-            ApiKey::DeleteTopic => {
-                let reply = async {
-                    let request = decoded::<DeleteTopicRequest>(&request)?;
-                    controller.delete_topic(request.name).await
-                };
-                reply_to::<DeleteTopicRequest>(responder, &reply.await).await;
-            }
-            ApiKey::ListTopics => {
-                let reply = async {
-                    let request = decoded::<ListTopicsRequest>(&request)?;
-                    controller.list_topics(request.names).await
-                };
-                reply_to::<ListTopicsRequest>(responder, &reply.await).await;
-            }
-            ApiKey::ListPartitions => {
-                let reply = async {
-                    let request = decoded::<ListPartitionsRequest>(&request)?;
-                    controller.list_partitions(request.topic).await
-                };
-                reply_to::<ListPartitionsRequest>(responder, &reply.await).await;
-            }
-            ApiKey::ListSpus => {
-                let reply = async {
-                    decoded::<ListSpusRequest>(&request)?;
-                    Ok(controller.list_spus().await)
-                };
-                reply_to::<ListSpusRequest>(responder, &reply.await).await;
-            }
-            ApiKey::RegisterSpu => {
-                let reply = async {
-                    let request = decoded::<RegisterSpuRequest>(&request)?;
-                    controller.register_spu(request.spec).await
-                };
-                reply_to::<RegisterSpuRequest>(responder, &reply.await).await;
-            }
-            ApiKey::UnregisterSpu => {
-                let reply = async {
-                    let request = decoded::<UnregisterSpuRequest>(&request)?;
-                    controller.unregister_spu(request.id).await
-                };
-                reply_to::<UnregisterSpuRequest>(responder, &reply.await).await;
-            }
-            ApiKey::WatchMetadata => {
-                let stream = responder.into_stream();
-                match decoded::<WatchMetadataRequest>(&request) {
-                    Ok(WatchMetadataRequest {}) => self.watch_metadata(stream).await,
-                    Err(error) => stream.end(Err(error)).await,
-                }
-            }
-            ApiKey::SpuConnect => {
-                let stream = responder.into_stream();
-                let session = async {
-                    let request = decoded::<SpuConnectRequest>(&request)?;
-                    controller.connect_spu(request.spec).await
-                };
-                match session.await {
-                    Ok(session) => self.spu_session(session, stream).await,
-                    Err(error) => stream.end(Err(error)).await,
-                }
-            }
-            ApiKey::SpuHeartbeat => {
-                let reply = async {
-                    let request = decoded::<SpuHeartbeatRequest>(&request)?;
-                    controller.heartbeat(request.id, request.replicas).await
-                };
-                reply_to::<SpuHeartbeatRequest>(responder, &reply.await).await;
-            }
-            ApiKey::InitProducerId => {
-                let reply = async {
-                    decoded::<InitProducerIdRequest>(&request)?;
-                    controller.init_producer_id().await
-                };
-                reply_to::<InitProducerIdRequest>(responder, &reply.await).await;
-            }
-            ApiKey::ElectPreferred => {
-                let reply = async {
-                    let request = decoded::<ElectPreferredRequest>(&request)?;
-                    controller
-                        .elect_preferred(request.topic, request.partition)
-                        .await
-                };
-                reply_to::<ElectPreferredRequest>(responder, &reply.await).await;
-            }
-            ApiKey::AlterIsr => {
-                let reply = async {
-                    let request = decoded::<AlterIsrRequest>(&request)?;
-                    controller.alter_isr(request).await
-                };
-                reply_to::<AlterIsrRequest>(responder, &reply.await).await;
+            ApiKey::CreateTopic
+            | ApiKey::DeleteTopic
+            | ApiKey::ListTopics
+            | ApiKey::ListPartitions
+            | ApiKey::ListSpus
+            | ApiKey::RegisterSpu
+            | ApiKey::UnregisterSpu
+            | ApiKey::InitProducerId
+            | ApiKey::ElectPreferred => self.metadata_api(key, &caller, &request, responder).await,
+            ApiKey::WatchMetadata => self.open_watch(caller, &request, responder).await,
+            ApiKey::Login
+            | ApiKey::UserAdd
+            | ApiKey::UserList
+            | ApiKey::UserDelete
+            | ApiKey::UserPasswd
+            | ApiKey::UserRevoke
+            | ApiKey::RoleCreate
+            | ApiKey::RoleBind
+            | ApiKey::RoleList
+            | ApiKey::ApplyPolicy => self.security_api(key, &caller, &request, responder).await,
+            ApiKey::SpuConnect => self.open_session(caller, &request, responder).await,
+            ApiKey::SpuHeartbeat | ApiKey::AlterIsr => {
+                self.spu_api(key, &caller, &request, responder).await
             }
             ApiKey::Produce
             | ApiKey::StreamFetch
@@ -255,10 +539,60 @@ impl Handler for Service {
                     ErrorCode::UNSUPPORTED_API,
                     format!("{key:?} is served by SPUs, not the SC"),
                 );
-                refuse(request.header.api_key, responder, error).await;
+                refuse(api_key, responder, error).await;
             }
         }
     }
+}
+
+/// Decodes a unary request of type `R`, serves it, and replies with
+/// exactly `R`'s response type, so a reply always decodes as what the
+/// requester expects.
+async fn unary<R, T, F>(request: &IncomingRequest, responder: Responder, serve: impl FnOnce(R) -> F)
+where
+    R: Request<Response = Reply<T>>,
+    T: Serialize,
+    F: Future<Output = Reply<T>>,
+{
+    let reply = match decoded::<R>(request) {
+        Ok(message) => serve(message).await,
+        Err(error) => Err(error),
+    };
+    responder.reply(&reply).await;
+}
+
+/// Resolves when the security state changes; never without security.
+async fn security_changed(security: &mut Option<watch::Receiver<Arc<SecurityState>>>) {
+    let Some(receiver) = security else {
+        return std::future::pending().await;
+    };
+    if receiver.changed().await.is_err() {
+        std::future::pending().await
+    }
+}
+
+/// The latest security state, marked as seen, as an SPU receives it.
+fn latest_security(receiver: &mut watch::Receiver<Arc<SecurityState>>) -> AssignmentUpdate {
+    AssignmentUpdate::Security(SecurityState::clone(&receiver.borrow_and_update()))
+}
+
+/// `updates`, and the security state right after a snapshot among them:
+/// an SPU starts over from a snapshot, security included.
+fn with_security_after_snapshot(
+    mut updates: Vec<AssignmentUpdate>,
+    security: Option<&mut watch::Receiver<Arc<SecurityState>>>,
+) -> Vec<AssignmentUpdate> {
+    let snapshot = updates
+        .iter()
+        .rposition(|update| matches!(update, AssignmentUpdate::Snapshot { .. }));
+    if let (Some(at), Some(receiver)) = (snapshot, security) {
+        updates.insert(at + 1, latest_security(receiver));
+    }
+    updates
+}
+
+fn topic(name: &runnel_types::TopicName) -> Resource {
+    Resource::Topic(name.to_string())
 }
 
 /// Answers a refused request; a refusal of a streaming api ends the
@@ -270,12 +604,6 @@ async fn refuse(api_key: u16, responder: Responder, error: ApiError) {
     } else {
         responder.reply(&Err::<(), ApiError>(error)).await;
     }
-}
-
-/// Replies with exactly the response type of `R`, so a reply always
-/// decodes as what the requester expects.
-async fn reply_to<R: Request>(responder: Responder, reply: &R::Response) {
-    responder.reply(reply).await;
 }
 
 fn decoded<R: Request>(request: &IncomingRequest) -> Result<R, ApiError> {

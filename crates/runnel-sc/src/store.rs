@@ -23,6 +23,11 @@
 //!
 //! Not stored: whether an SPU is online and the replica reports of
 //! heartbeats. Both are rebuilt from live connections after a restart.
+//!
+//! `security`: users, the authorization policy, issued and revoked
+//! certificates, in tables of their own.
+
+mod security;
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -32,6 +37,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use runnel_metadata::{PartitionKey, PartitionSpec, SpuSpec, Topic};
 use runnel_types::{LeaderEpoch, SpuId, TopicName};
 use serde::{Deserialize, Serialize};
+
+pub use self::security::{
+    HashedPassword, IssuedRecord, LoadedSecurity, NOT_AFTER_UNKNOWN, SecurityMutation,
+    canonical_serial,
+};
 
 /// Topic name → [`Topic`] (spec and state).
 const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
@@ -196,6 +206,7 @@ impl Store {
         transaction.open_table(PARTITIONS)?;
         transaction.open_table(SPUS)?;
         transaction.open_table(COUNTERS)?;
+        security::create_tables(&transaction)?;
         let cluster_id = {
             let mut identity = transaction.open_table(IDENTITY)?;
             let stored = identity

@@ -2,4 +2,5 @@
 
 mod cluster;
 mod debug;
+mod security;
 mod support;

@@ -234,6 +234,10 @@ impl Background {
         Background { child, lines }
     }
 
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     /// The next line, waiting at most `timeout` (a bound on a hung test,
     /// not a measurement).
     pub fn next_line(&self, timeout: Duration) -> Option<String> {

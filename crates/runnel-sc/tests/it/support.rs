@@ -65,6 +65,7 @@ impl Sc {
             private_addr: private_addr.clone(),
             session_timeout,
             transport: TransportConfig::default(),
+            ..ScConfig::default()
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(runnel_sc::run(config, shutdown.clone()));
