@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::SpuConfig;
+use crate::auth::Authorizer;
 use crate::replica::IsrProposal;
 use crate::replicas::{Lookup, Replicas};
 
@@ -35,6 +36,8 @@ pub(crate) struct ScSession {
     heartbeat_interval: Duration,
     transport: TransportConfig,
     replicas: Arc<Replicas>,
+    /// Takes the security state the SC sends.
+    authorizer: Arc<Authorizer>,
     /// ISR changes the replicas this SPU leads propose, sent to the SC
     /// while a session is up.
     proposals: Arc<Mutex<mpsc::UnboundedReceiver<IsrProposal>>>,
@@ -54,9 +57,13 @@ enum Ended {
 }
 
 impl ScSession {
+    /// `transport`: how to reach the SC (with TLS, presenting this SPU's
+    /// certificate).
     pub fn new(
         config: &SpuConfig,
+        transport: TransportConfig,
         replicas: Arc<Replicas>,
+        authorizer: Arc<Authorizer>,
         proposals: mpsc::UnboundedReceiver<IsrProposal>,
     ) -> ScSession {
         ScSession {
@@ -74,8 +81,9 @@ impl ScSession {
                 rack: None,
             },
             heartbeat_interval: config.heartbeat_interval,
-            transport: config.transport.clone(),
+            transport,
             replicas,
+            authorizer,
             proposals: Arc::new(Mutex::new(proposals)),
         }
     }
@@ -181,8 +189,8 @@ impl ScSession {
                                     .to_string(),
                             );
                         }
-                        if let Err(refusal) = self.replicas.apply(update).await {
-                            return Ended::Refused(refusal.to_string());
+                        if let Err(refusal) = self.apply(update).await {
+                            return Ended::Refused(refusal);
                         }
                         if !established {
                             info!(spu = %self.spec.id, sc_addr = %self.sc_addr, "connected to the SC");
@@ -195,6 +203,28 @@ impl ScSession {
                     None => return ended("the SC ended the assignment stream".to_string(), established),
                 },
             }
+        }
+    }
+
+    /// Applies one update: security state to the authorizer, the rest to
+    /// the replicas.
+    async fn apply(&self, update: AssignmentUpdate) -> Result<(), String> {
+        match update {
+            AssignmentUpdate::Security(state) => {
+                debug!(
+                    superusers = state.superusers.len(),
+                    roles = state.policy.roles.len(),
+                    revoked = state.revoked.len(),
+                    "security state from the SC"
+                );
+                self.authorizer.update(state);
+                Ok(())
+            }
+            update => self
+                .replicas
+                .apply(update)
+                .await
+                .map_err(|refusal| refusal.to_string()),
         }
     }
 }

@@ -29,6 +29,14 @@ pub enum SpuError {
     },
     #[error("invalid SPU configuration: {0}")]
     InvalidConfig(String),
+    #[error(
+        "cannot set up TLS for {what}: {source}; check the SPU's CA, certificate and key files (PEM, the certificate issued to spu:<id> by the cluster CA)"
+    )]
+    Tls {
+        what: &'static str,
+        #[source]
+        source: runnel_transport::TlsError,
+    },
 }
 
 /// The answer to a client whose request on `key` failed in the log.
@@ -68,8 +76,6 @@ pub(crate) fn log_error_to_api(key: &PartitionKey, error: &LogError) -> ApiError
     ApiError::new(code, format!("partition {key}: {error}; {advice}"))
 }
 
-/// The answer when a blocking log task did not finish (it panicked, or the
-/// runtime is shutting down).
 /// A request body that does not decode.
 pub(crate) fn malformed(api: &str, error: runnel_wire::WireError) -> ApiError {
     ApiError::new(
@@ -80,6 +86,8 @@ pub(crate) fn malformed(api: &str, error: runnel_wire::WireError) -> ApiError {
     )
 }
 
+/// The answer when a blocking log task did not finish (it panicked, or the
+/// runtime is shutting down).
 pub(crate) fn task_failed(
     key: &PartitionKey,
     what: &str,

@@ -15,11 +15,14 @@
 //! - `public`: the client api (produce with `acks`, fetch streams, list
 //!   offsets); `private`: the peer listener, the leader side of
 //!   replication.
+//! - `auth`: with TLS, who may do what: the SC's latest security state,
+//!   asked by both listeners on every request.
 //!
 //! The SPU is on the data path only: it never decides placement or
 //! leadership, it applies what the SC sends, and proposes ISR changes of
 //! the partitions it leads for the SC to accept or refuse.
 
+mod auth;
 mod controller;
 mod error;
 mod follower;
@@ -34,7 +37,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runnel_transport::TransportConfig;
+use runnel_transport::{Admission, NodeTls, TransportConfig};
 use runnel_types::SpuId;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +45,7 @@ use tracing::info;
 
 pub use error::SpuError;
 
+use crate::auth::Authorizer;
 use crate::controller::ScSession;
 use crate::private::PrivateApi;
 use crate::public::PublicApi;
@@ -76,7 +80,17 @@ pub struct SpuConfig {
     /// How long a follower may stay behind its leader before the leader
     /// proposes it out of the ISR.
     pub replica_lag_time_max: Duration,
+    /// The largest records section a produced compressed batch may
+    /// decompress to; a batch past it is refused, never stored. Every
+    /// produced batch is decoded whole before it is appended.
+    pub max_decompressed_batch_bytes: usize,
     pub transport: TransportConfig,
+    /// With TLS, the SPU serves both listeners over TLS 1.3, admits only
+    /// clients with a certificate from the cluster CA on the public one and
+    /// only nodes on the private one, connects to the SC and to leaders with
+    /// its own certificate (`spu:<id>`), and authorizes every request with
+    /// the security state the SC sends. Without it, none of this.
+    pub tls: Option<NodeTls>,
 }
 
 impl Default for SpuConfig {
@@ -92,7 +106,9 @@ impl Default for SpuConfig {
             heartbeat_interval: Duration::from_secs(1),
             retention_check_interval: Duration::from_secs(10),
             replica_lag_time_max: Duration::from_secs(10),
+            max_decompressed_batch_bytes: 32 << 20,
             transport: TransportConfig::default(),
+            tls: None,
         }
     }
 }
@@ -103,6 +119,8 @@ impl Default for SpuConfig {
 /// next start needs no recovery scan.
 pub async fn run(config: SpuConfig, shutdown: CancellationToken) -> Result<(), SpuError> {
     validate(&config)?;
+    let authorizer = Arc::new(Authorizer::new(config.id, config.tls.is_some()));
+    let transports = Transports::of(&config, &authorizer)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| SpuError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -126,34 +144,40 @@ pub async fn run(config: SpuConfig, shutdown: CancellationToken) -> Result<(), S
     let replicas = Arc::new(Replicas::new(
         context,
         config.data_dir.clone(),
-        config.transport.clone(),
+        transports.outgoing.clone(),
         shutdown.clone(),
     ));
     let public = Arc::new(PublicApi::new(
         config.id,
         Arc::clone(&replicas),
-        config.transport.max_frame_bytes,
+        Arc::clone(&authorizer),
+        public::Limits {
+            max_frame_bytes: config.transport.max_frame_bytes,
+            max_decompressed_batch_bytes: config.max_decompressed_batch_bytes,
+        },
         shutdown.clone(),
     ));
     let private = Arc::new(PrivateApi::new(
         config.id,
         Arc::clone(&replicas),
+        Arc::clone(&authorizer),
         config.transport.max_frame_bytes,
         shutdown.clone(),
     ));
-    let session = ScSession::new(&config, Arc::clone(&replicas), proposed);
+    let session = ScSession::new(
+        &config,
+        transports.outgoing,
+        Arc::clone(&replicas),
+        authorizer,
+        proposed,
+    );
 
     tokio::join!(
-        runnel_transport::serve(
-            public_listener,
-            public,
-            config.transport.clone(),
-            shutdown.clone(),
-        ),
+        runnel_transport::serve(public_listener, public, transports.public, shutdown.clone()),
         runnel_transport::serve(
             private_listener,
             private,
-            config.transport.clone(),
+            transports.private,
             shutdown.clone(),
         ),
         session.run(shutdown.clone()),
@@ -176,6 +200,11 @@ fn validate(config: &SpuConfig) -> Result<(), SpuError> {
             "retention_check_interval is zero; use a positive interval such as 10s".to_string(),
         ));
     }
+    if config.max_decompressed_batch_bytes == 0 {
+        return Err(SpuError::InvalidConfig(
+            "max_decompressed_batch_bytes is zero; use a positive size such as 32MiB".to_string(),
+        ));
+    }
     if config.transport.max_frame_bytes <= public::FRAME_OVERHEAD_BYTES {
         return Err(SpuError::InvalidConfig(format!(
             "transport max_frame_bytes is {}; it must exceed {} bytes to carry record batches",
@@ -184,6 +213,53 @@ fn validate(config: &SpuConfig) -> Result<(), SpuError> {
         )));
     }
     Ok(())
+}
+
+/// The transport settings of each side of the SPU.
+#[derive(Debug)]
+struct Transports {
+    public: TransportConfig,
+    private: TransportConfig,
+    /// Connections to the SC and to leader SPUs.
+    outgoing: TransportConfig,
+}
+
+impl Transports {
+    /// With TLS, each listener admits its kind of peer (clients, or nodes)
+    /// and checks certificates against the revocations `authorizer` keeps;
+    /// outgoing connections present this SPU's certificate.
+    fn of(config: &SpuConfig, authorizer: &Authorizer) -> Result<Transports, SpuError> {
+        let Some(tls) = &config.tls else {
+            return Ok(Transports {
+                public: config.transport.clone(),
+                private: config.transport.clone(),
+                outgoing: config.transport.clone(),
+            });
+        };
+        let server = |what, admission| {
+            let server_tls = tls
+                .server(admission, authorizer.revocations())
+                .map_err(|source| SpuError::Tls { what, source })?;
+            Ok::<_, SpuError>(TransportConfig {
+                server_tls: Some(server_tls),
+                ..config.transport.clone()
+            })
+        };
+        let public = server("the public listener", Admission::Clients)?;
+        let private = server("the private listener", Admission::Nodes)?;
+        let client_tls = tls.client().map_err(|source| SpuError::Tls {
+            what: "connections to the SC and to other SPUs",
+            source,
+        })?;
+        Ok(Transports {
+            public,
+            private,
+            outgoing: TransportConfig {
+                client_tls: Some(client_tls),
+                ..config.transport.clone()
+            },
+        })
+    }
 }
 
 async fn bind(listener: &'static str, addr: &str) -> Result<TcpListener, SpuError> {

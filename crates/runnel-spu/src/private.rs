@@ -12,6 +12,11 @@
 //!
 //! Every request names the leader epoch the follower follows; one that is
 //! not this replica's current epoch as leader is refused (fenced).
+//!
+//! With TLS, the transport admits only node certificates here, and a peer
+//! speaks only as the SPU its certificate names: `spu:N` syncs and reports
+//! positions as follower N only, and asks epoch ends only of partitions N
+//! follows.
 
 use std::sync::Arc;
 
@@ -27,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::auth::Authorizer;
 use crate::error::{log_error_to_api, malformed, task_failed};
 use crate::now_ms;
 use crate::replica::Replica;
@@ -43,6 +49,8 @@ const PUSHED_AHEAD: usize = 4;
 pub(crate) struct PrivateApi {
     spu: SpuId,
     replicas: Arc<Replicas>,
+    /// With TLS: a peer speaks only as the SPU its certificate names.
+    authorizer: Arc<Authorizer>,
     /// Largest batch bytes in one item: the transport's frame limit, less
     /// room for the header and message.
     max_item_bytes: u64,
@@ -82,6 +90,7 @@ impl PrivateApi {
     pub fn new(
         spu: SpuId,
         replicas: Arc<Replicas>,
+        authorizer: Arc<Authorizer>,
         max_frame_bytes: usize,
         shutdown: CancellationToken,
     ) -> PrivateApi {
@@ -89,6 +98,7 @@ impl PrivateApi {
         PrivateApi {
             spu,
             replicas,
+            authorizer,
             max_item_bytes: MAX_SYNC_ITEM_BYTES.min(room),
             shutdown,
         }
@@ -99,6 +109,11 @@ impl PrivateApi {
             .decode::<FetchEpochEndRequest>()
             .map_err(|error| malformed("FetchEpochEnd", error))?;
         let replica = self.led_at(&question.key, question.leader_epoch)?;
+        self.authorizer.authorize_replica(
+            request.identity.as_deref(),
+            &question.key,
+            &replica.assignment().replicas,
+        )?;
         let log = Arc::clone(replica.log());
         let epoch = question.epoch;
         let answered = tokio::task::spawn_blocking(move || EpochEnd {
@@ -116,6 +131,8 @@ impl PrivateApi {
         let report = request
             .decode::<ReplicaPositionsRequest>()
             .map_err(|error| malformed("ReplicaPositions", error))?;
+        self.authorizer
+            .authorize_follower(request.identity.as_deref(), report.follower)?;
         self.within_held("ReplicaPositions", report.positions.len())?;
         let now = now_ms();
         for position in report.positions {
@@ -143,6 +160,12 @@ impl PrivateApi {
                 return refuse(ApiKey::ReplicaSync as u16, responder, error).await;
             }
         };
+        let authorized = self
+            .authorizer
+            .authorize_follower(request.identity.as_deref(), sync.follower);
+        if let Err(error) = authorized {
+            return refuse(ApiKey::ReplicaSync as u16, responder, error).await;
+        }
         // One pusher task per listed partition: a peer may not list more
         // than this SPU holds.
         if let Err(error) = self.within_held("ReplicaSync", sync.partitions.len()) {

@@ -5,6 +5,11 @@
 //! waits on its replica's high watermark and wakes the moment an append
 //! moves it. Nothing on this path sleeps or polls.
 //!
+//! With TLS, every request is authorized first (produce: write, fetch:
+//! read, list offsets: describe on the topic). Every produced batch is
+//! decoded whole, within the decompression limit, before it is appended:
+//! the log stores only what consumers will be able to read.
+//!
 //! Every call into a log runs on a blocking thread: the log's lock is held
 //! across an fsync when a segment rolls, and an async thread waiting for
 //! it would stall every connection it serves.
@@ -13,18 +18,22 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use runnel_api::{
     Acks, ApiError, ApiKey, ApiVersionsRequest, ErrorCode, FetchItem, ListOffsetsRequest,
     ListOffsetsResponse, Listener, OffsetQuery, ProduceRequest, ProduceResponse, Reply,
     StreamFetchRequest,
 };
+use runnel_auth::Action;
 use runnel_log::scan::Fault;
 use runnel_metadata::PartitionKey;
 use runnel_transport::{FileRange, Handler, IncomingRequest, Responder, StreamSender};
 use runnel_types::{FlushPolicy, LeaderEpoch, Offset, SpuId};
+use runnel_wire::{DecodeLimits, SharedBatch, WireError};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::auth::Authorizer;
 use crate::error::{log_error_to_api, malformed, task_failed};
 use crate::now_ms;
 use crate::producers::SequenceError;
@@ -41,12 +50,24 @@ const MAX_FETCH_ITEM_BYTES: u64 = 8 << 20;
 const SERVED: &[Listener] = &[Listener::Any, Listener::SpuPublic];
 const NAME: &str = "the SPU's public listener";
 
+/// The sizes the public api holds requests and answers to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// The transport's frame limit: fetch items fit in it.
+    pub max_frame_bytes: usize,
+    /// The largest records section a produced batch may decompress to.
+    pub max_decompressed_batch_bytes: usize,
+}
+
 #[derive(Debug)]
 pub(crate) struct PublicApi {
     spu: SpuId,
     replicas: Arc<Replicas>,
+    authorizer: Arc<Authorizer>,
     /// Largest tail of a fetch item this SPU sends.
     max_fetch_bytes: u64,
+    /// How produced batches are decoded before they are appended.
+    produce_limits: DecodeLimits,
     shutdown: CancellationToken,
 }
 
@@ -83,14 +104,19 @@ impl PublicApi {
     pub fn new(
         spu: SpuId,
         replicas: Arc<Replicas>,
-        max_frame_bytes: usize,
+        authorizer: Arc<Authorizer>,
+        limits: Limits,
         shutdown: CancellationToken,
     ) -> PublicApi {
-        let frame_room = max_frame_bytes.saturating_sub(FRAME_OVERHEAD_BYTES) as u64;
+        let frame_room = limits.max_frame_bytes.saturating_sub(FRAME_OVERHEAD_BYTES) as u64;
         PublicApi {
             spu,
             replicas,
+            authorizer,
             max_fetch_bytes: MAX_FETCH_ITEM_BYTES.min(frame_room),
+            produce_limits: DecodeLimits {
+                max_decompressed_bytes: limits.max_decompressed_batch_bytes,
+            },
             shutdown,
         }
     }
@@ -99,6 +125,11 @@ impl PublicApi {
         let (produce, tail) = request
             .decode_with_tail::<ProduceRequest>()
             .map_err(|error| malformed("Produce", error))?;
+        self.authorizer.authorize_topic(
+            request.identity.as_deref(),
+            Action::Write,
+            &produce.topic,
+        )?;
         // The tail is then the only handle on the frame's buffer, so the
         // log can stamp offsets into it without a copy.
         drop(request);
@@ -121,14 +152,16 @@ impl PublicApi {
         {
             return Err(not_enough_replicas(&key, in_sync, needed));
         }
-        // The log stamps offsets and the leader epoch into the bytes: in
-        // the received buffer itself when nothing else holds it.
-        let mut batches = tail
-            .try_into_mut()
-            .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
         let appending = Arc::clone(&replica);
         let appending_key = key.clone();
+        let limits = self.produce_limits;
         let appended = tokio::task::spawn_blocking(move || {
+            check_batches(&appending_key, &tail, limits)?;
+            // The log stamps offsets and the leader epoch into the bytes:
+            // in the received buffer itself when nothing else holds it.
+            let mut batches = tail
+                .try_into_mut()
+                .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
             let log = appending.log();
             // Records appended after damage would be lost with it when the
             // replica is repaired; reads below it may go on.
@@ -255,6 +288,11 @@ impl PublicApi {
         let list = request
             .decode::<ListOffsetsRequest>()
             .map_err(|error| malformed("ListOffsets", error))?;
+        self.authorizer.authorize_topic(
+            request.identity.as_deref(),
+            Action::Describe,
+            &list.topic,
+        )?;
         let key = PartitionKey {
             topic: list.topic,
             partition: list.partition,
@@ -297,6 +335,14 @@ impl PublicApi {
             Ok(fetch) => fetch,
             Err(error) => return reply_error(responder, malformed("StreamFetch", error)).await,
         };
+        let authorized = self.authorizer.authorize_topic(
+            request.identity.as_deref(),
+            Action::Read,
+            &fetch.topic,
+        );
+        if let Err(error) = authorized {
+            return reply_error(responder, error).await;
+        }
         let key = PartitionKey {
             topic: fetch.topic,
             partition: fetch.partition,
@@ -488,6 +534,49 @@ fn corrupt_log_error(
     )
 }
 
+/// Decodes every batch of a produce request with all the checks a
+/// consumer's decoder makes (CRC, codec, records filling the batch), each
+/// within `limits`: a batch the log would store but no consumer could
+/// read, or one that inflates past the limit, is refused.
+fn check_batches(
+    key: &PartitionKey,
+    batches: &Bytes,
+    limits: DecodeLimits,
+) -> Result<(), ApiError> {
+    let mut at = 0;
+    let mut index = 1;
+    // Each batch takes at least its header's bytes: the loop ends.
+    while at < batches.len() {
+        // The decoded records share the buffer; they are dropped here so
+        // the log can then take it without a copy.
+        let used = SharedBatch::decode(&batches.slice(at..), limits)
+            .map(|(_, used)| used)
+            .map_err(|error| refused_batch(key, index, at, &error))?;
+        at += used;
+        index += 1;
+    }
+    Ok(())
+}
+
+fn refused_batch(key: &PartitionKey, index: usize, position: usize, error: &WireError) -> ApiError {
+    let batch =
+        format!("partition {key}: batch {index} of the produce request (at byte {position})");
+    match error {
+        WireError::DecompressedTooLarge { .. } => ApiError::new(
+            ErrorCode::RECORDS_TOO_LARGE,
+            format!(
+                "{batch} was refused: its {error} (the SPU's max_decompressed_batch_bytes); split the records into smaller batches; nothing was written"
+            ),
+        ),
+        _ => ApiError::new(
+            ErrorCode::INVALID_RECORDS,
+            format!(
+                "{batch} is invalid: {error}; send whole, well-formed RecordBatch v2 batches; nothing was written"
+            ),
+        ),
+    }
+}
+
 fn produce_refusal(key: &PartitionKey, refusal: ProduceRefusal) -> ApiError {
     match refusal {
         ProduceRefusal::Log(error) => log_error_to_api(key, &error),
@@ -523,4 +612,59 @@ fn not_enough_replicas(key: &PartitionKey, in_sync: usize, needed: usize) -> Api
 /// read a final frame holding a `Result`.
 async fn reply_error(responder: Responder, error: ApiError) {
     responder.reply(&Err::<(), _>(error)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use runnel_types::{PartitionId, TopicName};
+    use runnel_wire::{BatchBuilder, Compression};
+
+    use super::*;
+
+    fn key() -> PartitionKey {
+        PartitionKey {
+            topic: TopicName::new("events").expect("valid name"),
+            partition: PartitionId(0),
+        }
+    }
+
+    fn batch(codec: Compression, value: &[u8]) -> Vec<u8> {
+        let mut builder = BatchBuilder::new(codec);
+        builder.push(0, None, Some(value.to_vec()), Vec::new());
+        builder.build().encode().expect("encodable batch")
+    }
+
+    #[test]
+    fn checked_batches_stay_in_the_received_buffer() {
+        let mut received = batch(Compression::None, b"a");
+        received.extend(batch(Compression::Lz4, b"b"));
+        let frame = BytesMut::from(&received[..]).freeze();
+        let tail = frame.slice(..);
+        drop(frame);
+        let limits = DecodeLimits {
+            max_decompressed_bytes: 1024,
+        };
+        check_batches(&key(), &tail, limits).expect("valid batches");
+        assert!(
+            tail.try_into_mut().is_ok(),
+            "nothing else holds the buffer: the log takes it without a copy"
+        );
+    }
+
+    #[test]
+    fn the_limit_is_the_decompressed_size() {
+        let tail = Bytes::from(batch(Compression::Gzip, &[0; 4096]));
+        let limits = |max_decompressed_bytes| DecodeLimits {
+            max_decompressed_bytes,
+        };
+        check_batches(&key(), &tail, limits(8192)).expect("within the limit");
+        let refused = check_batches(&key(), &tail, limits(4096)).expect_err("past the limit");
+        assert_eq!(refused.code, ErrorCode::RECORDS_TOO_LARGE);
+        assert!(
+            refused.message.contains("limit of 4096 bytes"),
+            "{}",
+            refused.message
+        );
+    }
 }

@@ -156,6 +156,9 @@ impl Replicas {
             }
             AssignmentUpdate::Upsert(assignment) => self.upsert(assignment).await,
             AssignmentUpdate::Remove(key) => self.remove(&key).await,
+            // Not about replicas: the SC session hands it to the
+            // authorizer and never here.
+            AssignmentUpdate::Security(_) => return Ok(()),
         }
         self.followers.follow(self.ready());
         Ok(())

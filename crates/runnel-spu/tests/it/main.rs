@@ -1,6 +1,8 @@
 //! An SPU run in-process against a fake SC, driven through its public
 //! listener as a client would.
 
+mod hostile_batches;
+mod security;
 mod support;
 
 use bytes::Bytes;

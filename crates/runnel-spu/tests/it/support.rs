@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,11 +11,14 @@ use runnel_api::{
     Acks, ApiError, ApiKey, ErrorCode, FetchItem, ProduceRequest, ProduceResponse,
     SpuConnectRequest, SpuHeartbeatRequest,
 };
-use runnel_metadata::{AssignmentUpdate, PartitionKey, ReplicaAssignment, TopicConfig};
+use runnel_metadata::{
+    AssignmentUpdate, PartitionKey, ReplicaAssignment, SecurityState, TopicConfig,
+};
+use runnel_pki::{ClusterCa, IssuedCert, PrincipalSource};
 use runnel_spu::{SpuConfig, SpuError};
 use runnel_transport::{
-    CancellationToken, Connection, Handler, IncomingRequest, Responder, ResponseStream,
-    TransportConfig, TransportError,
+    Admission, CancellationToken, ClientTls, Connection, Handler, IncomingRequest, NodeTls,
+    Responder, ResponseStream, Revocations, TransportConfig, TransportError,
 };
 use runnel_types::{LeaderEpoch, PartitionId, SpuId, TopicName};
 use runnel_wire::{BatchBuilder, Compression, DecodeLimits, RecordBatch};
@@ -81,6 +84,10 @@ pub struct FakeSc {
     connects: watch::Sender<usize>,
     /// While set, heartbeats are received but never answered.
     stall_heartbeats: AtomicBool,
+    /// The security state sent after each snapshot, once set.
+    security: Mutex<Option<SecurityState>>,
+    /// Marker partitions created so far by `apply_security`.
+    markers: AtomicU32,
     shutdown: CancellationToken,
 }
 
@@ -99,6 +106,28 @@ impl FakeSc {
         cluster_id: &str,
         assignments: Vec<ReplicaAssignment>,
     ) -> Arc<FakeSc> {
+        FakeSc::start_serving(addr, cluster_id, assignments, TransportConfig::default()).await
+    }
+
+    /// An SC whose private listener runs TLS with `tls` (its `sc`
+    /// certificate), admitting nodes only.
+    pub async fn start_tls(assignments: Vec<ReplicaAssignment>, tls: &NodeTls) -> Arc<FakeSc> {
+        let server_tls = tls
+            .server(Admission::Nodes, Revocations::default())
+            .expect("the fake SC's TLS material");
+        let transport = TransportConfig {
+            server_tls: Some(server_tls),
+            ..TransportConfig::default()
+        };
+        FakeSc::start_serving("127.0.0.1:0", CLUSTER, assignments, transport).await
+    }
+
+    async fn start_serving(
+        addr: &str,
+        cluster_id: &str,
+        assignments: Vec<ReplicaAssignment>,
+        transport: TransportConfig,
+    ) -> Arc<FakeSc> {
         let listener = TcpListener::bind(addr).await.expect("bind the fake SC");
         let sc = Arc::new(FakeSc {
             addr: listener.local_addr().expect("local address").to_string(),
@@ -114,15 +143,37 @@ impl FakeSc {
             heartbeat: watch::Sender::new(None),
             connects: watch::Sender::new(0),
             stall_heartbeats: AtomicBool::new(false),
+            security: Mutex::new(None),
+            markers: AtomicU32::new(0),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(runnel_transport::serve(
             listener,
             Arc::clone(&sc),
-            TransportConfig::default(),
+            transport,
             sc.shutdown.clone(),
         ));
         sc
+    }
+
+    /// Sends `state` to the SPU and waits until the SPU has applied it:
+    /// the SPU applies the SC's updates in order, so once a partition
+    /// assigned after the state shows in a heartbeat, so has the state.
+    pub async fn apply_security(&self, state: SecurityState) {
+        {
+            let _assignments = self.assignments.lock().expect("assignments lock");
+            *self.security.lock().expect("security lock") = Some(state.clone());
+            let _ = self.updates.send(AssignmentUpdate::Security(state));
+        }
+        let marker = self.markers.fetch_add(1, Ordering::SeqCst);
+        self.upsert(assignment("marker", marker, SPU, 0));
+        self.heartbeat_where("the SPU to apply the security state", |heartbeat| {
+            heartbeat
+                .replicas
+                .iter()
+                .any(|(topic, partition, _)| topic.as_str() == "marker" && partition.0 == marker)
+        })
+        .await;
     }
 
     pub fn upsert(&self, assignment: ReplicaAssignment) {
@@ -222,10 +273,11 @@ impl FakeSc {
             return responder.reply(&Err::<(), _>(error)).await;
         }
         self.connects.send_modify(|connects| *connects += 1);
-        let (snapshot, mut updates) = {
+        let (snapshot, security, mut updates) = {
             let assignments = self.assignments.lock().expect("assignments lock");
             (
                 assignments.values().cloned().collect(),
+                self.security.lock().expect("security lock").clone(),
                 self.updates.subscribe(),
             )
         };
@@ -236,6 +288,14 @@ impl FakeSc {
             replicas: snapshot,
         };
         if stream.send(&snapshot).await.is_err() {
+            return;
+        }
+        if let Some(state) = security
+            && stream
+                .send(&AssignmentUpdate::Security(state))
+                .await
+                .is_err()
+        {
             return;
         }
         loop {
@@ -296,7 +356,16 @@ pub struct TestSpu {
 
 impl TestSpu {
     pub fn start(sc_addr: &str, data_dir: &Path) -> TestSpu {
-        let config = SpuConfig {
+        TestSpu::start_with(sc_addr, data_dir, |_| {})
+    }
+
+    /// An SPU whose configuration `edit` changes first.
+    pub fn start_with(
+        sc_addr: &str,
+        data_dir: &Path,
+        edit: impl FnOnce(&mut SpuConfig),
+    ) -> TestSpu {
+        let mut config = SpuConfig {
             id: SPU,
             public_addr: free_addr(),
             private_addr: free_addr(),
@@ -306,6 +375,7 @@ impl TestSpu {
             retention_check_interval: Duration::from_millis(50),
             ..SpuConfig::default()
         };
+        edit(&mut config);
         let shutdown = CancellationToken::new();
         TestSpu {
             public_addr: config.public_addr.clone(),
@@ -329,6 +399,66 @@ impl TestSpu {
             .await
             .expect("the SPU task does not panic")
             .expect("the SPU stops cleanly");
+    }
+}
+
+/// A cluster CA for TLS tests, and the certificates it issues.
+pub struct TestPki {
+    ca: ClusterCa,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let ca = ClusterCa::generate(
+            "test",
+            time::OffsetDateTime::now_utc(),
+            time::Duration::days(1),
+        )
+        .expect("generate a CA");
+        TestPki { ca }
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        self.ca.cert_pem()
+    }
+
+    /// A certificate naming `principal`, valid for 127.0.0.1 (where every
+    /// test listener is).
+    pub fn issue(&self, principal: &str) -> IssuedCert {
+        self.ca
+            .issue(
+                principal,
+                &[],
+                &[std::net::IpAddr::from([127, 0, 0, 1])],
+                time::OffsetDateTime::now_utc(),
+                time::Duration::days(1),
+            )
+            .expect("issue a certificate")
+    }
+
+    /// A node's TLS material, for the certificate naming `principal`.
+    pub fn node(&self, principal: &str) -> NodeTls {
+        let issued = self.issue(principal);
+        NodeTls {
+            ca_pem: self.ca.cert_pem().as_bytes().to_vec(),
+            cert_pem: issued.cert_pem.into_bytes(),
+            key_pem: issued.key_pem.into_bytes(),
+            principal_source: PrincipalSource::CommonName,
+        }
+    }
+
+    /// How a client presenting `certificate` connects.
+    pub fn client(&self, certificate: &IssuedCert) -> TransportConfig {
+        let identity = (
+            certificate.cert_pem.as_bytes(),
+            certificate.key_pem.as_bytes(),
+        );
+        let tls = ClientTls::new(self.ca.cert_pem().as_bytes(), Some(identity), None)
+            .expect("client TLS material");
+        TransportConfig {
+            client_tls: Some(tls),
+            ..TransportConfig::default()
+        }
     }
 }
 

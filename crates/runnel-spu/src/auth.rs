@@ -1,0 +1,407 @@
+//! Who may do what on this SPU, when it runs with TLS: the latest
+//! security state the SC sent (superusers, policy, revoked serials), and
+//! the decisions both listeners ask of it, request by request.
+//!
+//! Deny by default: until the SC's first security state arrives, every
+//! client request is refused. Checks run before any work, so a refused
+//! request appends nothing and opens no stream.
+
+use std::sync::{Arc, RwLock};
+
+use runnel_api::{ApiError, ErrorCode};
+use runnel_auth::{Action, Denied, Resource};
+use runnel_metadata::{PartitionKey, SecurityState};
+use runnel_pki::PeerIdentity;
+use runnel_transport::Revocations;
+use runnel_types::{SpuId, TopicName};
+use tracing::warn;
+
+/// The prefix of an SPU's principal, `spu:<id>`.
+const SPU_PRINCIPAL_PREFIX: &str = "spu:";
+
+#[derive(Debug)]
+pub(crate) struct Authorizer {
+    /// This SPU, named in refusals.
+    spu: SpuId,
+    /// Whether the SPU runs with TLS; without it nothing is checked
+    /// (there are no identities to check).
+    enabled: bool,
+    /// Shared with the listeners' certificate verifiers: a revoked
+    /// certificate is refused at the handshake of new connections, and
+    /// here on the next request of connections made before.
+    revocations: Revocations,
+    /// `None` until the SC sends the first state.
+    state: RwLock<Option<Arc<SecurityState>>>,
+}
+
+impl Authorizer {
+    pub fn new(spu: SpuId, enabled: bool) -> Authorizer {
+        Authorizer {
+            spu,
+            enabled,
+            revocations: Revocations::default(),
+            state: RwLock::new(None),
+        }
+    }
+
+    /// The revoked serials, for the listeners' certificate verifiers.
+    pub fn revocations(&self) -> Revocations {
+        self.revocations.clone()
+    }
+
+    /// Takes the SC's latest security state, whole.
+    pub fn update(&self, state: SecurityState) {
+        self.revocations.replace(state.revoked.iter().cloned());
+        *self.state.write().expect("security state lock") = Some(Arc::new(state));
+    }
+
+    /// Whether the client behind `identity` may do `action` on `topic`.
+    pub fn authorize_topic(
+        &self,
+        identity: Option<&PeerIdentity>,
+        action: Action,
+        topic: &TopicName,
+    ) -> Result<(), ApiError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let identity = self.authenticate(identity)?;
+        let Some(state) = self.state() else {
+            return Err(self.no_policy_yet(&identity.principal));
+        };
+        let principal = identity.principal.as_str();
+        if state
+            .superusers
+            .iter()
+            .any(|superuser| superuser == principal)
+        {
+            return Ok(());
+        }
+        let resource = Resource::Topic(topic.to_string());
+        // Nodes use the private apis only, whatever roles name them.
+        let decision = if runnel_auth::is_node_identity(principal) {
+            Err(Denied {
+                principal: principal.to_owned(),
+                action,
+                resource,
+            })
+        } else {
+            state.policy.check(principal, action, &resource)
+        };
+        decision.map_err(|denied| {
+            warn!(principal = %denied.principal, action = %denied.action, resource = %denied.resource, "request denied");
+            ApiError::new(ErrorCode::PERMISSION_DENIED, denied.to_string())
+        })
+    }
+
+    /// Whether the peer behind `identity` may speak as follower
+    /// `follower`: only SPU `follower` itself may.
+    pub fn authorize_follower(
+        &self,
+        identity: Option<&PeerIdentity>,
+        follower: SpuId,
+    ) -> Result<(), ApiError> {
+        let Some(asker) = self.requesting_spu(identity)? else {
+            return Ok(());
+        };
+        if asker == follower {
+            return Ok(());
+        }
+        warn!(principal = %principal_of(asker), %follower, "replication request denied: an SPU spoke for another");
+        Err(ApiError::new(
+            ErrorCode::PERMISSION_DENIED,
+            format!(
+                "permission denied: {} may not act as follower {follower} on SPU {}; an SPU replicates only as itself",
+                principal_of(asker),
+                self.spu
+            ),
+        ))
+    }
+
+    /// Whether the peer behind `identity` may ask about partition `key`,
+    /// held by `replicas`: only another SPU holding it may.
+    pub fn authorize_replica(
+        &self,
+        identity: Option<&PeerIdentity>,
+        key: &PartitionKey,
+        replicas: &[SpuId],
+    ) -> Result<(), ApiError> {
+        let Some(asker) = self.requesting_spu(identity)? else {
+            return Ok(());
+        };
+        if asker != self.spu && replicas.contains(&asker) {
+            return Ok(());
+        }
+        warn!(principal = %principal_of(asker), partition = %key, "replication request denied: not a follower of the partition");
+        Err(ApiError::new(
+            ErrorCode::PERMISSION_DENIED,
+            format!(
+                "permission denied: {} is not a follower of partition {key} (replicas {replicas:?}) on SPU {}; only its followers may ask about it",
+                principal_of(asker),
+                self.spu
+            ),
+        ))
+    }
+
+    /// The SPU behind `identity` on the private listener; `None` when
+    /// security is off.
+    fn requesting_spu(&self, identity: Option<&PeerIdentity>) -> Result<Option<SpuId>, ApiError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let identity = self.authenticate(identity)?;
+        match spu_of(&identity.principal) {
+            Some(spu) => Ok(Some(spu)),
+            None => {
+                warn!(principal = %identity.principal, "replication request denied: not an SPU");
+                Err(ApiError::new(
+                    ErrorCode::PERMISSION_DENIED,
+                    format!(
+                        "permission denied: {} may not use the replication apis of SPU {}; only SPUs (spu:<id>) replicate",
+                        identity.principal, self.spu
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The identity of a connection whose certificate is still good.
+    fn authenticate<'a>(
+        &self,
+        identity: Option<&'a PeerIdentity>,
+    ) -> Result<&'a PeerIdentity, ApiError> {
+        let Some(identity) = identity else {
+            return Err(ApiError::new(
+                ErrorCode::AUTHENTICATION_REQUIRED,
+                "this request needs a client certificate: run `runnel login` or set the profile's certificate and key",
+            ));
+        };
+        if self.revocations.contains(&identity.serial) {
+            warn!(principal = %identity.principal, serial = %identity.serial, "request refused: certificate revoked");
+            return Err(ApiError::new(
+                ErrorCode::AUTHENTICATION_FAILED,
+                format!(
+                    "the certificate of {} (serial {}) has been revoked; get a new one with `runnel login`",
+                    identity.principal, identity.serial
+                ),
+            ));
+        }
+        Ok(identity)
+    }
+
+    fn state(&self) -> Option<Arc<SecurityState>> {
+        self.state.read().expect("security state lock").clone()
+    }
+
+    fn no_policy_yet(&self, principal: &str) -> ApiError {
+        warn!(%principal, "request denied: no security state from the SC yet");
+        ApiError::new(
+            ErrorCode::PERMISSION_DENIED,
+            format!(
+                "permission denied: SPU {} has not received the cluster's authorization policy from the SC yet, and refuses every request until it does; retry once the SPU is connected to the SC",
+                self.spu
+            ),
+        )
+    }
+}
+
+/// The SPU a principal names, if it is `spu:<id>` in the one spelling
+/// certificates use.
+fn spu_of(principal: &str) -> Option<SpuId> {
+    if !runnel_auth::is_node_identity(principal) {
+        return None;
+    }
+    let id = principal.strip_prefix(SPU_PRINCIPAL_PREFIX)?;
+    id.parse().ok().map(SpuId)
+}
+
+fn principal_of(spu: SpuId) -> String {
+    format!("{SPU_PRINCIPAL_PREFIX}{spu}")
+}
+
+#[cfg(test)]
+mod tests {
+    use runnel_auth::{Binding, Effect, Policy, Role, Rule};
+
+    use super::*;
+
+    fn identity(principal: &str, serial: &str) -> PeerIdentity {
+        PeerIdentity {
+            principal: principal.to_string(),
+            serial: serial.to_string(),
+            not_after_unix: i64::MAX,
+        }
+    }
+
+    fn topic(name: &str) -> TopicName {
+        TopicName::new(name).expect("valid topic name")
+    }
+
+    fn readers_of_orders() -> SecurityState {
+        SecurityState {
+            superusers: vec!["root".to_string()],
+            policy: Policy {
+                roles: vec![Role {
+                    name: "reader".to_string(),
+                    rules: vec![Rule {
+                        effect: Effect::Allow,
+                        actions: vec![Action::Read],
+                        resources: vec!["topic:orders".parse().expect("valid pattern")],
+                    }],
+                }],
+                bindings: vec![
+                    Binding {
+                        principal: "alice".to_string(),
+                        role: "reader".to_string(),
+                    },
+                    Binding {
+                        principal: "spu:2".to_string(),
+                        role: "reader".to_string(),
+                    },
+                ],
+            },
+            revoked: vec!["bad".to_string()],
+        }
+    }
+
+    #[test]
+    fn spu_principals_are_read_in_their_one_spelling() {
+        assert_eq!(spu_of("spu:7"), Some(SpuId(7)));
+        assert_eq!(spu_of("spu:0"), Some(SpuId(0)));
+        for other in ["sc", "spu:07", "spu:", "spu:-1", "alice", "spu:4294967296"] {
+            assert_eq!(spu_of(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn topic_decisions() {
+        let authorizer = Authorizer::new(SpuId(1), true);
+        let alice = identity("alice", "a1");
+        let orders = topic("orders");
+        let refused = authorizer
+            .authorize_topic(Some(&alice), Action::Read, &orders)
+            .expect_err("no state yet");
+        assert_eq!(refused.code, ErrorCode::PERMISSION_DENIED);
+
+        authorizer.update(readers_of_orders());
+        let cases = [
+            (identity("alice", "a1"), Action::Read, "orders", None),
+            (identity("alice", "a1"), Action::Describe, "orders", None),
+            (
+                identity("alice", "a1"),
+                Action::Write,
+                "orders",
+                Some(ErrorCode::PERMISSION_DENIED),
+            ),
+            (
+                identity("alice", "a1"),
+                Action::Read,
+                "payments",
+                Some(ErrorCode::PERMISSION_DENIED),
+            ),
+            (identity("root", "r1"), Action::Write, "payments", None),
+            (
+                identity("root", "bad"),
+                Action::Read,
+                "orders",
+                Some(ErrorCode::AUTHENTICATION_FAILED),
+            ),
+            // Bound to a role, but a node uses the private apis only.
+            (
+                identity("spu:2", "s2"),
+                Action::Read,
+                "orders",
+                Some(ErrorCode::PERMISSION_DENIED),
+            ),
+        ];
+        for (who, action, name, expected) in cases {
+            let decision = authorizer.authorize_topic(Some(&who), action, &topic(name));
+            assert_eq!(
+                decision.err().map(|error| error.code),
+                expected,
+                "{} {action} {name}",
+                who.principal
+            );
+        }
+        let denied = authorizer
+            .authorize_topic(Some(&alice), Action::Write, &orders)
+            .expect_err("alice only reads");
+        assert_eq!(
+            denied.message,
+            "permission denied: alice may not write topic:orders"
+        );
+        let anonymous = authorizer
+            .authorize_topic(None, Action::Read, &orders)
+            .expect_err("no certificate");
+        assert_eq!(anonymous.code, ErrorCode::AUTHENTICATION_REQUIRED);
+    }
+
+    #[test]
+    fn without_tls_nothing_is_checked() {
+        let authorizer = Authorizer::new(SpuId(1), false);
+        let orders = topic("orders");
+        assert!(
+            authorizer
+                .authorize_topic(None, Action::Write, &orders)
+                .is_ok()
+        );
+        assert!(authorizer.authorize_follower(None, SpuId(3)).is_ok());
+        assert!(
+            authorizer
+                .authorize_replica(
+                    None,
+                    &PartitionKey {
+                        topic: orders,
+                        partition: runnel_types::PartitionId(0)
+                    },
+                    &[]
+                )
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn spus_speak_only_for_themselves() {
+        let authorizer = Authorizer::new(SpuId(1), true);
+        let spu2 = identity("spu:2", "s2");
+        assert!(authorizer.authorize_follower(Some(&spu2), SpuId(2)).is_ok());
+        let denied = authorizer
+            .authorize_follower(Some(&spu2), SpuId(3))
+            .expect_err("spu:2 is not follower 3");
+        assert_eq!(denied.code, ErrorCode::PERMISSION_DENIED);
+        assert!(denied.message.contains("spu:2"), "{}", denied.message);
+        assert!(denied.message.contains("follower 3"), "{}", denied.message);
+        for other in ["sc", "alice"] {
+            let denied = authorizer
+                .authorize_follower(Some(&identity(other, "x")), SpuId(2))
+                .expect_err("not an SPU");
+            assert_eq!(denied.code, ErrorCode::PERMISSION_DENIED, "{other}");
+        }
+
+        let key = PartitionKey {
+            topic: topic("orders"),
+            partition: runnel_types::PartitionId(0),
+        };
+        let replicas = [SpuId(1), SpuId(2)];
+        assert!(
+            authorizer
+                .authorize_replica(Some(&spu2), &key, &replicas)
+                .is_ok()
+        );
+        for outsider in ["spu:3", "spu:1"] {
+            let denied = authorizer
+                .authorize_replica(Some(&identity(outsider, "x")), &key, &replicas)
+                .expect_err("not a follower");
+            assert_eq!(denied.code, ErrorCode::PERMISSION_DENIED, "{outsider}");
+        }
+
+        authorizer.update(SecurityState {
+            revoked: vec!["s2".to_string()],
+            ..SecurityState::default()
+        });
+        let revoked = authorizer
+            .authorize_follower(Some(&spu2), SpuId(2))
+            .expect_err("revoked");
+        assert_eq!(revoked.code, ErrorCode::AUTHENTICATION_FAILED);
+    }
+}
