@@ -22,6 +22,8 @@ fuzz_target_dir="$PWD/target/fuzz"
 (cd crates/runnel-wire && cargo +nightly fuzz run --target-dir "$fuzz_target_dir" decode_batch -- -runs=0)
 (cd crates/runnel-log && cargo +nightly fuzz run --target-dir "$fuzz_target_dir" recover_segment -- -runs=0)
 (cd crates/runnel-api && cargo +nightly fuzz run --target-dir "$fuzz_target_dir" decode_frame -- -runs=0)
+(cd crates/runnel-pki && cargo +nightly fuzz run --target-dir "$fuzz_target_dir" principal -- -runs=0)
+(cd crates/runnel-pki && cargo +nightly fuzz run --target-dir "$fuzz_target_dir" csr -- -runs=0)
 
 echo "== benchmark smoke (measures nothing; proves the bench runs)"
 cargo bench --locked -p runnel-log --bench append -- --quick
