@@ -347,7 +347,25 @@ async fn start(layout: &Layout, args: StartArgs) -> CommandResult {
         .into());
     }
     if let Some(files) = settings.tls_files() {
-        files.ensure(&settings.identities())?;
+        let renewals = files.ensure(&settings.identities(), time::OffsetDateTime::now_utc())?;
+        for renewal in &renewals {
+            println!(
+                "renewed the TLS certificate {} with a new key: {}",
+                files.cert(&renewal.file_stem).display(),
+                renewal.reason
+            );
+            let running = settings.processes().into_iter().any(|process| {
+                process.name() == renewal.file_stem
+                    && layout.running_pid(&settings, process).is_some()
+            });
+            if running {
+                println!(
+                    "{} is running and keeps its old certificate until restarted \
+                     (`runnel cluster stop`, then `runnel cluster start`)",
+                    renewal.file_stem
+                );
+            }
+        }
     }
     layout.save_settings(&settings)?;
     fs::create_dir_all(layout.root.join("run"))?;

@@ -4,7 +4,10 @@
 //! The key pair is generated here and never leaves the machine. Key,
 //! certificate and CA go to `RUNNEL_HOME/profiles/<profile>/` (the key with
 //! mode 0600), and the profile, named after the user unless `--profile`
-//! says otherwise, becomes current.
+//! says otherwise, becomes current. The CA stored is the `--tls-ca` file,
+//! which verified the SC, never the CA the SC reports: trusting what the
+//! server says about itself would let a server the user did not mean to
+//! trust choose what the profile trusts from then on.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -54,7 +57,7 @@ pub async fn run(profile: Option<String>, args: LoginArgs) -> CommandResult {
     let password = args.password.read(&args.user, false)?;
     let credentials = login(&LoginOptions {
         sc_addr: args.address.clone(),
-        ca_pem,
+        ca_pem: ca_pem.clone(),
         domain: args.tls_domain.clone(),
         user: args.user,
         password,
@@ -82,11 +85,14 @@ pub async fn run(profile: Option<String>, args: LoginArgs) -> CommandResult {
         response.certificate_pem.as_bytes(),
         files::PUBLIC,
     )?;
-    files::write_whole(
-        &directory.join("ca.pem"),
-        response.ca_pem.as_bytes(),
-        files::PUBLIC,
-    )?;
+    files::write_whole(&directory.join("ca.pem"), &ca_pem, files::PUBLIC)?;
+    if !reports_same_ca(&ca_pem, response.ca_pem.as_bytes()) {
+        eprintln!(
+            "warning: the SC reported a CA certificate that differs from {}; the profile keeps \
+             {0}, which verified the SC. Ask the cluster's operator which CA is current",
+            args.tls_ca.display()
+        );
+    }
     let mut profiles = Profiles::load(&home)?;
     // Relative to the Runnel home, so the home can be moved whole.
     profiles.upsert(Profile {
@@ -141,9 +147,69 @@ fn read_ca(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|error| unreadable(error.to_string()))
 }
 
+/// Whether every certificate in the SC's reported CA (PEM) is one of those
+/// in the user's CA file (PEM), compared as DER, so line endings, comments
+/// and bundles do not matter. A report with no certificate is not the same.
+fn reports_same_ca(trusted_pem: &[u8], reported_pem: &[u8]) -> bool {
+    let (Some(trusted), Some(reported)) = (certificates(trusted_pem), certificates(reported_pem))
+    else {
+        return false;
+    };
+    !reported.is_empty() && reported.iter().all(|der| trusted.contains(der))
+}
+
+/// The DER of each CERTIFICATE block, or None if a block cannot be decoded.
+fn certificates(pem: &[u8]) -> Option<Vec<Vec<u8>>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem)
+        .filter(|block| {
+            !block
+                .as_ref()
+                .is_ok_and(|block| block.label != "CERTIFICATE")
+        })
+        .map(|block| block.ok().map(|block| block.contents))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use runnel_pki::ClusterCa;
+    use time::{Duration, OffsetDateTime};
+
     use super::*;
+
+    fn ca_pem() -> String {
+        ClusterCa::generate("test", OffsetDateTime::now_utc(), Duration::days(1))
+            .expect("CA")
+            .cert_pem()
+            .to_string()
+    }
+
+    #[test]
+    fn the_same_ca_in_another_spelling_or_in_a_bundle_is_the_same() {
+        let ca = ca_pem();
+        let other = ca_pem();
+        assert!(reports_same_ca(ca.as_bytes(), ca.as_bytes()));
+        let crlf = ca.replace('\n', "\r\n");
+        assert!(reports_same_ca(crlf.as_bytes(), ca.as_bytes()));
+        let bundle = format!("# the cluster CA and another\n{other}{ca}");
+        assert!(reports_same_ca(bundle.as_bytes(), ca.as_bytes()));
+    }
+
+    #[test]
+    fn a_different_or_unreadable_reported_ca_is_different() {
+        let ca = ca_pem();
+        let other = ca_pem();
+        assert!(!reports_same_ca(ca.as_bytes(), other.as_bytes()));
+        assert!(!reports_same_ca(
+            ca.as_bytes(),
+            format!("{ca}{other}").as_bytes()
+        ));
+        assert!(!reports_same_ca(ca.as_bytes(), b""));
+        assert!(!reports_same_ca(
+            ca.as_bytes(),
+            b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n"
+        ));
+    }
 
     #[test]
     fn profile_names_must_be_safe_directory_names() {

@@ -130,7 +130,8 @@ impl ScSession {
 
     async fn session(&self, shutdown: &CancellationToken) -> Ended {
         let connecting = async {
-            let connection = Connection::connect(&self.sc_addr, self.transport.clone()).await?;
+            let connection =
+                Connection::connect(&self.sc_addr, self.transport.expecting("sc")).await?;
             let request = SpuConnectRequest {
                 spec: self.spec.clone(),
             };

@@ -54,7 +54,8 @@ pub struct TransportConfig {
     /// count as requests in progress). One more ends at once with
     /// `TOO_MANY_REQUESTS`.
     pub max_streams: usize,
-    /// Connections a server serves at once; more wait to be accepted.
+    /// Connections a server serves at once; more wait to be accepted. At
+    /// most half of them may be in their TLS handshake; more are closed.
     pub max_connections: usize,
     /// Connections a server serves at once from one IP address; more are
     /// closed as soon as they are accepted.
@@ -90,7 +91,7 @@ impl Default for TransportConfig {
             max_in_flight: 256,
             max_streams: 4096,
             max_connections: 4096,
-            max_connections_per_addr: 1024,
+            max_connections_per_addr: 256,
             max_stream_queued_bytes: 32 << 20,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
@@ -100,6 +101,18 @@ impl Default for TransportConfig {
             write_queue: 1024,
             client_id: "runnel".to_string(),
             connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TransportConfig {
+    /// This config for connecting to the node named `principal` (`sc`,
+    /// `spu:<id>`): with TLS, its certificate must name it
+    /// ([`ClientTls::expecting`]). Without TLS, the same config.
+    pub fn expecting(&self, principal: &str) -> TransportConfig {
+        TransportConfig {
+            client_tls: self.client_tls.as_ref().map(|tls| tls.expecting(principal)),
+            ..self.clone()
         }
     }
 }

@@ -307,6 +307,9 @@ pub async fn serve<H: Handler>(
     shutdown: CancellationToken,
 ) {
     let connections = Arc::new(Semaphore::new(config.max_connections));
+    // Connections still in their TLS handshake may hold at most half the
+    // places, so slow handshakes cannot crowd out clients that finished.
+    let handshakes = Arc::new(Semaphore::new((config.max_connections / 2).max(1)));
     let per_address = PerAddress::default();
     loop {
         // At the connection limit, new connections wait in the listen
@@ -339,13 +342,25 @@ pub async fn serve<H: Handler>(
             continue;
         };
         crate::io::tune_socket(&socket);
+        let handshake = match &config.server_tls {
+            None => None,
+            Some(_) => match Arc::clone(&handshakes).try_acquire_owned() {
+                Ok(handshake) => Some(handshake),
+                Err(_) => {
+                    debug!(%peer, "connection refused: too many TLS handshakes in progress");
+                    continue;
+                }
+            },
+        };
         let handler = Arc::clone(&handler);
         let config = config.clone();
         let shutdown = shutdown.child_token();
         tokio::spawn(async move {
             let served = match config.server_tls.clone() {
                 None => serve_connection(socket, peer, None, handler, config, shutdown).await,
-                Some(tls) => serve_tls(socket, peer, tls, handler, config, shutdown).await,
+                Some(tls) => {
+                    serve_tls(socket, peer, tls, handshake, handler, config, shutdown).await
+                }
             };
             if let Err(error) = served {
                 debug!(%peer, %error, "connection closed");
@@ -363,6 +378,7 @@ async fn serve_tls<H: Handler>(
     socket: tokio::net::TcpStream,
     peer: SocketAddr,
     tls: ServerTls,
+    handshake_place: Option<OwnedSemaphorePermit>,
     handler: Arc<H>,
     config: TransportConfig,
     shutdown: CancellationToken,
@@ -386,6 +402,7 @@ async fn serve_tls<H: Handler>(
             }
         },
     };
+    drop(handshake_place);
     let identity = tls.peer_identity(&stream).map(Arc::new);
     serve_connection(stream, peer, identity, handler, config, shutdown).await
 }

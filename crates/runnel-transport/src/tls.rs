@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 
 use runnel_pki::{PeerIdentity, PrincipalSource};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -158,6 +159,12 @@ impl ServerTls {
         source: PrincipalSource,
         revocations: Revocations,
     ) -> Result<ServerTls, TlsError> {
+        // Node identities are always common names (`sc`, `spu:<id>`),
+        // whatever clients' certificates use.
+        let source = match admission {
+            Admission::Nodes => PrincipalSource::CommonName,
+            Admission::Clients | Admission::ClientsOrAnonymous => source,
+        };
         let provider = provider();
         let roots = Arc::new(root_store(ca_pem)?);
         let builder =
@@ -175,10 +182,15 @@ impl ServerTls {
             source,
             revocations,
         });
-        let config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(certificates(cert_pem)?, private_key(key_pem)?)?;
+        // No session resumption: a resumed handshake restores the client's
+        // certificate without running the verifier, so revocation would
+        // be skipped. Every connection verifies its certificate afresh.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(ServerTls {
             config: Arc::new(config),
             source,
@@ -205,6 +217,9 @@ impl ServerTls {
 #[derive(Debug, Clone)]
 pub struct ClientTls {
     config: Arc<ClientConfig>,
+    /// webpki's checks of the server's certificate, kept to build a
+    /// verifier that also checks the server's principal.
+    webpki: Arc<WebPkiServerVerifier>,
     /// Verified instead of the host dialled, when set (a certificate
     /// issued for a DNS name, reached by IP address).
     server_name: Option<ServerName<'static>>,
@@ -225,7 +240,7 @@ impl ClientTls {
             .map_err(|error| TlsError::Verifier(error.to_string()))?;
         let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_webpki_verifier(verifier);
+            .with_webpki_verifier(Arc::clone(&verifier));
         let config = match identity {
             Some((cert_pem, key_pem)) => {
                 builder.with_client_auth_cert(certificates(cert_pem)?, private_key(key_pem)?)?
@@ -240,8 +255,29 @@ impl ClientTls {
             .transpose()?;
         Ok(ClientTls {
             config: Arc::new(config),
+            webpki: verifier,
             server_name,
         })
+    }
+
+    /// The same settings, also requiring the server's certificate to name
+    /// `principal` (by its common name): a node dialling the SC expects
+    /// `sc`, a follower dialling its leader `spu:<leader>`. Host names
+    /// alone do not tell nodes apart, since every node certificate of a
+    /// local cluster is valid for `localhost`.
+    pub fn expecting(&self, principal: &str) -> ClientTls {
+        let mut config = (*self.config).clone();
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(ExpectPrincipal {
+                webpki: Arc::clone(&self.webpki),
+                principal: principal.to_string(),
+            }));
+        ClientTls {
+            config: Arc::new(config),
+            webpki: Arc::clone(&self.webpki),
+            server_name: self.server_name.clone(),
+        }
     }
 
     /// Runs the handshake over `socket`, checking the server's
@@ -371,7 +407,7 @@ impl ClientCertVerifier for Verifier {
         message: &[u8],
         certificate: &CertificateDer<'_>,
         signature: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.webpki
             .verify_tls12_signature(message, certificate, signature)
     }
@@ -381,7 +417,70 @@ impl ClientCertVerifier for Verifier {
         message: &[u8],
         certificate: &CertificateDer<'_>,
         signature: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki
+            .verify_tls13_signature(message, certificate, signature)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// webpki's checks of a server's certificate, then that it names the
+/// expected principal.
+#[derive(Debug)]
+struct ExpectPrincipal {
+    webpki: Arc<WebPkiServerVerifier>,
+    principal: String,
+}
+
+impl ServerCertVerifier for ExpectPrincipal {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let named = PeerIdentity::from_der(end_entity, PrincipalSource::CommonName)
+            .map(|identity| identity.principal)
+            .unwrap_or_default();
+        if named != self.principal {
+            warn!(expected = %self.principal, named = %named,
+                "server certificate refused: it names another node");
+            return Err(rustls::Error::General(format!(
+                "the server's certificate names `{named}`, not the expected `{}`",
+                self.principal
+            )));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki
+            .verify_tls12_signature(message, certificate, signature)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.webpki
             .verify_tls13_signature(message, certificate, signature)
     }

@@ -4,25 +4,37 @@
 //! `127.0.0.1`, where the local cluster listens) and one for the admin
 //! (`admin.pem`, naming `admin`, the SC's superuser), each with its key.
 //!
-//! Created once and reused, so profiles and certificates issued at login
-//! stay valid across restarts; only what is missing is created (an SPU
-//! added later gets its certificate then). Keys are written with mode
-//! 0600, every file through a temporary file and a rename, and a key
-//! before its certificate: a certificate that exists is complete.
+//! The CA is created once and reused, so profiles and certificates issued
+//! at login stay valid across restarts. Node and admin certificates are
+//! issued when missing (an SPU added later gets its certificate then) and
+//! issued again, with a new key, when they cannot be used or expire within
+//! [`RENEW_BEFORE`], so that a cluster started a year later does not run
+//! on expired certificates. The CA is never replaced here: a new CA would
+//! invalidate every certificate users obtained with `runnel login`.
+//!
+//! Keys are written with mode 0600, every file through a temporary file
+//! and a rename, and a key before its certificate (an old certificate is
+//! removed first): a certificate that exists is complete.
 
 use std::fs;
+use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use runnel_pki::ClusterCa;
+use runnel_pki::{ClusterCa, PeerIdentity, PrincipalSource};
 use time::{Duration, OffsetDateTime};
 
 use crate::files;
+use crate::user::utc_text;
 
 /// The name the CA carries ("local Runnel CA").
 const CLUSTER_NAME: &str = "local";
 const CA_LIFETIME: Duration = Duration::days(10 * 365);
 const LEAF_LIFETIME: Duration = Duration::days(365);
+/// A node or admin certificate expiring within this is issued again; a CA
+/// expiring within this is refused. A month leaves time to act on the
+/// refusal before anything stops working.
+pub const RENEW_BEFORE: Duration = Duration::days(30);
 /// The principal of the admin certificate, made a superuser of the SC.
 pub const ADMIN: &str = "admin";
 
@@ -36,6 +48,21 @@ pub struct Identity {
     /// Nodes serve listeners, so their certificates name the hosts
     /// clients dial.
     pub node: bool,
+}
+
+/// A certificate file [`TlsFiles::ensure`] replaced, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    pub file_stem: String,
+    /// Why the old one could not stay, e.g. "it expires at ... UTC".
+    pub reason: String,
+}
+
+/// What [`TlsFiles::ensure`] does with one certificate.
+enum LeafState {
+    Keep,
+    Missing,
+    Replace(String),
 }
 
 /// The files of the cluster's TLS directory.
@@ -66,17 +93,39 @@ impl TlsFiles {
     }
 
     /// Creates the CA if there is none, and a certificate for each of
-    /// `identities` that has none (for all of them with a new CA).
-    pub fn ensure(&self, identities: &[Identity]) -> Result<(), Error> {
+    /// `identities` that has none (for all of them with a new CA), and
+    /// issues again those that cannot be used or expire within
+    /// [`RENEW_BEFORE`] of `now`. Returns the certificates that replaced
+    /// existing files. Refuses a CA that expires within [`RENEW_BEFORE`].
+    pub fn ensure(
+        &self,
+        identities: &[Identity],
+        now: OffsetDateTime,
+    ) -> Result<Vec<Renewal>, Error> {
         files::create_private_dir(&self.dir)?;
-        let now = OffsetDateTime::now_utc();
         let (ca, new_ca) = self.load_or_create_ca(now)?;
+        let mut renewals = Vec::new();
         for identity in identities {
-            if new_ca || !self.cert(&identity.file_stem).exists() {
-                self.issue(&ca, identity, now)?;
+            let state = if !new_ca {
+                self.leaf_state(identity, now)
+            } else if self.cert(&identity.file_stem).exists() {
+                LeafState::Replace("the cluster CA is new".to_string())
+            } else {
+                LeafState::Missing
+            };
+            match state {
+                LeafState::Keep => {}
+                LeafState::Missing => self.issue(&ca, identity, now)?,
+                LeafState::Replace(reason) => {
+                    self.issue(&ca, identity, now)?;
+                    renewals.push(Renewal {
+                        file_stem: identity.file_stem.clone(),
+                        reason,
+                    });
+                }
             }
         }
-        Ok(())
+        Ok(renewals)
     }
 
     fn load_or_create_ca(&self, now: OffsetDateTime) -> Result<(ClusterCa, bool), Error> {
@@ -97,7 +146,77 @@ impl TlsFiles {
         })?;
         let ca = ClusterCa::from_pem(&cert, &key)
             .map_err(|error| format!("the CA in {} cannot be used: {error}", self.dir.display()))?;
+        self.check_ca_expiry(&ca, now)?;
         Ok((ca, false))
+    }
+
+    /// Refuses a CA about to expire rather than replace it, since a new CA
+    /// invalidates every certificate the old one signed, users' included:
+    /// that must be the operator's decision.
+    fn check_ca_expiry(&self, ca: &ClusterCa, now: OffsetDateTime) -> Result<(), String> {
+        let not_after = match x509_parser::parse_x509_certificate(ca.cert_der()) {
+            Ok((_, certificate)) => certificate.validity().not_after.timestamp(),
+            Err(error) => {
+                return Err(format!(
+                    "the CA certificate {} cannot be read: {error}",
+                    self.ca_cert().display()
+                ));
+            }
+        };
+        if not_after > (now + RENEW_BEFORE).unix_timestamp() {
+            return Ok(());
+        }
+        let when = if not_after <= now.unix_timestamp() {
+            "expired"
+        } else {
+            "expires"
+        };
+        Err(format!(
+            "the cluster CA {} {when} at {}, and it is not replaced automatically: a new CA \
+             invalidates every certificate the old one signed, including those users obtained \
+             with `runnel login`. To make a new CA with new node and admin certificates, run \
+             `runnel cluster stop`, remove {}, and run `runnel cluster start` again; then every \
+             user must run `runnel login` again",
+            self.ca_cert().display(),
+            utc_text(not_after),
+            self.dir.display()
+        ))
+    }
+
+    /// Whether the certificate of `identity` can stay: it must be readable,
+    /// have its key next to it, name the identity's principal and be valid
+    /// for at least [`RENEW_BEFORE`] after `now`.
+    fn leaf_state(&self, identity: &Identity, now: OffsetDateTime) -> LeafState {
+        let path = self.cert(&identity.file_stem);
+        let pem = match fs::read(&path) {
+            Ok(pem) => pem,
+            Err(error) if error.kind() == ErrorKind::NotFound => return LeafState::Missing,
+            Err(error) => return LeafState::Replace(format!("it cannot be read: {error}")),
+        };
+        let key_path = self.key(&identity.file_stem);
+        if let Err(error) = fs::File::open(&key_path) {
+            return LeafState::Replace(format!(
+                "its key {} cannot be read: {error}",
+                key_path.display()
+            ));
+        }
+        let read = match leaf_identity(&pem) {
+            Ok(read) => read,
+            Err(reason) => return LeafState::Replace(format!("it cannot be used: {reason}")),
+        };
+        if read.principal != identity.common_name {
+            return LeafState::Replace(format!(
+                "it names {:?}, not {:?}",
+                read.principal, identity.common_name
+            ));
+        }
+        if read.not_after_unix <= now.unix_timestamp() {
+            return LeafState::Replace(format!("it expired at {}", utc_text(read.not_after_unix)));
+        }
+        if read.not_after_unix <= (now + RENEW_BEFORE).unix_timestamp() {
+            return LeafState::Replace(format!("it expires at {}", utc_text(read.not_after_unix)));
+        }
+        LeafState::Keep
     }
 
     fn issue(&self, ca: &ClusterCa, identity: &Identity, now: OffsetDateTime) -> Result<(), Error> {
@@ -116,10 +235,35 @@ impl TlsFiles {
             now,
             LEAF_LIFETIME,
         )?;
+        let cert_path = self.cert(&identity.file_stem);
+        // Gone before the new key is written, so that a run interrupted
+        // between the two leaves no certificate beside a key not its own.
+        match fs::remove_file(&cert_path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(format!("cannot remove {}: {error}", cert_path.display()).into());
+            }
+        }
         write_file(&self.key(&identity.file_stem), &issued.key_pem, true)?;
-        write_file(&self.cert(&identity.file_stem), &issued.cert_pem, false)?;
+        write_file(&cert_path, &issued.cert_pem, false)?;
         Ok(())
     }
+}
+
+/// The identity in a node or admin certificate file (the first PEM block),
+/// read as the servers read it.
+fn leaf_identity(pem: &[u8]) -> Result<PeerIdentity, String> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem)
+        .map_err(|error| format!("it holds no PEM certificate ({error})"))?;
+    if block.label != "CERTIFICATE" {
+        return Err(format!(
+            "its first PEM block is a {}, not a CERTIFICATE",
+            block.label
+        ));
+    }
+    PeerIdentity::from_der(&block.contents, PrincipalSource::CommonName)
+        .map_err(|error| error.to_string())
 }
 
 fn read(path: &Path) -> Result<String, String> {
@@ -140,7 +284,6 @@ fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), Error> {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use runnel_pki::{PeerIdentity, PrincipalSource};
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
 
@@ -167,11 +310,38 @@ mod tests {
         identities
     }
 
-    fn principal(path: &Path) -> String {
+    fn read_identity(path: &Path) -> PeerIdentity {
         let der = CertificateDer::from_pem_file(path).expect("read certificate");
-        PeerIdentity::from_der(&der, PrincipalSource::CommonName)
-            .expect("readable certificate")
-            .principal
+        PeerIdentity::from_der(&der, PrincipalSource::CommonName).expect("readable certificate")
+    }
+
+    fn principal(path: &Path) -> String {
+        read_identity(path).principal
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    fn load_ca(files: &TlsFiles) -> ClusterCa {
+        ClusterCa::from_pem(
+            &fs::read_to_string(files.ca_cert()).expect("CA certificate"),
+            &fs::read_to_string(files.ca_key()).expect("CA key"),
+        )
+        .expect("CA")
+    }
+
+    /// Puts `cert_pem` and `key_pem` in place of `file_stem`'s files.
+    fn replace_files(files: &TlsFiles, file_stem: &str, cert_pem: &str, key_pem: &str) {
+        fs::write(files.key(file_stem), key_pem).expect("write key");
+        fs::write(files.cert(file_stem), cert_pem).expect("write certificate");
+    }
+
+    fn renewed_stems(renewals: &[Renewal]) -> Vec<&str> {
+        renewals
+            .iter()
+            .map(|renewal| renewal.file_stem.as_str())
+            .collect()
     }
 
     fn mode(path: &Path) -> u32 {
@@ -182,7 +352,7 @@ mod tests {
     fn creates_a_ca_and_one_certificate_per_identity_with_private_keys() {
         let dir = tempfile::tempdir().expect("temp dir");
         let files = TlsFiles::new(dir.path().join("tls"));
-        files.ensure(&identities(2)).expect("create");
+        files.ensure(&identities(2), now()).expect("create");
         assert_eq!(mode(&files.ca_key()), 0o600);
         for identity in identities(2) {
             assert_eq!(
@@ -198,10 +368,11 @@ mod tests {
     fn later_runs_keep_what_exists_and_add_what_is_missing() {
         let dir = tempfile::tempdir().expect("temp dir");
         let files = TlsFiles::new(dir.path().join("tls"));
-        files.ensure(&identities(1)).expect("create");
+        files.ensure(&identities(1), now()).expect("create");
         let ca = fs::read(files.ca_cert()).expect("CA");
         let sc = fs::read(files.cert("sc")).expect("sc");
-        files.ensure(&identities(3)).expect("grow");
+        let renewals = files.ensure(&identities(3), now()).expect("grow");
+        assert_eq!(renewals, Vec::new(), "adding is not renewing");
         assert_eq!(fs::read(files.ca_cert()).expect("CA"), ca, "the CA is kept");
         assert_eq!(
             fs::read(files.cert("sc")).expect("sc"),
@@ -215,13 +386,153 @@ mod tests {
     fn a_ca_without_its_key_is_reported_with_advice() {
         let dir = tempfile::tempdir().expect("temp dir");
         let files = TlsFiles::new(dir.path().join("tls"));
-        files.ensure(&identities(1)).expect("create");
+        files.ensure(&identities(1), now()).expect("create");
         fs::remove_file(files.ca_key()).expect("remove key");
         let message = files
-            .ensure(&identities(2))
+            .ensure(&identities(2), now())
             .expect_err("no key")
             .to_string();
         assert!(message.contains("ca.key"), "{message}");
         assert!(message.contains("to create a new CA"), "{message}");
+    }
+
+    #[test]
+    fn a_certificate_about_to_expire_is_issued_again_and_a_fresh_one_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = TlsFiles::new(dir.path().join("tls"));
+        let now = now();
+        files.ensure(&identities(2), now).expect("create");
+        // Issued 340 days ago for a year: 25 days left.
+        let ca = load_ca(&files);
+        let old = ca
+            .issue(
+                "spu:1",
+                &["localhost".to_string()],
+                &[],
+                now - Duration::days(340),
+                LEAF_LIFETIME,
+            )
+            .expect("issue");
+        replace_files(&files, "spu-1", &old.cert_pem, &old.key_pem);
+        let ca_before = fs::read(files.ca_cert()).expect("CA");
+        let sc_before = fs::read(files.cert("sc")).expect("sc");
+        let sc_key_before = fs::read(files.key("sc")).expect("sc key");
+
+        let renewals = files.ensure(&identities(2), now).expect("renew");
+
+        assert_eq!(renewed_stems(&renewals), ["spu-1"]);
+        assert!(
+            renewals[0].reason.starts_with("it expires at "),
+            "{}",
+            renewals[0].reason
+        );
+        let renewed = read_identity(&files.cert("spu-1"));
+        assert_eq!(renewed.principal, "spu:1");
+        assert_ne!(renewed.serial, old.serial);
+        assert!(
+            renewed.not_after_unix > (now + LEAF_LIFETIME - Duration::days(1)).unix_timestamp(),
+            "renewed for a whole lifetime, until {}",
+            renewed.not_after_unix
+        );
+        assert_ne!(
+            fs::read_to_string(files.key("spu-1")).expect("key"),
+            old.key_pem,
+            "with a new key"
+        );
+        assert_eq!(mode(&files.key("spu-1")), 0o600);
+        assert_eq!(fs::read(files.cert("sc")).expect("sc"), sc_before);
+        assert_eq!(fs::read(files.key("sc")).expect("sc key"), sc_key_before);
+        assert_eq!(fs::read(files.ca_cert()).expect("CA"), ca_before);
+    }
+
+    #[test]
+    fn expired_unreadable_misnamed_or_keyless_certificates_are_issued_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = TlsFiles::new(dir.path().join("tls"));
+        let now = now();
+        files.ensure(&identities(3), now).expect("create");
+        let ca = load_ca(&files);
+        let expired = runnel_pki::hostile::expired(&ca, "sc", now).expect("expired");
+        replace_files(&files, "sc", &expired.cert_pem, &expired.key_pem);
+        fs::write(files.cert(ADMIN), "not a certificate").expect("garbage");
+        let other = ca
+            .issue("spu:1", &[], &[], now, LEAF_LIFETIME)
+            .expect("issue");
+        replace_files(&files, "spu-2", &other.cert_pem, &other.key_pem);
+        fs::remove_file(files.key("spu-3")).expect("remove key");
+
+        let renewals = files.ensure(&identities(3), now).expect("renew");
+
+        assert_eq!(
+            renewed_stems(&renewals),
+            ["sc", ADMIN, "spu-2", "spu-3"],
+            "{renewals:?}"
+        );
+        assert!(
+            renewals[0].reason.starts_with("it expired at "),
+            "{renewals:?}"
+        );
+        assert!(
+            renewals[1].reason.contains("cannot be used"),
+            "{renewals:?}"
+        );
+        assert!(renewals[2].reason.contains("\"spu:1\""), "{renewals:?}");
+        assert!(renewals[3].reason.contains("spu-3.key"), "{renewals:?}");
+        for identity in identities(3) {
+            let read = read_identity(&files.cert(&identity.file_stem));
+            assert_eq!(read.principal, identity.common_name);
+            assert!(read.not_after_unix > (now + RENEW_BEFORE).unix_timestamp());
+            assert!(files.key(&identity.file_stem).exists());
+        }
+        assert_eq!(
+            files.ensure(&identities(3), now).expect("again"),
+            Vec::new(),
+            "renewed certificates are kept"
+        );
+    }
+
+    #[test]
+    fn a_year_later_every_certificate_is_renewed_under_the_same_ca() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = TlsFiles::new(dir.path().join("tls"));
+        let then = now();
+        files.ensure(&identities(1), then).expect("create");
+        let ca_before = fs::read(files.ca_cert()).expect("CA");
+
+        let later = then + LEAF_LIFETIME - Duration::days(10);
+        let renewals = files.ensure(&identities(1), later).expect("renew");
+
+        assert_eq!(renewed_stems(&renewals), ["sc", ADMIN, "spu-1"]);
+        assert_eq!(fs::read(files.ca_cert()).expect("CA"), ca_before);
+        for identity in identities(1) {
+            let read = read_identity(&files.cert(&identity.file_stem));
+            assert!(read.not_after_unix > (later + RENEW_BEFORE).unix_timestamp());
+        }
+    }
+
+    #[test]
+    fn a_ca_about_to_expire_is_refused_and_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = TlsFiles::new(dir.path().join("tls"));
+        let now = now();
+        files.ensure(&identities(1), now).expect("create");
+        let short = ClusterCa::generate(CLUSTER_NAME, now, Duration::days(20)).expect("CA");
+        fs::write(files.ca_key(), short.key_pem()).expect("write CA key");
+        fs::write(files.ca_cert(), short.cert_pem()).expect("write CA");
+        let sc_before = fs::read(files.cert("sc")).expect("sc");
+
+        let message = files
+            .ensure(&identities(1), now)
+            .expect_err("CA about to expire")
+            .to_string();
+
+        assert!(message.contains("ca.pem expires at"), "{message}");
+        assert!(message.contains("not replaced automatically"), "{message}");
+        assert!(message.contains("runnel login"), "{message}");
+        assert_eq!(
+            fs::read(files.ca_cert()).expect("CA"),
+            short.cert_pem().as_bytes()
+        );
+        assert_eq!(fs::read(files.cert("sc")).expect("sc"), sc_before);
     }
 }

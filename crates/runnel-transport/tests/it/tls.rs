@@ -73,6 +73,14 @@ impl Drop for TlsServer {
 
 impl TlsServer {
     async fn start(admission: Admission, config: TransportConfig) -> TlsServer {
+        TlsServer::start_reading(admission, PrincipalSource::CommonName, config).await
+    }
+
+    async fn start_reading(
+        admission: Admission,
+        source: PrincipalSource,
+        config: TransportConfig,
+    ) -> TlsServer {
         let ca = ca("test");
         let node = issue(&ca, "sc");
         let revocations = Revocations::default();
@@ -81,7 +89,7 @@ impl TlsServer {
             node.cert_pem.as_bytes(),
             node.key_pem.as_bytes(),
             admission,
-            PrincipalSource::CommonName,
+            source,
             revocations.clone(),
         )
         .expect("server TLS");
@@ -325,4 +333,67 @@ async fn an_idle_connection_is_closed() {
     let connection = server.connect().await;
     let reply = connection.call(&ApiVersionsRequest {}).await;
     assert!(reply.is_ok(), "{reply:?}");
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_cannot_resume_an_earlier_session() {
+    let server = TlsServer::start(Admission::Clients, TransportConfig::default()).await;
+    let alice = issue(&server.ca, "alice");
+    // One client config for both connections: it would offer the first
+    // session's ticket on the second, if the server issued any.
+    let tls = ClientTls::new(
+        server.ca.cert_pem().as_bytes(),
+        Some((alice.cert_pem.as_bytes(), alice.key_pem.as_bytes())),
+        None,
+    )
+    .expect("client TLS");
+    assert_eq!(
+        server.call_with(tls.clone()).await.expect("served"),
+        Some("alice".into())
+    );
+    server.revocations.replace([alice.serial.clone()]);
+    let why = refused(server.call_with(tls).await);
+    assert!(why.contains("revoked"), "{why}");
+}
+
+#[tokio::test]
+async fn a_node_can_require_the_server_to_be_a_given_node() {
+    let server = TlsServer::start(Admission::Nodes, TransportConfig::default()).await;
+    let spu = issue(&server.ca, "spu:1");
+    let tls = ClientTls::new(
+        server.ca.cert_pem().as_bytes(),
+        Some((spu.cert_pem.as_bytes(), spu.key_pem.as_bytes())),
+        None,
+    )
+    .expect("client TLS");
+    assert_eq!(
+        server.call_with(tls.expecting("sc")).await.expect("served"),
+        Some("spu:1".into())
+    );
+    match server.call_with(tls.expecting("spu:2")).await {
+        Err(TransportError::Connect { source, .. }) => {
+            assert!(
+                source.to_string().contains("not the expected `spu:2`"),
+                "{source}"
+            )
+        }
+        other => panic!("expected the server's certificate to be refused, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn private_listeners_read_node_identities_from_the_common_name() {
+    // Clients' principals come from a DNS name here; node certificates
+    // carry `localhost` as theirs, which must not hide `spu:4`.
+    let server = TlsServer::start_reading(
+        Admission::Nodes,
+        PrincipalSource::SanDns,
+        TransportConfig::default(),
+    )
+    .await;
+    let spu = issue(&server.ca, "spu:4");
+    assert_eq!(
+        server.who_am_i(Some(&spu)).await.expect("served"),
+        Some("spu:4".into())
+    );
 }
