@@ -345,7 +345,8 @@ impl Record {
     }
 }
 
-/// A decoded record whose key and value are still the batch's bytes.
+/// A record as the walk reads it: its key, value and headers are still the
+/// bytes of the records section.
 #[derive(Debug)]
 struct RecordRef<'a> {
     attributes: i8,
@@ -353,12 +354,13 @@ struct RecordRef<'a> {
     offset_delta: i32,
     key: Option<&'a [u8]>,
     value: Option<&'a [u8]>,
-    headers: Vec<RecordHeader>,
+    headers: Headers<'a>,
 }
 
 impl<'a> RecordRef<'a> {
-    /// Decodes one record from the front of `input`, advancing it.
-    fn decode(input: &mut &'a [u8], index: i32) -> Result<RecordRef<'a>, WireError> {
+    /// Reads and checks one record from the front of `input`, advancing it.
+    /// Builds nothing: its headers are checked here and left in place.
+    fn read(input: &mut &'a [u8], index: i32) -> Result<RecordRef<'a>, WireError> {
         let malformed = |reason| WireError::MalformedRecord { index, reason };
         let length = get_varint(input)?;
         let length = usize::try_from(length).map_err(|_| malformed("negative record length"))?;
@@ -376,21 +378,15 @@ impl<'a> RecordRef<'a> {
         let header_count = get_varint(&mut body)?;
         let header_count =
             usize::try_from(header_count).map_err(|_| malformed("negative header count"))?;
-        // Each header takes at least two bytes, so the count cannot make us
-        // reserve more than the record holds.
+        // Each header takes at least two bytes, so the count cannot make a
+        // decoder reserve more than the record holds.
         if header_count > body.len() / 2 {
             return Err(malformed("header count exceeds the record size"));
         }
-        let mut headers = Vec::with_capacity(header_count);
+        // Nothing may follow the headers, so from here the body is theirs.
+        let header_bytes = body;
         for _ in 0..header_count {
-            let key = take_nullable(&mut body, Field::HeaderKey)
-                .map_err(malformed)?
-                .ok_or(malformed("header key is null"))?;
-            let value = take_nullable(&mut body, Field::HeaderValue).map_err(malformed)?;
-            headers.push(RecordHeader {
-                key: key.to_vec(),
-                value: value.map(<[u8]>::to_vec),
-            });
+            take_header(&mut body).map_err(malformed)?;
         }
         if !body.is_empty() {
             return Err(malformed("bytes left over after the headers"));
@@ -401,9 +397,43 @@ impl<'a> RecordRef<'a> {
             offset_delta,
             key,
             value,
-            headers,
+            headers: Headers {
+                count: header_count,
+                bytes: header_bytes,
+            },
         })
     }
+}
+
+/// The headers of a record that [`RecordRef::read`] has checked, left in
+/// place until a decoder copies them out.
+#[derive(Clone, Copy, Debug)]
+struct Headers<'a> {
+    count: usize,
+    bytes: &'a [u8],
+}
+
+impl Headers<'_> {
+    fn to_vec(self) -> Vec<RecordHeader> {
+        let mut bytes = self.bytes;
+        (0..self.count)
+            .map(|_| {
+                let (key, value) =
+                    take_header(&mut bytes).expect("the record walk checked every header");
+                RecordHeader {
+                    key: key.to_vec(),
+                    value: value.map(<[u8]>::to_vec),
+                }
+            })
+            .collect()
+    }
+}
+
+/// One record header: a key that must not be null, then a nullable value.
+fn take_header<'a>(input: &mut &'a [u8]) -> Result<(&'a [u8], Option<&'a [u8]>), &'static str> {
+    let key = take_nullable(input, Field::HeaderKey)?.ok_or("header key is null")?;
+    let value = take_nullable(input, Field::HeaderValue)?;
+    Ok((key, value))
 }
 
 /// The length-prefixed fields of a record, named in errors.
@@ -501,9 +531,22 @@ impl RecordBatch {
             offset_delta: record.offset_delta,
             key: record.key.map(<[u8]>::to_vec),
             value: record.value.map(<[u8]>::to_vec),
-            headers: record.headers,
+            headers: record.headers.to_vec(),
         })?;
         Ok((RecordBatch { header, records }, total))
+    }
+
+    /// Makes every check [`RecordBatch::decode`] makes, through the same
+    /// code, and returns the batch's length, but builds no records: an
+    /// uncompressed batch is read in place, a compressed one decompressed
+    /// within `limits` into one buffer. For a receiver that stores batches
+    /// as they came and must only know that any consumer can decode them;
+    /// decoding would cost it a record list it throws away.
+    pub fn validate(bytes: &[u8], limits: DecodeLimits) -> Result<usize, WireError> {
+        let (header, records_section, total) = open_batch(bytes, limits)?;
+        let mut walk = RecordWalk::new(&header, records_section.as_ref())?;
+        while walk.next_record()?.is_some() {}
+        Ok(total)
     }
 
     /// Encodes the batch. `batch_length`, `crc` and `record_count` are
@@ -579,39 +622,74 @@ fn open_batch(
     Ok((header, section, total))
 }
 
-/// Decodes every record of a records section, each through `convert`,
-/// checking their number against the header.
+/// Decodes every record of a records section, each through `convert`.
 fn decode_records<'a, R>(
     header: &BatchHeader,
-    mut input: &'a [u8],
+    input: &'a [u8],
     mut convert: impl FnMut(RecordRef<'a>) -> R,
 ) -> Result<Vec<R>, WireError> {
-    // Every record takes at least MIN_RECORD_LEN bytes, so the count from
-    // the header cannot make us reserve more than the input could hold.
-    let expected = header.record_count as usize;
-    if expected > input.len() / MIN_RECORD_LEN {
-        return Err(WireError::RecordCountMismatch {
-            header: header.record_count,
-            actual: (input.len() / MIN_RECORD_LEN) as i32,
-        });
-    }
-    let mut records = Vec::with_capacity(expected);
-    while !input.is_empty() {
-        if records.len() == expected {
-            return Err(WireError::TrailingBytes(input.len()));
-        }
-        records.push(convert(RecordRef::decode(
-            &mut input,
-            records.len() as i32,
-        )?));
-    }
-    if records.len() != expected {
-        return Err(WireError::RecordCountMismatch {
-            header: header.record_count,
-            actual: records.len() as i32,
-        });
+    let mut walk = RecordWalk::new(header, input)?;
+    let mut records = Vec::with_capacity(walk.expected_count());
+    while let Some(record) = walk.next_record()? {
+        records.push(convert(record));
     }
     Ok(records)
+}
+
+/// Reads the records of a records section in order, checking each, and at
+/// the end that their number is the header's record count. Decoding and
+/// validation read records only through it, so they cannot disagree on
+/// which batches are valid.
+struct RecordWalk<'a> {
+    input: &'a [u8],
+    record_count: i32,
+    records_read: i32,
+}
+
+impl<'a> RecordWalk<'a> {
+    /// Refuses a record count the section is too short to hold.
+    fn new(header: &BatchHeader, input: &'a [u8]) -> Result<RecordWalk<'a>, WireError> {
+        let capacity = input.len() / MIN_RECORD_LEN;
+        if header.record_count as usize > capacity {
+            return Err(WireError::RecordCountMismatch {
+                header: header.record_count,
+                actual: capacity as i32,
+            });
+        }
+        Ok(RecordWalk {
+            input,
+            record_count: header.record_count,
+            records_read: 0,
+        })
+    }
+
+    /// The header's record count. Every record takes at least
+    /// [`MIN_RECORD_LEN`] bytes, so it is no more than the section can hold
+    /// and safe to reserve for.
+    fn expected_count(&self) -> usize {
+        self.record_count as usize
+    }
+
+    /// The next record, or `None` once the section has ended after exactly
+    /// the header's count. Callers stop at the first error. Each record
+    /// takes at least two bytes, so the walk ends.
+    fn next_record(&mut self) -> Result<Option<RecordRef<'a>>, WireError> {
+        if self.input.is_empty() {
+            if self.records_read != self.record_count {
+                return Err(WireError::RecordCountMismatch {
+                    header: self.record_count,
+                    actual: self.records_read,
+                });
+            }
+            return Ok(None);
+        }
+        if self.records_read == self.record_count {
+            return Err(WireError::TrailingBytes(self.input.len()));
+        }
+        let record = RecordRef::read(&mut self.input, self.records_read)?;
+        self.records_read += 1;
+        Ok(Some(record))
+    }
 }
 
 /// A record whose key and value share the memory of the frame it came in
@@ -649,7 +727,7 @@ impl SharedBatch {
             offset_delta: record.offset_delta,
             key: record.key.map(|key| buffer.slice_ref(key)),
             value: record.value.map(|value| buffer.slice_ref(value)),
-            headers: record.headers,
+            headers: record.headers.to_vec(),
         })?;
         Ok((SharedBatch { header, records }, total))
     }

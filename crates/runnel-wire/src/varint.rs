@@ -37,6 +37,7 @@ fn unsigned_len(value: u64) -> usize {
 }
 
 /// Reads a zig-zag varint from the front of `input`, advancing it.
+#[inline]
 pub(crate) fn get_varint(input: &mut &[u8]) -> Result<i32, WireError> {
     let raw = get_unsigned(input, VARINT_MAX_BYTES)?;
     let raw = u32::try_from(raw).map_err(|_| WireError::VarintTooLong(VARINT_MAX_BYTES))?;
@@ -44,11 +45,13 @@ pub(crate) fn get_varint(input: &mut &[u8]) -> Result<i32, WireError> {
 }
 
 /// Reads a zig-zag varlong from the front of `input`, advancing it.
+#[inline]
 pub(crate) fn get_varlong(input: &mut &[u8]) -> Result<i64, WireError> {
     let raw = get_unsigned(input, VARLONG_MAX_BYTES)?;
     Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64))
 }
 
+#[inline]
 fn get_unsigned(input: &mut &[u8], max_bytes: usize) -> Result<u64, WireError> {
     let mut value: u64 = 0;
     for index in 0..max_bytes {

@@ -1,7 +1,8 @@
 //! Feeds arbitrary bytes to `RecordBatch::decode`. Whatever decodes must
 //! survive re-encoding: decoding our own bytes gives the same batch back.
 //! `SharedBatch::decode` (records sharing the input's memory) must accept,
-//! refuse and decode exactly alike.
+//! refuse and decode exactly alike, and `RecordBatch::validate` must reach
+//! the same verdict with the same length or error.
 
 #![no_main]
 
@@ -56,6 +57,12 @@ fn check(data: &[u8]) {
         (Err(owned), Err(shared)) => assert_eq!(owned, shared),
         _ => panic!("owned and shared decoding disagree: {owned:?} vs {shared:?}"),
     }
+    let verdict = owned.as_ref().map(|(_, used)| *used).map_err(Clone::clone);
+    assert_eq!(
+        RecordBatch::validate(data, LIMITS),
+        verdict,
+        "validate and decode disagree"
+    );
     let Ok((batch, consumed)) = owned else {
         return;
     };

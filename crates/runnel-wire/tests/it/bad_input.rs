@@ -13,16 +13,27 @@ use crate::support::{
 };
 
 fn decode(bytes: &[u8]) -> Result<(RecordBatch, usize), WireError> {
-    RecordBatch::decode(bytes, DecodeLimits::default())
+    decode_with_limit(bytes, DecodeLimits::default().max_decompressed_bytes)
 }
 
+/// Decodes `bytes`, and checks that validating them reaches the same
+/// verdict: every hostile case here is a case for `validate` too, and the
+/// memory bounds measured around a decode hold for both.
 fn decode_with_limit(bytes: &[u8], limit: usize) -> Result<(RecordBatch, usize), WireError> {
-    RecordBatch::decode(
-        bytes,
-        DecodeLimits {
-            max_decompressed_bytes: limit,
-        },
-    )
+    let limits = DecodeLimits {
+        max_decompressed_bytes: limit,
+    };
+    let decoded = RecordBatch::decode(bytes, limits);
+    let verdict = decoded
+        .as_ref()
+        .map(|(_, used)| *used)
+        .map_err(Clone::clone);
+    assert_eq!(
+        RecordBatch::validate(bytes, limits),
+        verdict,
+        "validate and decode disagree"
+    );
+    decoded
 }
 
 fn codec_attributes(codec: Compression) -> i16 {

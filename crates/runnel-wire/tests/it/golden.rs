@@ -150,6 +150,12 @@ fn every_vector_decodes_to_exactly_its_records() {
         let (got, consumed) = RecordBatch::decode(&bytes, DecodeLimits::default())
             .unwrap_or_else(|error| panic!("{}: {error}", vector.name));
         assert_eq!(consumed, bytes.len(), "{}", vector.name);
+        assert_eq!(
+            RecordBatch::validate(&bytes, DecodeLimits::default()),
+            Ok(bytes.len()),
+            "{}",
+            vector.name
+        );
         assert_eq!(got.header, want.header, "{}", vector.name);
         assert_eq!(got.records, want.records, "{}", vector.name);
         assert_eq!(
