@@ -2,7 +2,8 @@
 //! model (the SPUs hold the other half).
 //!
 //! With security on, every request is authenticated anew: a certificate
-//! revoked after its connection opened fails the next request. Then:
+//! revoked, or expired, after its connection opened fails the next
+//! request. Then:
 //! superusers may do everything; node identities (`sc`, `spu:<id>`) may
 //! use the private apis only, and an SPU only for itself; anyone else is
 //! judged by the policy, deny by default. A connection without a
@@ -11,15 +12,18 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use runnel_api::{ApiError, ApiKey, ErrorCode, Listener};
 use runnel_auth::{Action, Resource};
 use runnel_metadata::{Change, MetadataUpdate, Object, ObjectKey, Partition, SecurityState, Topic};
 use runnel_pki::PeerIdentity;
 use runnel_types::{SpuId, TopicName};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tracing::warn;
 
-use crate::security::Security;
+use crate::security::{Security, now_unix};
 
 /// The sender of a request, as far as authorization goes.
 #[derive(Debug, Clone)]
@@ -40,8 +44,8 @@ pub enum Caller {
 }
 
 /// Who sent a request for `key` on a connection with `identity`; refuses a
-/// revoked certificate, and anything but api versions and login without
-/// one.
+/// revoked or expired certificate, and anything but api versions and login
+/// without one.
 pub fn authenticate(
     security: Option<&Security>,
     identity: Option<&PeerIdentity>,
@@ -59,11 +63,46 @@ pub fn authenticate(
     if security.is_revoked(&identity.serial) {
         return Err(revoked(identity));
     }
+    if identity.not_after_unix < now_unix() {
+        return Err(expired(identity));
+    }
     Ok(Caller::identify(&identity.principal, security.current()))
 }
 
+/// The answer to a request made with a certificate that has expired since
+/// its connection opened.
+fn expired(identity: &PeerIdentity) -> ApiError {
+    let not_after = OffsetDateTime::from_unix_timestamp(identity.not_after_unix)
+        .ok()
+        .and_then(|not_after| not_after.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("{} (Unix seconds)", identity.not_after_unix));
+    ApiError::new(
+        ErrorCode::AUTHENTICATION_FAILED,
+        format!(
+            "the certificate naming {principal} expired at {not_after}; get a new one with \
+             `runnel login`",
+            principal = identity.principal,
+        ),
+    )
+}
+
+/// Resolves once `identity`'s certificate has expired: streams that
+/// outlive it end then. Never resolves without a certificate.
+pub async fn expiry(identity: Option<&PeerIdentity>) {
+    let Some(identity) = identity else {
+        return std::future::pending().await;
+    };
+    // Expired from the second after its last valid one.
+    let expired_at = u64::try_from(identity.not_after_unix.saturating_add(1)).unwrap_or(0);
+    let expired_at = UNIX_EPOCH + Duration::from_secs(expired_at);
+    let remaining = expired_at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::sleep(remaining).await;
+}
+
 /// The answer to a request made with a revoked certificate.
-pub fn revoked(identity: &PeerIdentity) -> ApiError {
+fn revoked(identity: &PeerIdentity) -> ApiError {
     ApiError::new(
         ErrorCode::AUTHENTICATION_FAILED,
         format!(

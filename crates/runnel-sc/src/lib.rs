@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runnel_api::Listener;
-use runnel_pki::{ClusterCa, PkiError};
+use runnel_pki::{ClusterCa, PkiError, PrincipalSource};
 use runnel_transport::{Admission, NodeTls, Revocations, ServerTls, TlsError, TransportConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -245,9 +245,15 @@ fn secure(config: &ScConfig) -> Result<Option<Secured>, ScError> {
         }
         return Ok(None);
     };
-    for superuser in &config.superusers {
-        runnel_auth::validate_principal(superuser)
-            .map_err(|error| ScError::Security(format!("superuser {superuser:?}: {error}")))?;
+    check_superusers(&config.superusers)?;
+    if config.ca_key_pem.is_some() && tls.principal_source != PrincipalSource::CommonName {
+        return Err(ScError::Security(format!(
+            "the SC signs logins with the CA key, but takes principals from {} \
+             (--principal-from): login certificates name their user in the common name only, \
+             so no login could be used; take principals from the common name \
+             (--principal-from cn), or give no CA key",
+            tls.principal_source
+        )));
     }
     let max_cert_lifetime = time::Duration::try_from(config.max_cert_lifetime)
         .ok()
@@ -284,6 +290,23 @@ fn secure(config: &ScConfig) -> Result<Option<Secured>, ScError> {
         revocations,
         listeners,
     }))
+}
+
+/// Refuses superusers that are no valid principal, or a cluster node's
+/// identity: a node certificate is on every node's disk, so it must never
+/// be allowed everything.
+fn check_superusers(superusers: &[String]) -> Result<(), ScError> {
+    for superuser in superusers {
+        runnel_auth::validate_principal(superuser)
+            .map_err(|error| ScError::Security(format!("superuser {superuser:?}: {error}")))?;
+        if runnel_auth::is_node_identity(superuser) {
+            return Err(ScError::Security(format!(
+                "superuser {superuser:?} is a cluster node's identity, which may use only the \
+                 private apis; name a user or a client certificate's principal instead"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The CA that signs login certificates: the certificate the SC trusts,

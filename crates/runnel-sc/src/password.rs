@@ -4,7 +4,11 @@
 //! argon2id is slow and memory-hard on purpose (19 MiB and tens of
 //! milliseconds a hash with the default parameters), so it never runs on
 //! the async threads, and a bound on hashes in progress keeps a burst of
-//! logins from taking every blocking thread and all the memory.
+//! logins from taking every blocking thread and all the memory. Hashes
+//! waiting for a place are bounded too: past that, a request is answered
+//! at once with a retriable refusal, so anonymous clients pipelining logins
+//! can make the SC neither queue without end nor starve `user add` and
+//! `user passwd` forever.
 
 use std::sync::LazyLock;
 
@@ -22,6 +26,8 @@ pub const PASSWORD_LEN_MIN: usize = 8;
 pub const PASSWORD_LEN_MAX: usize = 1024;
 /// Hashes computed at once.
 const HASHES_AT_ONCE: usize = 4;
+/// Hashes waiting for one of the [`HASHES_AT_ONCE`] places.
+const HASHES_WAITING_MAX: usize = 64;
 
 /// Checked in place of a user's hash when the user does not exist, so an
 /// unknown user name costs the same time as a wrong password and the
@@ -34,19 +40,27 @@ static ABSENT_USER_HASH: LazyLock<String> = LazyLock::new(|| {
 /// Hashes and checks passwords.
 #[derive(Debug)]
 pub struct Passwords {
+    /// A place for each hash running or waiting to run.
+    admitted: Semaphore,
     running: Semaphore,
 }
 
 impl Passwords {
     pub fn new() -> Passwords {
+        Passwords::with_limits(HASHES_AT_ONCE, HASHES_WAITING_MAX)
+    }
+
+    /// At most `at_once` hashes running and `waiting` more waiting.
+    pub fn with_limits(at_once: usize, waiting: usize) -> Passwords {
         Passwords {
-            running: Semaphore::new(HASHES_AT_ONCE),
+            admitted: Semaphore::new(at_once + waiting),
+            running: Semaphore::new(at_once),
         }
     }
 
     /// A new hash of `password`, with a fresh random salt.
     pub async fn hash(&self, password: String) -> Result<HashedPassword, ApiError> {
-        let hashed = self.blocking(move || hash_now(&password)).await;
+        let hashed = self.blocking(move || hash_now(&password)).await?;
         hashed.map(HashedPassword).map_err(|error| {
             ApiError::new(
                 ErrorCode::UNKNOWN,
@@ -57,7 +71,11 @@ impl Passwords {
 
     /// Whether `password` is the one `stored` was made from; with no
     /// stored hash, false, after the same work as a real check.
-    pub async fn verify(&self, password: String, stored: Option<HashedPassword>) -> bool {
+    pub async fn verify(
+        &self,
+        password: String,
+        stored: Option<HashedPassword>,
+    ) -> Result<bool, ApiError> {
         let known = stored.is_some();
         let matches = self
             .blocking(move || {
@@ -68,22 +86,34 @@ impl Passwords {
                         .is_ok()
                 })
             })
-            .await;
-        known && matches
+            .await?;
+        Ok(known && matches)
     }
 
-    /// Runs `work` on a blocking thread once a place is free.
-    async fn blocking<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
-        let _place = self
+    /// Runs `work` on a blocking thread once a place is free; refuses it
+    /// at once when too many hashes wait already.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _admitted = self.admitted.try_acquire().map_err(|_| busy())?;
+        let _running = self
             .running
             .acquire()
             .await
             .expect("the semaphore is never closed");
         match tokio::task::spawn_blocking(work).await {
-            Ok(value) => value,
+            Ok(value) => Ok(value),
             Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
         }
     }
+}
+
+fn busy() -> ApiError {
+    ApiError::new(
+        ErrorCode::TOO_MANY_REQUESTS,
+        "the SC is busy checking passwords; retry shortly",
+    )
 }
 
 /// Refuses a new password shorter than [`PASSWORD_LEN_MIN`] or longer
@@ -110,6 +140,9 @@ fn hash_now(password: &str) -> Result<String, argon2::password_hash::Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]
@@ -120,24 +153,20 @@ mod tests {
             .await
             .expect("hash");
         assert!(hash.0.starts_with("$argon2id$"), "{hash:?}");
-        assert!(
+        let verify = async |password: &str, stored: &HashedPassword| {
             passwords
-                .verify("correct horse".to_string(), Some(hash.clone()))
+                .verify(password.to_string(), Some(stored.clone()))
                 .await
-        );
-        assert!(
-            !passwords
-                .verify("wrong horse".to_string(), Some(hash))
-                .await
-        );
+                .expect("verified")
+        };
+        assert!(verify("correct horse", &hash).await);
+        assert!(!verify("wrong horse", &hash).await);
         let again = passwords
             .hash("correct horse".to_string())
             .await
             .expect("hash");
         assert!(
-            passwords
-                .verify("correct horse".to_string(), Some(again.clone()))
-                .await,
+            verify("correct horse", &again).await,
             "a second hash of the same password verifies too"
         );
     }
@@ -145,11 +174,58 @@ mod tests {
     #[tokio::test]
     async fn an_absent_user_never_verifies() {
         let passwords = Passwords::new();
-        assert!(
-            !passwords
-                .verify("no user has this password".to_string(), None)
-                .await
+        let verified = passwords
+            .verify("no user has this password".to_string(), None)
+            .await;
+        assert!(!verified.expect("verified"));
+    }
+
+    /// A place in the queue per waiting hash, up to the bound; past it, a
+    /// retriable refusal at once, not one more waiter.
+    #[tokio::test]
+    async fn hashes_past_the_waiting_bound_are_refused_at_once() {
+        let passwords = Arc::new(Passwords::with_limits(1, 1));
+        let held = passwords.running.acquire().await.expect("the only place");
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let passwords = Arc::clone(&passwords);
+                tokio::spawn(async move { passwords.verify("password".to_string(), None).await })
+            })
+            .collect();
+        for _ in 0..1_000 {
+            if passwords.admitted.available_permits() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(passwords.admitted.available_permits(), 0, "both admitted");
+
+        let refused = tokio::time::timeout(
+            Duration::from_secs(10),
+            passwords.hash("one too many".to_string()),
+        )
+        .await
+        .expect("refused at once, not queued")
+        .expect_err("refused");
+        assert_eq!(refused.code, ErrorCode::TOO_MANY_REQUESTS, "{refused:?}");
+        assert!(refused.code.is_retriable());
+        assert_eq!(
+            refused.message,
+            "the SC is busy checking passwords; retry shortly"
         );
+
+        drop(held);
+        for task in waiting {
+            let verified = task
+                .await
+                .expect("the task")
+                .expect("served once a place was free");
+            assert!(!verified);
+        }
+        passwords
+            .hash("room again".to_string())
+            .await
+            .expect("the queue has room again");
     }
 
     /// The stand-in hash costs what a stored one costs: same algorithm and

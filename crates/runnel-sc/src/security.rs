@@ -11,7 +11,11 @@
 //! every SPU session forwards whole.
 //!
 //! A login checks the password without the lock (hashing is slow), then
-//! signs under it, only if the user's hash is still the one checked.
+//! signs under it, only if the user's hash is still the one checked. What
+//! no user can send (an invalid name, an overlong password or CSR, a
+//! superuser's name) is refused before any hashing. Each login also drops
+//! the user's records of certificates that expired, so short-lived logins
+//! do not pile up records until a restart.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +27,7 @@ use runnel_api::{
 };
 use runnel_auth::Policy;
 use runnel_metadata::SecurityState;
-use runnel_pki::ClusterCa;
+use runnel_pki::{CSR_PEM_LEN_MAX, ClusterCa, SignedCert};
 use runnel_transport::Revocations;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
@@ -46,6 +50,11 @@ pub const MAX_CERTIFICATES_PER_USER: usize = 64;
 /// unexpired for revocation, so that a node whose clock runs behind still
 /// refuses a revoked one.
 pub const EXPIRY_GRACE_SECS: i64 = 24 * 60 * 60;
+/// The longest policy, encoded: the whole [`SecurityState`] goes to each
+/// SPU in one frame, which must stay well within the frame limit.
+pub const POLICY_ENCODED_LEN_MAX: usize = 1 << 20;
+/// Why a login with a wrong password, or for an unknown user, failed.
+const WRONG_PASSWORD: &str = "wrong user name or password";
 
 /// What the SC's security is configured with.
 #[derive(Debug)]
@@ -136,19 +145,19 @@ impl Security {
     pub async fn login(&self, request: LoginRequest) -> Reply<LoginResponse> {
         let ca = self.config.ca.as_ref().ok_or_else(no_ca)?;
         let lifetime = self.lifetime(request.lifetime_secs)?;
+        check_csr_length(&request.csr_pem)?;
         let LoginRequest {
             user,
             password,
             csr_pem,
             ..
         } = request;
+        if let Some(why) = self.refusal_before_hashing(&user, &password) {
+            return Err(self.failed_login(&user, why).await);
+        }
         let stored = self.data.lock().await.users.get(&user).cloned();
-        // A password no user can have is wrong without hashing it: the
-        // length bound is what keeps hashing cheap.
-        let verified = password.len() <= PASSWORD_LEN_MAX
-            && self.passwords.verify(password, stored.clone()).await;
-        if !verified {
-            return Err(self.failed_login(&user).await);
+        if !self.passwords.verify(password, stored.clone()).await? {
+            return Err(self.failed_login(&user, WRONG_PASSWORD).await);
         }
         let mut data = self.data.lock().await;
         // The password was checked without the lock: if it changed, or the
@@ -156,23 +165,9 @@ impl Security {
         // moment later.
         if data.users.get(&user) != stored.as_ref() {
             drop(data);
-            return Err(self.failed_login(&user).await);
+            return Err(self.failed_login(&user, WRONG_PASSWORD).await);
         }
-        data.check_certificate_room(&user, now_unix())?;
-        let signed = ca
-            .sign_csr(&csr_pem, &user, OffsetDateTime::now_utc(), lifetime)
-            .map_err(|error| ApiError::new(ErrorCode::INVALID_CSR, error.to_string()))?;
-        let record = IssuedRecord {
-            user: user.clone(),
-            not_after_unix: signed.not_after_unix,
-        };
-        let mutation = SecurityMutation::PutIssued {
-            serial: signed.serial.clone(),
-            record,
-        };
-        self.commit(&mut data, vec![mutation]).await?;
-        info!(%user, serial = %signed.serial, not_after_unix = signed.not_after_unix,
-            "certificate issued at login");
+        let signed = self.sign(&mut data, ca, &user, &csr_pem, lifetime).await?;
         Ok(LoginResponse {
             certificate_pem: signed.cert_pem,
             ca_pem: ca.cert_pem().to_string(),
@@ -180,6 +175,62 @@ impl Security {
             serial: signed.serial,
             not_after_unix: signed.not_after_unix,
         })
+    }
+
+    /// Why a login fails without its password being hashed, if it does:
+    /// what no user can have needs no hashing, and hashing is what a flood
+    /// of logins costs the SC.
+    fn refusal_before_hashing(&self, user: &str, password: &str) -> Option<&'static str> {
+        if runnel_auth::validate_user_name(user).is_err() {
+            return Some("not a valid user name");
+        }
+        if password.len() > PASSWORD_LEN_MAX {
+            return Some("a password longer than any user's");
+        }
+        if self.is_superuser(user) {
+            return Some(
+                "the name of a superuser, who may not log in with a password: a password \
+                 login would hand out superuser certificates",
+            );
+        }
+        None
+    }
+
+    /// Signs `csr_pem` for `user` and records the certificate, dropping
+    /// the user's records that expired meanwhile.
+    async fn sign(
+        &self,
+        data: &mut Data,
+        ca: &ClusterCa,
+        user: &str,
+        csr_pem: &str,
+        lifetime: time::Duration,
+    ) -> Result<SignedCert, ApiError> {
+        let now = now_unix();
+        data.check_certificate_room(user, now)?;
+        let signed = ca
+            .sign_csr(csr_pem, user, OffsetDateTime::now_utc(), lifetime)
+            .map_err(|error| ApiError::new(ErrorCode::INVALID_CSR, error.to_string()))?;
+        let mut mutations = data.expired_of(user, now);
+        let pruned = mutations.len();
+        mutations.push(SecurityMutation::PutIssued {
+            serial: signed.serial.clone(),
+            record: IssuedRecord {
+                user: user.to_string(),
+                not_after_unix: signed.not_after_unix,
+            },
+        });
+        self.commit(data, mutations).await?;
+        info!(%user, serial = %signed.serial, not_after_unix = signed.not_after_unix, pruned,
+            "certificate issued at login");
+        Ok(signed)
+    }
+
+    fn is_superuser(&self, name: &str) -> bool {
+        self.config
+            .superusers
+            .iter()
+            .any(|superuser| superuser == name)
     }
 
     /// The lifetime of a login certificate: as asked, at most the maximum.
@@ -200,11 +251,12 @@ impl Security {
     }
 
     /// Waits the failed-authentication delay, then answers the same for a
-    /// wrong password and an unknown user.
-    async fn failed_login(&self, user: &str) -> ApiError {
+    /// wrong password, an unknown user and every other refusal, so the
+    /// answer tells nothing of the users; the log says `why`.
+    async fn failed_login(&self, user: &str, why: &'static str) -> ApiError {
         match runnel_auth::validate_user_name(user) {
-            Ok(()) => warn!(%user, "login refused: wrong user name or password"),
-            Err(_) => warn!("login refused: not a valid user name"),
+            Ok(()) => warn!(%user, why, "login refused"),
+            Err(_) => warn!(why, "login refused"),
         }
         tokio::time::sleep(self.config.failed_auth_delay).await;
         ApiError::new(
@@ -218,6 +270,16 @@ impl Security {
     pub async fn user_add(&self, request: UserAddRequest) -> Reply<()> {
         let UserAddRequest { name, password } = request;
         runnel_auth::validate_user_name(&name).map_err(invalid_input)?;
+        if self.is_superuser(&name) {
+            return Err(ApiError::new(
+                ErrorCode::INVALID_CONFIG,
+                format!(
+                    "{name} is a superuser of this SC; a password login for it would hand out \
+                     superuser certificates, so superusers get certificates from the cluster CA \
+                     only; choose another name"
+                ),
+            ));
+        }
         check_new_password(&password)?;
         self.data.lock().await.check_user_room(&name)?;
         let password = self.passwords.hash(password).await?;
@@ -422,6 +484,7 @@ impl Security {
         policy
             .validate()
             .map_err(|error| ApiError::new(ErrorCode::INVALID_POLICY, error.to_string()))?;
+        check_policy_len(&policy)?;
         self.commit(data, vec![SecurityMutation::PutPolicy(policy)])
             .await
     }
@@ -495,6 +558,10 @@ impl Data {
                 self.revoked.insert(serial, not_after_unix);
                 true
             }
+            SecurityMutation::DeleteRevoked(serial) => {
+                self.revoked.remove(&serial);
+                true
+            }
         }
     }
 
@@ -528,6 +595,28 @@ impl Data {
             })
             .cloned()
             .collect()
+    }
+
+    /// The mutations dropping the user's certificates that expired, grace
+    /// included, and their revocations: each login leaves a record, which
+    /// would otherwise stay until the SC restarts however short its
+    /// certificate's lifetime.
+    fn expired_of(&self, user: &str, now: i64) -> Vec<SecurityMutation> {
+        let mut mutations = Vec::new();
+        for serial in self.issued_of(user) {
+            if unexpired(self.issued[serial].not_after_unix, now) {
+                continue;
+            }
+            mutations.push(SecurityMutation::DeleteIssued(serial.clone()));
+            if self
+                .revoked
+                .get(serial)
+                .is_some_and(|not_after| !unexpired(*not_after, now))
+            {
+                mutations.push(SecurityMutation::DeleteRevoked(serial.clone()));
+            }
+        }
+        mutations
     }
 
     /// The roles bound to `principal`, by name.
@@ -609,6 +698,37 @@ pub fn now_unix() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// Refuses a CSR too long to sign before anything is hashed for it.
+fn check_csr_length(csr_pem: &str) -> Result<(), ApiError> {
+    if csr_pem.len() <= CSR_PEM_LEN_MAX {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::INVALID_CSR,
+        format!(
+            "the CSR is {} bytes long, more than the {CSR_PEM_LEN_MAX} the SC signs; make one \
+             with `runnel login`",
+            csr_pem.len()
+        ),
+    ))
+}
+
+/// Refuses a policy longer, encoded, than [`POLICY_ENCODED_LEN_MAX`].
+fn check_policy_len(policy: &Policy) -> Result<(), ApiError> {
+    let length = runnel_api::encode(policy).len();
+    if length <= POLICY_ENCODED_LEN_MAX {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::INVALID_POLICY,
+        format!(
+            "the policy is {length} bytes encoded, more than the {POLICY_ENCODED_LEN_MAX} bytes \
+             a policy may have, since every SPU receives it whole in one message; use fewer \
+             roles and bindings, or broader patterns"
+        ),
+    ))
+}
+
 fn no_ca() -> ApiError {
     ApiError::new(
         ErrorCode::SECURITY_DISABLED,
@@ -619,4 +739,214 @@ fn no_ca() -> ApiError {
 
 fn invalid_input(error: runnel_auth::PolicyError) -> ApiError {
     ApiError::new(ErrorCode::INVALID_CONFIG, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use runnel_auth::{Action, Binding, Effect, ResourcePattern, Role, Rule};
+
+    use super::*;
+
+    const PASSWORD: &str = "correct horse battery";
+    const SUPERUSER: &str = "root";
+
+    /// Security over a fresh store in `dir` holding users `users` (all
+    /// with [`PASSWORD`]) and then `mutations`, with [`SUPERUSER`].
+    async fn security(
+        dir: &tempfile::TempDir,
+        users: &[&str],
+        mutations: Vec<SecurityMutation>,
+    ) -> Security {
+        let store = Store::open(&dir.path().join(crate::STORE_FILE)).expect("a store");
+        let password = Passwords::new()
+            .hash(PASSWORD.to_string())
+            .await
+            .expect("a hash");
+        let mut initial: Vec<SecurityMutation> = users
+            .iter()
+            .map(|name| SecurityMutation::PutUser {
+                name: name.to_string(),
+                password: password.clone(),
+            })
+            .collect();
+        initial.extend(mutations);
+        store.apply_security(&initial).expect("initial security");
+        let loaded = store.load_security().expect("loaded");
+        let now = OffsetDateTime::now_utc();
+        let config = SecurityConfig {
+            superusers: vec![SUPERUSER.to_string()],
+            ca: Some(ClusterCa::generate("test", now, time::Duration::days(1)).expect("a CA")),
+            max_cert_lifetime: time::Duration::hours(1),
+            failed_auth_delay: Duration::ZERO,
+        };
+        Security::new(config, Arc::new(store), loaded, Revocations::default())
+    }
+
+    fn login_request(user: &str, password: &str) -> LoginRequest {
+        LoginRequest {
+            user: user.to_string(),
+            password: password.to_string(),
+            csr_pem: runnel_pki::generate_csr("what-the-csr-asks")
+                .expect("a CSR")
+                .csr_pem,
+            lifetime_secs: None,
+        }
+    }
+
+    fn issued(serial: &str, user: &str, not_after_unix: i64) -> SecurityMutation {
+        SecurityMutation::PutIssued {
+            serial: serial.to_string(),
+            record: IssuedRecord {
+                user: user.to_string(),
+                not_after_unix,
+            },
+        }
+    }
+
+    fn revoked(serial: &str, not_after_unix: i64) -> SecurityMutation {
+        SecurityMutation::PutRevoked {
+            serial: serial.to_string(),
+            not_after_unix,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_login_drops_the_users_expired_records() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let now = now_unix();
+        let long_ago = now - EXPIRY_GRACE_SECS - 60;
+        let lately = now - 60;
+        let security = security(
+            &dir,
+            &["alice", "bob"],
+            vec![
+                issued("0a01", "alice", long_ago),
+                revoked("0a01", long_ago),
+                issued("0a02", "alice", lately),
+                revoked("0a02", lately),
+                issued("0b01", "bob", long_ago),
+            ],
+        )
+        .await;
+        assert!(security.is_revoked("0a01"));
+
+        let response = security
+            .login(login_request("alice", PASSWORD))
+            .await
+            .expect("logged in");
+
+        let data = security.data.lock().await;
+        let issued: Vec<&str> = data.issued.keys().map(String::as_str).collect();
+        let mut expected = vec!["0a02", "0b01", response.serial.as_str()];
+        expected.sort();
+        assert_eq!(issued, expected, "alice's long-expired record is gone");
+        let revoked: Vec<&str> = data.revoked.keys().map(String::as_str).collect();
+        assert_eq!(revoked, ["0a02"], "revoked within the grace stays");
+        assert!(!security.is_revoked("0a01"));
+        assert!(security.is_revoked("0a02"));
+        let stored = data
+            .store
+            .as_ref()
+            .expect("open")
+            .load_security()
+            .expect("loaded");
+        assert_eq!(stored.issued, data.issued, "the store dropped them too");
+        assert_eq!(stored.revoked, data.revoked);
+    }
+
+    /// With no room to hash at all, only what reaches hashing is refused
+    /// as busy: everything else is answered before.
+    #[tokio::test]
+    async fn logins_no_user_can_make_are_refused_before_hashing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut security = security(&dir, &["alice", SUPERUSER], vec![]).await;
+        security.passwords = Passwords::with_limits(0, 0);
+        let oversized_csr = LoginRequest {
+            csr_pem: "c".repeat(CSR_PEM_LEN_MAX + 1),
+            ..login_request("alice", PASSWORD)
+        };
+        let cases = [
+            (
+                login_request("no such/name", PASSWORD),
+                ErrorCode::AUTHENTICATION_FAILED,
+            ),
+            (
+                login_request("alice", &"p".repeat(PASSWORD_LEN_MAX + 1)),
+                ErrorCode::AUTHENTICATION_FAILED,
+            ),
+            (
+                login_request(SUPERUSER, PASSWORD),
+                ErrorCode::AUTHENTICATION_FAILED,
+            ),
+            (oversized_csr, ErrorCode::INVALID_CSR),
+            (
+                login_request("alice", PASSWORD),
+                ErrorCode::TOO_MANY_REQUESTS,
+            ),
+        ];
+        for (request, code) in cases {
+            let user = request.user.clone();
+            let error = security.login(request).await.expect_err("refused");
+            assert_eq!(error.code, code, "{user}: {error:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_superuser_gets_no_password() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let security = security(&dir, &[], vec![]).await;
+        let request = UserAddRequest {
+            name: SUPERUSER.to_string(),
+            password: PASSWORD.to_string(),
+        };
+        let error = security.user_add(request).await.expect_err("refused");
+        assert_eq!(error.code, ErrorCode::INVALID_CONFIG, "{error:?}");
+        assert!(
+            error.message.starts_with(
+                "root is a superuser of this SC; a password login for it would hand out \
+                 superuser certificates"
+            ),
+            "{error:?}"
+        );
+        assert!(security.user_list().await.is_empty());
+    }
+
+    /// Each SPU receives the whole policy in one message.
+    #[tokio::test]
+    async fn a_policy_too_long_to_send_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let security = security(&dir, &[], vec![]).await;
+        let role = Role {
+            name: "reader".to_string(),
+            rules: vec![Rule {
+                effect: Effect::Allow,
+                actions: vec![Action::Describe],
+                resources: vec!["topic:*".parse::<ResourcePattern>().expect("pattern")],
+            }],
+        };
+        let bindings = (0..runnel_auth::MAX_BINDINGS)
+            .map(|at| Binding {
+                principal: format!("{}{at:05}", "p".repeat(120)),
+                role: "reader".to_string(),
+            })
+            .collect();
+        let policy = Policy {
+            roles: vec![role],
+            bindings,
+        };
+        policy.validate().expect("valid, only too long");
+        let length = runnel_api::encode(&policy).len();
+        assert!(length > POLICY_ENCODED_LEN_MAX, "{length}");
+
+        let error = security.apply_policy(policy).await.expect_err("refused");
+        assert_eq!(error.code, ErrorCode::INVALID_POLICY, "{error:?}");
+        let expected = format!(
+            "the policy is {length} bytes encoded, more than the {POLICY_ENCODED_LEN_MAX} bytes"
+        );
+        assert!(error.message.starts_with(&expected), "{error:?}");
+        assert_eq!(security.role_list().await, Policy::default());
+        assert_eq!(security.current().policy, Policy::default());
+    }
 }

@@ -50,8 +50,8 @@ enum SessionEnd {
     BySpu(&'static str),
     /// The SC ended it (replaced, timed out, shutting down).
     BySc,
-    /// The SPU's certificate was revoked.
-    Revoked(ApiError),
+    /// The SPU's certificate was revoked, or expired.
+    Unauthenticated(ApiError),
 }
 
 impl Service {
@@ -324,8 +324,10 @@ impl Service {
     /// Sends a snapshot, then every change, until the watcher cancels or
     /// the SC shuts down. A watcher that falls further behind than the
     /// change feed holds gets a new snapshot, and so does one whose
-    /// permissions may have changed; one whose certificate is revoked is
-    /// ended. It sees only the topics and partitions it may describe.
+    /// permissions may have changed; one whose certificate is revoked or
+    /// expires is ended. It sees only the topics and partitions it may
+    /// describe, and no change that is empty once filtered: its version
+    /// alone would tell of activity on hidden topics.
     async fn watch_metadata(
         &self,
         mut caller: Caller,
@@ -337,14 +339,16 @@ impl Service {
         let mut next: MetadataUpdate = snapshot;
         loop {
             let visible = caller.visible_update(next);
-            tokio::select! {
-                _ = self.shutdown.cancelled() => {
-                    stream.end(Err(shutting_down())).await;
-                    return;
-                }
-                sent = stream.send(&visible) => {
-                    if sent.is_err() {
+            if !is_empty_delta(&visible) {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => {
+                        stream.end(Err(shutting_down())).await;
                         return;
+                    }
+                    sent = stream.send(&visible) => {
+                        if sent.is_err() {
+                            return;
+                        }
                     }
                 }
             }
@@ -367,7 +371,7 @@ impl Service {
                     }
                     Err(RecvError::Closed) => return,
                 },
-                () = security_changed(&mut security) => {
+                () = recheck_due(&mut security, identity.as_deref()) => {
                     let judged = access::authenticate(
                         self.security.as_deref(),
                         identity.as_deref(),
@@ -407,7 +411,7 @@ impl Service {
     /// Serves an SPU's session: its assignments, then each change to them,
     /// and with security on the security state after each snapshot and
     /// whenever it changes, until the SPU goes away, the SC ends the
-    /// session, or the SPU's certificate is revoked.
+    /// session, or the SPU's certificate is revoked or expires.
     async fn spu_session(
         &self,
         session: Arc<Session>,
@@ -427,9 +431,14 @@ impl Service {
                     snapshot_sent = true;
                     with_security_after_snapshot(updates, security.as_mut())
                 }
-                () = security_changed(&mut security), if snapshot_sent => {
-                    if let Some(revoked) = self.revoked(identity.as_deref()) {
-                        break 'serve SessionEnd::Revoked(revoked);
+                () = recheck_due(&mut security, identity.as_deref()), if snapshot_sent => {
+                    let judged = access::authenticate(
+                        self.security.as_deref(),
+                        identity.as_deref(),
+                        ApiKey::SpuConnect,
+                    );
+                    if let Err(error) = judged {
+                        break 'serve SessionEnd::Unauthenticated(error);
                     }
                     security.as_mut().map(latest_security).into_iter().collect()
                 }
@@ -448,23 +457,14 @@ impl Service {
         let why = match &end {
             SessionEnd::BySpu(why) => why,
             SessionEnd::BySc => "the SC ended its session",
-            SessionEnd::Revoked(_) => "its certificate was revoked",
+            SessionEnd::Unauthenticated(_) => "its certificate was revoked or has expired",
         };
         self.controller.disconnect(&session, why).await;
         match end {
             SessionEnd::BySpu(_) => {}
             SessionEnd::BySc => stream.end(Err(session.end_reason())).await,
-            SessionEnd::Revoked(error) => stream.end(Err(error)).await,
+            SessionEnd::Unauthenticated(error) => stream.end(Err(error)).await,
         }
-    }
-
-    /// The refusal for `identity`, if its certificate is revoked.
-    fn revoked(&self, identity: Option<&PeerIdentity>) -> Option<ApiError> {
-        let security = self.security.as_deref()?;
-        let identity = identity?;
-        security
-            .is_revoked(&identity.serial)
-            .then(|| access::revoked(identity))
     }
 }
 
@@ -569,6 +569,23 @@ async fn security_changed(security: &mut Option<watch::Receiver<Arc<SecurityStat
     if receiver.changed().await.is_err() {
         std::future::pending().await
     }
+}
+
+/// Resolves when a stream's caller must be authenticated again: the
+/// security state changed, or the certificate expired.
+async fn recheck_due(
+    security: &mut Option<watch::Receiver<Arc<SecurityState>>>,
+    identity: Option<&PeerIdentity>,
+) {
+    tokio::select! {
+        () = security_changed(security) => {}
+        () = access::expiry(identity) => {}
+    }
+}
+
+/// Whether `update` is a change with nothing in it.
+fn is_empty_delta(update: &MetadataUpdate) -> bool {
+    matches!(update, MetadataUpdate::Delta { changes, .. } if changes.is_empty())
 }
 
 /// The latest security state, marked as seen, as an SPU receives it.

@@ -79,6 +79,9 @@ pub enum SecurityMutation {
         serial: String,
         not_after_unix: i64,
     },
+    /// Forgets the revocation of a certificate that has expired, which no
+    /// node accepts anyway.
+    DeleteRevoked(String),
 }
 
 /// The security tables, as read at startup.
@@ -260,6 +263,13 @@ impl Tables<'_> {
                 {
                     return Err(StoreError::Inconsistent(format!(
                         "certificate {serial} is revoked twice"
+                    )));
+                }
+            }
+            SecurityMutation::DeleteRevoked(serial) => {
+                if self.revoked.remove(serial.as_str())?.is_none() {
+                    return Err(StoreError::Inconsistent(format!(
+                        "the revocation of certificate {serial} is deleted but not stored"
                     )));
                 }
             }
@@ -469,8 +479,12 @@ mod tests {
                     revoked("bb", 3_000),
                     SecurityMutation::DeleteUser("bob".to_string()),
                     revoked("ff", NOT_AFTER_UNKNOWN),
+                    revoked("cc", 1_000),
                 ])
                 .expect("delete bob");
+            store
+                .apply_security(&[SecurityMutation::DeleteRevoked("cc".to_string())])
+                .expect("an expired revocation forgotten");
         }
         let loaded = open(&dir).load_security().expect("load");
         assert_eq!(
@@ -527,6 +541,7 @@ mod tests {
             vec![SecurityMutation::DeleteUser("alice".to_string())],
             vec![SecurityMutation::DeleteUser("dave".to_string())],
             vec![SecurityMutation::DeleteIssued("04".to_string())],
+            vec![SecurityMutation::DeleteRevoked("04".to_string())],
             // Revoked twice; an invalid policy.
             vec![put_user("carol"), revoked("02", 5)],
             vec![SecurityMutation::PutPolicy(unknown_role)],

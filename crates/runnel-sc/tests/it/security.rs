@@ -12,7 +12,7 @@ use runnel_api::{
     UserRevokeRequest, WatchMetadataRequest,
 };
 use runnel_auth::{Action, Binding, Effect, Policy, ResourcePattern, Role, Rule};
-use runnel_metadata::{AssignmentUpdate, SecurityState};
+use runnel_metadata::{AssignmentUpdate, MetadataUpdate, SecurityState};
 use runnel_pki::{PeerIdentity, PrincipalSource};
 use runnel_sc::ScError;
 use runnel_transport::{Connection, TransportError};
@@ -336,6 +336,89 @@ async fn unusable_tls_material_stops_the_sc_at_once() {
     assert!(error.to_string().contains("does not belong"), "{error}");
 }
 
+#[tokio::test]
+async fn security_settings_that_cannot_work_stop_the_sc_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = Pki::new();
+    let mut san_principals = SecureSc::config(dir.path(), &pki);
+    if let Some(tls) = &mut san_principals.tls {
+        tls.principal_source = PrincipalSource::SanDns;
+    }
+    let node_superuser = runnel_sc::ScConfig {
+        superusers: vec![SUPERUSER.to_string(), "spu:1".to_string()],
+        ..SecureSc::config(dir.path(), &pki)
+    };
+    for (config, text) in [
+        (
+            san_principals,
+            "login certificates name their user in the common name only",
+        ),
+        (
+            node_superuser,
+            "superuser \"spu:1\" is a cluster node's identity",
+        ),
+    ] {
+        let error = bounded("run", runnel_sc::run(config, CancellationToken::new()))
+            .await
+            .expect_err("refused");
+        assert!(matches!(error, ScError::Security(_)), "{error}");
+        assert!(error.to_string().contains(text), "{error}");
+    }
+}
+
+/// Certificates that expire while their connections are open: the next
+/// request fails, and the streams end without waiting for one, a watch
+/// and an SPU session alike.
+#[tokio::test]
+async fn an_expired_certificate_fails_its_next_request_and_ends_its_streams() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sc = SecureSc::start(dir.path(), Pki::new()).await;
+    // Long enough for the connections to open, however busy the machine.
+    let lifetime = time::Duration::seconds(4);
+    let (cert, key) = sc.pki.lasting("alice", lifetime);
+    let alice = sc.public_with(Some((&cert, &key))).await;
+    let mut watch = Watcher::open(&alice).await;
+    let (spu_cert, spu_key) = sc.pki.lasting("spu:1", lifetime);
+    let mut spu = sc.spu_with(1, (&spu_cert, &spu_key)).await;
+    let not_after = identity_of(&cert).not_after_unix;
+    let last_not_after = not_after.max(identity_of(&spu_cert).not_after_unix);
+    bounded("the certificates to expire", async {
+        while now().unix_timestamp() <= last_not_after {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+
+    let expired_at = time::OffsetDateTime::from_unix_timestamp(not_after)
+        .expect("a time")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339");
+    assert_error(
+        bounded("list", alice.call(&ListTopicsRequest { names: vec![] })).await,
+        ErrorCode::AUTHENTICATION_FAILED,
+        &format!(
+            "the certificate naming alice expired at {expired_at}; get a new one with `runnel \
+             login`"
+        ),
+    );
+    let ended = bounded("the watch's end", async {
+        loop {
+            match watch.stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(TransportError::Api(error))) => return error,
+                other => panic!("expected the watch to end with an error, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended.code, ErrorCode::AUTHENTICATION_FAILED, "{ended:?}");
+    assert!(ended.message.contains("alice expired at"), "{ended:?}");
+    let ended = spu.ended().await.expect("ended with an error");
+    assert_eq!(ended.code, ErrorCode::AUTHENTICATION_FAILED, "{ended:?}");
+    assert!(ended.message.contains("spu:1 expired at"), "{ended:?}");
+    sc.stop().await;
+}
+
 /// Each SC api for a superuser, a principal allowed everything, one
 /// whose deny rule overrides that allow, and one with no rule at all.
 #[tokio::test]
@@ -533,6 +616,13 @@ async fn lists_and_watches_show_only_what_the_principal_may_describe() {
             view.topics.contains_key(&name("public-b"))
         })
         .await;
+    // A change with nothing visible is not sent: its version alone would
+    // tell that something hidden happened.
+    for update in &watcher.updates {
+        if let MetadataUpdate::Delta { version, changes } = update {
+            assert!(!changes.is_empty(), "an empty change at version {version}");
+        }
+    }
     assert!(
         !watcher
             .view
@@ -862,6 +952,12 @@ async fn users_and_roles_are_managed_with_clear_refusals() {
             "8 to 1024 bytes",
         ),
         (add("sc", PASSWORD), ErrorCode::INVALID_CONFIG, "node name"),
+        (
+            add(SUPERUSER, PASSWORD),
+            ErrorCode::INVALID_CONFIG,
+            "admin is a superuser of this SC; a password login for it would hand out superuser \
+             certificates",
+        ),
         (
             add("spu:1", PASSWORD),
             ErrorCode::INVALID_CONFIG,

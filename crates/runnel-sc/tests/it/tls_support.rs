@@ -34,6 +34,12 @@ impl Pki {
 
     /// A certificate and key naming `principal`, valid for loopback.
     pub fn identity(&self, principal: &str) -> (String, String) {
+        self.lasting(principal, time::Duration::days(1))
+    }
+
+    /// A certificate and key naming `principal`, valid for loopback, that
+    /// expire `lifetime` from now.
+    pub fn lasting(&self, principal: &str, lifetime: time::Duration) -> (String, String) {
         let issued = self
             .ca
             .issue(
@@ -41,7 +47,7 @@ impl Pki {
                 &[],
                 &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
                 now(),
-                time::Duration::days(1),
+                lifetime,
             )
             .expect("a test certificate");
         (issued.cert_pem, issued.key_pem)
@@ -154,7 +160,13 @@ impl SecureSc {
 
     /// Connects SPU `id` with its own node certificate.
     pub async fn spu(&self, id: u32) -> FakeSpu {
-        let connection = self.node(&format!("spu:{id}")).await;
+        let (cert, key) = self.pki.identity(&format!("spu:{id}"));
+        self.spu_with(id, (&cert, &key)).await
+    }
+
+    /// Connects SPU `id` presenting `identity` (certificate and key PEM).
+    pub async fn spu_with(&self, id: u32, identity: (&str, &str)) -> FakeSpu {
+        let connection = connect_ready(&self.private_addr, self.pki.client(Some(identity))).await;
         let assignments = bounded(
             "SpuConnect",
             connection.stream(&SpuConnectRequest { spec: spu_spec(id) }, 64),
