@@ -3,10 +3,18 @@
 //! the decisions both listeners ask of it, request by request.
 //!
 //! Deny by default: until the SC's first security state arrives, every
-//! client request is refused. Checks run before any work, so a refused
-//! request appends nothing and opens no stream.
+//! request is refused, from clients and peer SPUs alike. Checks run
+//! before any work, so a refused request appends nothing and opens no
+//! stream.
+//!
+//! A certificate is checked on every request (revoked? expired?), since a
+//! connection outlives both events. A stream is a request that never
+//! ends, so it holds a [`Grant`]: its permission, checked again at each
+//! of its passes, whenever the security state changes, and when the
+//! certificate expires.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use runnel_api::{ApiError, ErrorCode};
 use runnel_auth::{Action, Denied, Resource};
@@ -14,7 +22,10 @@ use runnel_metadata::{PartitionKey, SecurityState};
 use runnel_pki::PeerIdentity;
 use runnel_transport::Revocations;
 use runnel_types::{SpuId, TopicName};
+use tokio::sync::watch;
 use tracing::warn;
+
+use crate::now_ms;
 
 /// The prefix of an SPU's principal, `spu:<id>`.
 const SPU_PRINCIPAL_PREFIX: &str = "spu:";
@@ -32,6 +43,30 @@ pub(crate) struct Authorizer {
     revocations: Revocations,
     /// `None` until the SC sends the first state.
     state: RwLock<Option<Arc<SecurityState>>>,
+    /// Counts the states taken: open streams wait on it to authorize
+    /// again, since a change may withdraw what they were granted.
+    changes: watch::Sender<u64>,
+}
+
+/// What a stream needs for as long as it is open.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Permission<'a> {
+    /// A client's `action` on a topic.
+    Topic(Action, &'a TopicName),
+    /// A peer replicating as this follower.
+    Follower(SpuId),
+}
+
+/// An open stream's authorization. The stream checks it at each pass and
+/// ends with [`Grant::revoked`]'s refusal, so a revocation, a narrower
+/// policy or an expiry stops it even while it has nothing to send.
+#[derive(Debug)]
+pub(crate) struct Grant<'a> {
+    authorizer: &'a Authorizer,
+    identity: Option<&'a PeerIdentity>,
+    permission: Permission<'a>,
+    /// Marks the security state the last check saw.
+    changes: watch::Receiver<u64>,
 }
 
 impl Authorizer {
@@ -41,6 +76,7 @@ impl Authorizer {
             enabled,
             revocations: Revocations::default(),
             state: RwLock::new(None),
+            changes: watch::Sender::new(0),
         }
     }
 
@@ -53,6 +89,38 @@ impl Authorizer {
     pub fn update(&self, state: SecurityState) {
         self.revocations.replace(state.revoked.iter().cloned());
         *self.state.write().expect("security state lock") = Some(Arc::new(state));
+        // After the state is in place: a stream woken by the count reads
+        // a state at least this new.
+        self.changes
+            .send_modify(|changes| *changes = changes.wrapping_add(1));
+    }
+
+    /// Authorizes a stream at its opening, and keeps the permission
+    /// for it to check again while it is open.
+    pub fn grant<'a>(
+        &'a self,
+        identity: Option<&'a PeerIdentity>,
+        permission: Permission<'a>,
+    ) -> Result<Grant<'a>, ApiError> {
+        let mut grant = Grant {
+            authorizer: self,
+            identity,
+            permission,
+            changes: self.changes.subscribe(),
+        };
+        grant.check()?;
+        Ok(grant)
+    }
+
+    fn authorize(
+        &self,
+        identity: Option<&PeerIdentity>,
+        permission: Permission<'_>,
+    ) -> Result<(), ApiError> {
+        match permission {
+            Permission::Topic(action, topic) => self.authorize_topic(identity, action, topic),
+            Permission::Follower(follower) => self.authorize_follower(identity, follower),
+        }
     }
 
     /// Whether the client behind `identity` may do `action` on `topic`.
@@ -118,15 +186,16 @@ impl Authorizer {
         ))
     }
 
-    /// Whether the peer behind `identity` may ask about partition `key`,
-    /// held by `replicas`: only another SPU holding it may.
+    /// Whether `asker`, from [`Authorizer::requesting_spu`], may ask
+    /// about partition `key`, held by `replicas`: only another SPU holding
+    /// it may.
     pub fn authorize_replica(
         &self,
-        identity: Option<&PeerIdentity>,
+        asker: Option<SpuId>,
         key: &PartitionKey,
         replicas: &[SpuId],
     ) -> Result<(), ApiError> {
-        let Some(asker) = self.requesting_spu(identity)? else {
+        let Some(asker) = asker else {
             return Ok(());
         };
         if asker != self.spu && replicas.contains(&asker) {
@@ -144,12 +213,20 @@ impl Authorizer {
     }
 
     /// The SPU behind `identity` on the private listener; `None` when
-    /// security is off.
-    fn requesting_spu(&self, identity: Option<&PeerIdentity>) -> Result<Option<SpuId>, ApiError> {
+    /// security is off. Until the SC's first state arrives no peer is
+    /// trusted: this SPU cannot know yet whether its certificate was
+    /// revoked.
+    pub fn requesting_spu(
+        &self,
+        identity: Option<&PeerIdentity>,
+    ) -> Result<Option<SpuId>, ApiError> {
         if !self.enabled {
             return Ok(None);
         }
         let identity = self.authenticate(identity)?;
+        if self.state().is_none() {
+            return Err(self.no_policy_yet(&identity.principal));
+        }
         match spu_of(&identity.principal) {
             Some(spu) => Ok(Some(spu)),
             None => {
@@ -165,7 +242,9 @@ impl Authorizer {
         }
     }
 
-    /// The identity of a connection whose certificate is still good.
+    /// The identity of a connection whose certificate is still good: not
+    /// revoked, not expired. The handshake checked both, but a connection
+    /// outlives them.
     fn authenticate<'a>(
         &self,
         identity: Option<&'a PeerIdentity>,
@@ -183,6 +262,17 @@ impl Authorizer {
                 format!(
                     "the certificate of {} (serial {}) has been revoked; get a new one with `runnel login`",
                     identity.principal, identity.serial
+                ),
+            ));
+        }
+        if now_ms().div_euclid(1000) > identity.not_after_unix {
+            warn!(principal = %identity.principal, serial = %identity.serial, not_after_unix = identity.not_after_unix, "request refused: certificate expired");
+            return Err(ApiError::new(
+                ErrorCode::AUTHENTICATION_FAILED,
+                format!(
+                    "the certificate naming {} expired at {}; get a new one with `runnel login`",
+                    identity.principal,
+                    utc_text(identity.not_after_unix)
                 ),
             ));
         }
@@ -217,6 +307,69 @@ fn spu_of(principal: &str) -> Option<SpuId> {
 
 fn principal_of(spu: SpuId) -> String {
     format!("{SPU_PRINCIPAL_PREFIX}{spu}")
+}
+
+impl Grant<'_> {
+    /// Whether the permission still holds under the latest state.
+    pub fn check(&mut self) -> Result<(), ApiError> {
+        // Before reading the state: a change after this wakes `revoked`.
+        self.changes.borrow_and_update();
+        self.authorizer.authorize(self.identity, self.permission)
+    }
+
+    /// Resolves, with the refusal, once the permission no longer holds:
+    /// checked again after every new security state and when the
+    /// certificate expires. Cancel-safe: a state seen by no check wakes
+    /// the next call at once.
+    pub async fn revoked(&mut self) -> ApiError {
+        if !self.authorizer.enabled {
+            return std::future::pending().await;
+        }
+        loop {
+            let expiry = self
+                .identity
+                .and_then(|identity| expiry_deadline(identity.not_after_unix));
+            let expired = async {
+                match expiry {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = self.changes.changed() => {
+                    changed.expect("a grant borrows the authorizer, which keeps the sender");
+                }
+                () = expired => {}
+            }
+            if let Err(error) = self.check() {
+                return error;
+            }
+        }
+    }
+}
+
+/// When a certificate valid through `not_after_unix` (whole seconds)
+/// starts to be refused; `None` when that is beyond any timer.
+fn expiry_deadline(not_after_unix: i64) -> Option<tokio::time::Instant> {
+    let refused_from_ms = not_after_unix.checked_add(1)?.checked_mul(1000)?;
+    let remaining_ms = u64::try_from(refused_from_ms.saturating_sub(now_ms())).unwrap_or(0);
+    tokio::time::Instant::now().checked_add(Duration::from_millis(remaining_ms))
+}
+
+/// A Unix time as people read it, in UTC.
+fn utc_text(unix_seconds: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(unix_seconds) {
+        Ok(at) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        ),
+        Err(_) => format!("{unix_seconds} (Unix time)"),
+    }
 }
 
 #[cfg(test)]
@@ -346,6 +499,7 @@ mod tests {
                 .is_ok()
         );
         assert!(authorizer.authorize_follower(None, SpuId(3)).is_ok());
+        assert_eq!(authorizer.requesting_spu(None).ok(), Some(None));
         assert!(
             authorizer
                 .authorize_replica(
@@ -364,6 +518,25 @@ mod tests {
     fn spus_speak_only_for_themselves() {
         let authorizer = Authorizer::new(SpuId(1), true);
         let spu2 = identity("spu:2", "s2");
+        // Whether spu:2 was revoked is unknown until the SC's state comes.
+        let early = authorizer
+            .authorize_follower(Some(&spu2), SpuId(2))
+            .expect_err("no state yet");
+        assert_eq!(early.code, ErrorCode::PERMISSION_DENIED);
+        assert!(
+            early.message.contains("authorization policy"),
+            "{}",
+            early.message
+        );
+        assert_eq!(
+            authorizer
+                .requesting_spu(Some(&spu2))
+                .expect_err("no state yet")
+                .code,
+            ErrorCode::PERMISSION_DENIED
+        );
+
+        authorizer.update(SecurityState::default());
         assert!(authorizer.authorize_follower(Some(&spu2), SpuId(2)).is_ok());
         let denied = authorizer
             .authorize_follower(Some(&spu2), SpuId(3))
@@ -383,14 +556,17 @@ mod tests {
             partition: runnel_types::PartitionId(0),
         };
         let replicas = [SpuId(1), SpuId(2)];
-        assert!(
-            authorizer
-                .authorize_replica(Some(&spu2), &key, &replicas)
-                .is_ok()
-        );
+        let asker = authorizer
+            .requesting_spu(Some(&spu2))
+            .expect("spu:2 is an SPU");
+        assert_eq!(asker, Some(SpuId(2)));
+        assert!(authorizer.authorize_replica(asker, &key, &replicas).is_ok());
         for outsider in ["spu:3", "spu:1"] {
+            let asker = authorizer
+                .requesting_spu(Some(&identity(outsider, "x")))
+                .expect("an SPU");
             let denied = authorizer
-                .authorize_replica(Some(&identity(outsider, "x")), &key, &replicas)
+                .authorize_replica(asker, &key, &replicas)
                 .expect_err("not a follower");
             assert_eq!(denied.code, ErrorCode::PERMISSION_DENIED, "{outsider}");
         }
@@ -403,5 +579,107 @@ mod tests {
             .authorize_follower(Some(&spu2), SpuId(2))
             .expect_err("revoked");
         assert_eq!(revoked.code, ErrorCode::AUTHENTICATION_FAILED);
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused_on_every_request() {
+        let authorizer = Authorizer::new(SpuId(1), true);
+        authorizer.update(readers_of_orders());
+        let expired = PeerIdentity {
+            not_after_unix: 1_000,
+            ..identity("root", "r1")
+        };
+        let refused = authorizer
+            .authorize_topic(Some(&expired), Action::Read, &topic("orders"))
+            .expect_err("expired");
+        assert_eq!(refused.code, ErrorCode::AUTHENTICATION_FAILED);
+        assert_eq!(
+            refused.message,
+            "the certificate naming root expired at 1970-01-01 00:16:40 UTC; get a new one with `runnel login`"
+        );
+        let expired_spu = PeerIdentity {
+            not_after_unix: 1_000,
+            ..identity("spu:2", "s2")
+        };
+        assert_eq!(
+            authorizer
+                .authorize_follower(Some(&expired_spu), SpuId(2))
+                .expect_err("expired")
+                .code,
+            ErrorCode::AUTHENTICATION_FAILED
+        );
+    }
+
+    /// Whether `grant.revoked()` has resolved once everything pending is
+    /// handled; its refusal if so.
+    async fn revoked_now(grant: &mut Grant<'_>) -> Option<ApiError> {
+        tokio::select! {
+            biased;
+            refused = grant.revoked() => Some(refused),
+            () = std::future::ready(()) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_grant_is_revoked_by_the_state_that_withdraws_it() {
+        let authorizer = Authorizer::new(SpuId(1), true);
+        authorizer.update(readers_of_orders());
+        let alice = identity("alice", "a1");
+        let orders = topic("orders");
+        let mut grant = authorizer
+            .grant(Some(&alice), Permission::Topic(Action::Read, &orders))
+            .expect("alice reads orders");
+        assert!(revoked_now(&mut grant).await.is_none());
+
+        // A change that keeps alice's permission leaves the stream open.
+        let mut kept = readers_of_orders();
+        kept.superusers.clear();
+        authorizer.update(kept.clone());
+        assert!(revoked_now(&mut grant).await.is_none());
+        assert!(grant.check().is_ok());
+
+        let mut narrower = kept.clone();
+        narrower
+            .policy
+            .bindings
+            .retain(|binding| binding.principal != "alice");
+        authorizer.update(narrower);
+        let refused = revoked_now(&mut grant).await.expect("alice lost read");
+        assert_eq!(refused.code, ErrorCode::PERMISSION_DENIED);
+        assert_eq!(
+            refused.message,
+            "permission denied: alice may not read topic:orders"
+        );
+
+        let spu2 = identity("spu:2", "s2");
+        let mut follower = authorizer
+            .grant(Some(&spu2), Permission::Follower(SpuId(2)))
+            .expect("spu:2 follows as itself");
+        authorizer.update(SecurityState {
+            revoked: vec!["s2".to_string()],
+            ..kept
+        });
+        let refused = revoked_now(&mut follower).await.expect("spu:2 revoked");
+        assert_eq!(refused.code, ErrorCode::AUTHENTICATION_FAILED);
+    }
+
+    #[tokio::test]
+    async fn a_grant_is_revoked_when_its_certificate_expires() {
+        let authorizer = Authorizer::new(SpuId(1), true);
+        authorizer.update(readers_of_orders());
+        // Valid through the next whole second, refused after it.
+        let short_lived = PeerIdentity {
+            not_after_unix: now_ms().div_euclid(1000) + 1,
+            ..identity("alice", "a1")
+        };
+        let orders = topic("orders");
+        let mut grant = authorizer
+            .grant(Some(&short_lived), Permission::Topic(Action::Read, &orders))
+            .expect("not expired yet");
+        let refused = tokio::time::timeout(Duration::from_secs(10), grant.revoked())
+            .await
+            .expect("the grant ends at the certificate's expiry");
+        assert_eq!(refused.code, ErrorCode::AUTHENTICATION_FAILED);
+        assert!(refused.message.contains("expired"), "{}", refused.message);
     }
 }

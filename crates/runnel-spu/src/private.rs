@@ -16,7 +16,9 @@
 //! With TLS, the transport admits only node certificates here, and a peer
 //! speaks only as the SPU its certificate names: `spu:N` syncs and reports
 //! positions as follower N only, and asks epoch ends only of partitions N
-//! follows.
+//! follows. A sync stream is authorized again for every item and whenever
+//! the security state changes or the certificate expires: a revoked SPU
+//! stops replicating at once, not at its next reconnection.
 
 use std::sync::Arc;
 
@@ -25,14 +27,16 @@ use runnel_api::{
     ReplicaPositionsRequest, ReplicaSyncRequest, Reply, SyncItem, SyncKind, SyncPartition,
 };
 use runnel_metadata::PartitionKey;
-use runnel_transport::{FileRange, Handler, IncomingRequest, Responder};
+use runnel_transport::{
+    FileRange, Handler, IncomingRequest, Responder, StreamClosed, StreamSender,
+};
 use runnel_types::{LeaderEpoch, Offset, SpuId};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::auth::Authorizer;
+use crate::auth::{Authorizer, Permission};
 use crate::error::{log_error_to_api, malformed, task_failed};
 use crate::now_ms;
 use crate::replica::Replica;
@@ -108,12 +112,14 @@ impl PrivateApi {
         let question = request
             .decode::<FetchEpochEndRequest>()
             .map_err(|error| malformed("FetchEpochEnd", error))?;
+        // Who asks, before anything about the partition is looked up: a
+        // stranger learns nothing, not even whether it is led here.
+        let asker = self
+            .authorizer
+            .requesting_spu(request.identity.as_deref())?;
         let replica = self.led_at(&question.key, question.leader_epoch)?;
-        self.authorizer.authorize_replica(
-            request.identity.as_deref(),
-            &question.key,
-            &replica.assignment().replicas,
-        )?;
+        self.authorizer
+            .authorize_replica(asker, &question.key, &replica.assignment().replicas)?;
         let log = Arc::clone(replica.log());
         let epoch = question.epoch;
         let answered = tokio::task::spawn_blocking(move || EpochEnd {
@@ -160,12 +166,14 @@ impl PrivateApi {
                 return refuse(ApiKey::ReplicaSync as u16, responder, error).await;
             }
         };
-        let authorized = self
-            .authorizer
-            .authorize_follower(request.identity.as_deref(), sync.follower);
-        if let Err(error) = authorized {
-            return refuse(ApiKey::ReplicaSync as u16, responder, error).await;
-        }
+        let granted = self.authorizer.grant(
+            request.identity.as_deref(),
+            Permission::Follower(sync.follower),
+        );
+        let mut grant = match granted {
+            Ok(grant) => grant,
+            Err(error) => return refuse(ApiKey::ReplicaSync as u16, responder, error).await,
+        };
         // One pusher task per listed partition: a peer may not list more
         // than this SPU holds.
         if let Err(error) = self.within_held("ReplicaSync", sync.partitions.len()) {
@@ -205,6 +213,7 @@ impl PrivateApi {
                     let error = ApiError::new(ErrorCode::SHUTTING_DOWN, format!("SPU {} is shutting down", self.spu));
                     return sender.end(Err(error)).await;
                 }
+                refused = grant.revoked() => return sender.end(Err(refused)).await,
                 _ = sender.cancelled() => return,
                 next = ready.recv() => next,
             };
@@ -212,9 +221,15 @@ impl PrivateApi {
             let Some((item, range)) = next else {
                 return sender.end(Ok(())).await;
             };
-            let sent = match range {
-                Some(range) => sender.send_with_file(&item, range).await,
-                None => sender.send(&item).await,
+            if let Err(refused) = grant.check() {
+                return sender.end(Err(refused)).await;
+            }
+            // A follower that grants no credit does not hold the stream
+            // open past a refusal.
+            let sent = tokio::select! {
+                biased;
+                refused = grant.revoked() => return sender.end(Err(refused)).await,
+                sent = send_item(&mut sender, &item, range) => sent,
             };
             if sent.is_err() {
                 return;
@@ -416,6 +431,18 @@ impl Pusher {
                 changed = changes.changed() => if changed.is_err() { return None },
             }
         }
+    }
+}
+
+/// Sends one item, with its batches when it carries some.
+async fn send_item(
+    sender: &mut StreamSender,
+    item: &SyncItem,
+    range: Option<FileRange>,
+) -> Result<(), StreamClosed> {
+    match range {
+        Some(range) => sender.send_with_file(item, range).await,
+        None => sender.send(item).await,
     }
 }
 

@@ -6,9 +6,14 @@
 //! moves it. Nothing on this path sleeps or polls.
 //!
 //! With TLS, every request is authorized first (produce: write, fetch:
-//! read, list offsets: describe on the topic). Every produced batch is
-//! decoded whole, within the decompression limit, before it is appended:
-//! the log stores only what consumers will be able to read.
+//! read, list offsets: describe on the topic), and a fetch stream again
+//! before each item and whenever the security state changes or the
+//! certificate expires, so a revocation or a narrower policy ends open
+//! streams, idle ones included.
+//!
+//! Every produced batch is validated whole (every check a decoder makes,
+//! within the decompression limit) before it is appended: the log stores
+//! only what consumers will be able to read.
 //!
 //! Every call into a log runs on a blocking thread: the log's lock is held
 //! across an fsync when a segment rolls, and an async thread waiting for
@@ -29,11 +34,11 @@ use runnel_log::scan::Fault;
 use runnel_metadata::PartitionKey;
 use runnel_transport::{FileRange, Handler, IncomingRequest, Responder, StreamSender};
 use runnel_types::{FlushPolicy, LeaderEpoch, Offset, SpuId};
-use runnel_wire::{DecodeLimits, SharedBatch, WireError};
+use runnel_wire::{DecodeLimits, RecordBatch, WireError};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::auth::Authorizer;
+use crate::auth::{Authorizer, Grant, Permission};
 use crate::error::{log_error_to_api, malformed, task_failed};
 use crate::now_ms;
 use crate::producers::SequenceError;
@@ -335,17 +340,17 @@ impl PublicApi {
             Ok(fetch) => fetch,
             Err(error) => return reply_error(responder, malformed("StreamFetch", error)).await,
         };
-        let authorized = self.authorizer.authorize_topic(
-            request.identity.as_deref(),
-            Action::Read,
-            &fetch.topic,
-        );
-        if let Err(error) = authorized {
-            return reply_error(responder, error).await;
-        }
         let key = PartitionKey {
             topic: fetch.topic,
             partition: fetch.partition,
+        };
+        let granted = self.authorizer.grant(
+            request.identity.as_deref(),
+            Permission::Topic(Action::Read, &key.topic),
+        );
+        let mut grant = match granted {
+            Ok(grant) => grant,
+            Err(error) => return reply_error(responder, error).await,
         };
         let replica = match self.leader_replica(&key) {
             Ok((replica, _)) => replica,
@@ -354,7 +359,14 @@ impl PublicApi {
         let max_bytes = u64::from(fetch.max_bytes).min(self.max_fetch_bytes);
         let mut sender = responder.into_stream();
         if let Some(error) = self
-            .push_records(&replica, &key, fetch.offset, max_bytes, &mut sender)
+            .push_records(
+                &replica,
+                &key,
+                fetch.offset,
+                max_bytes,
+                &mut sender,
+                &mut grant,
+            )
             .await
         {
             sender.end(Err(error)).await;
@@ -362,8 +374,8 @@ impl PublicApi {
     }
 
     /// Sends every committed batch from `offset` on, then each new one as
-    /// it is committed. Returns the error that ends the stream, or `None`
-    /// when the requester went away.
+    /// it is committed, for as long as `grant` holds. Returns the error
+    /// that ends the stream, or `None` when the requester went away.
     async fn push_records(
         &self,
         replica: &Replica,
@@ -371,10 +383,14 @@ impl PublicApi {
         mut offset: Offset,
         max_bytes: u64,
         sender: &mut StreamSender,
+        grant: &mut Grant<'_>,
     ) -> Option<ApiError> {
         let mut committed = replica.watch_high_watermark();
         let mut changes = replica.watch_changes();
         loop {
+            if let Err(refused) = grant.check() {
+                return Some(refused);
+            }
             if replica.is_removed() {
                 return Some(self.removed_error(key));
             }
@@ -415,6 +431,9 @@ impl PublicApi {
                         biased;
                         _ = self.shutdown.cancelled() => return Some(self.shutting_down(key, offset)),
                         _ = replica.removed() => return Some(self.removed_error(key)),
+                        // A consumer that grants no credit does not hold
+                        // the stream open past a refusal.
+                        refused = grant.revoked() => return Some(refused),
                         sent = sender.send_with_file(&item, range) => {
                             if sent.is_err() {
                                 return None;
@@ -428,6 +447,7 @@ impl PublicApi {
                         biased;
                         _ = self.shutdown.cancelled() => return Some(self.shutting_down(key, offset)),
                         _ = replica.removed() => return Some(self.removed_error(key)),
+                        refused = grant.revoked() => return Some(refused),
                         _ = sender.cancelled() => return None,
                         changed = committed.changed() => {
                             if changed.is_err() {
@@ -534,10 +554,12 @@ fn corrupt_log_error(
     )
 }
 
-/// Decodes every batch of a produce request with all the checks a
+/// Validates every batch of a produce request with all the checks a
 /// consumer's decoder makes (CRC, codec, records filling the batch), each
 /// within `limits`: a batch the log would store but no consumer could
-/// read, or one that inflates past the limit, is refused.
+/// read, or one that inflates past the limit, is refused. Validation
+/// builds no records and holds no reference to the buffer, so the log can
+/// then take it without a copy.
 fn check_batches(
     key: &PartitionKey,
     batches: &Bytes,
@@ -547,10 +569,7 @@ fn check_batches(
     let mut index = 1;
     // Each batch takes at least its header's bytes: the loop ends.
     while at < batches.len() {
-        // The decoded records share the buffer; they are dropped here so
-        // the log can then take it without a copy.
-        let used = SharedBatch::decode(&batches.slice(at..), limits)
-            .map(|(_, used)| used)
+        let used = RecordBatch::validate(&batches[at..], limits)
             .map_err(|error| refused_batch(key, index, at, &error))?;
         at += used;
         index += 1;

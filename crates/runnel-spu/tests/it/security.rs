@@ -26,12 +26,24 @@ impl SecureCluster {
     /// Starts both and waits until the SPU holds `assignments`; no
     /// security state is sent yet.
     async fn start(assignments: Vec<ReplicaAssignment>) -> SecureCluster {
+        SecureCluster::start_with(assignments, |_| {}).await
+    }
+
+    /// Like [`SecureCluster::start`], with the SPU's configuration
+    /// changed by `edit` first.
+    async fn start_with(
+        assignments: Vec<ReplicaAssignment>,
+        edit: impl FnOnce(&mut runnel_spu::SpuConfig),
+    ) -> SecureCluster {
         let pki = TestPki::new();
         let data = tempfile::tempdir().expect("temp dir");
         let keys: Vec<PartitionKey> = assignments.iter().map(|a| a.key.clone()).collect();
         let sc = FakeSc::start_tls(assignments, &pki.node("sc")).await;
         let tls = pki.node("spu:1");
-        let spu = TestSpu::start_with(&sc.addr, data.path(), |config| config.tls = Some(tls));
+        let spu = TestSpu::start_with(&sc.addr, data.path(), |config| {
+            config.tls = Some(tls);
+            edit(config);
+        });
         sc.heartbeat_listing(&keys).await;
         SecureCluster {
             pki,
@@ -259,6 +271,7 @@ async fn a_revoked_certificate_is_refused_on_its_next_request() {
     produce(&connection, &events, &["before"])
         .await
         .expect("produce before the revocation");
+    let mut idle = open_and_drain(&connection, &events, 1).await;
 
     cluster
         .sc
@@ -267,6 +280,10 @@ async fn a_revoked_certificate_is_refused_on_its_next_request() {
             ..policy()
         })
         .await;
+    // The open stream ends with no record to send.
+    let ended = stream_error(&mut idle).await;
+    assert_eq!(ended.code, ErrorCode::AUTHENTICATION_FAILED, "{ended}");
+    assert!(ended.message.contains(&alice.serial), "{ended}");
     let refused = api_error(produce(&connection, &events, &["after"]).await);
     assert_eq!(refused.code, ErrorCode::AUTHENTICATION_FAILED);
     assert!(refused.message.contains("revoked"), "{refused}");
@@ -292,7 +309,6 @@ fn followed_by_spu_2() -> ReplicaAssignment {
 async fn an_spu_replicates_only_as_itself() {
     let shared = key("shared", 0);
     let cluster = SecureCluster::start(vec![followed_by_spu_2()]).await;
-    cluster.sc.apply_security(policy()).await;
     let spu2 = cluster.connect_private(&cluster.pki.issue("spu:2")).await;
     let spu3 = cluster.connect_private(&cluster.pki.issue("spu:3")).await;
     let partition = SyncPartition {
@@ -300,6 +316,24 @@ async fn an_spu_replicates_only_as_itself() {
         leader_epoch: LeaderEpoch(0),
         offset: Offset(0),
     };
+    let as_itself = ReplicaSyncRequest {
+        follower: SpuId(2),
+        partitions: vec![partition.clone()],
+    };
+
+    // Before the SC's first security state, no peer is trusted: its
+    // certificate may have been revoked.
+    let mut early = spu2
+        .stream(&as_itself, 4)
+        .await
+        .expect("open a replication stream");
+    let refused = sync_error(&mut early).await;
+    assert_eq!(refused.code, ErrorCode::PERMISSION_DENIED);
+    assert!(
+        refused.message.contains("authorization policy"),
+        "{refused}"
+    );
+    cluster.sc.apply_security(policy()).await;
 
     let as_other = ReplicaSyncRequest {
         follower: SpuId(3),
@@ -343,6 +377,17 @@ async fn an_spu_replicates_only_as_itself() {
     assert_eq!(refused.code, ErrorCode::PERMISSION_DENIED);
     assert!(refused.message.contains("spu:3"), "{refused}");
 
+    // The SC's certificate is a node's, but not an SPU's: it is refused
+    // before the partition is looked up, so it learns nothing of it.
+    let sc = cluster.connect_private(&cluster.pki.issue("sc")).await;
+    let unknown = FetchEpochEndRequest {
+        key: key("unknown", 0),
+        ..question.clone()
+    };
+    let refused = api_error(sc.call(&unknown).await);
+    assert_eq!(refused.code, ErrorCode::PERMISSION_DENIED, "{refused}");
+    assert!(refused.message.contains("only SPUs"), "{refused}");
+
     // Clients never reach the private listener, superusers included.
     let client = cluster.pki.client(&cluster.pki.issue("root"));
     let refused = refusal(&cluster.spu.private_addr, client).await;
@@ -378,4 +423,243 @@ async fn unusable_tls_material_stops_the_start() {
         "{error}"
     );
     assert!(error.contains("key"), "{error}");
+}
+
+/// The error a replication stream ends with, which must come.
+async fn sync_error(
+    stream: &mut runnel_transport::ResponseStream<runnel_api::SyncItem>,
+) -> runnel_api::ApiError {
+    match bounded("the replication stream to end", stream.next_with_tail()).await {
+        Some(Err(TransportError::Api(error))) => error,
+        other => panic!("expected the stream to end with an error, got {other:?}"),
+    }
+}
+
+/// A fetch stream from offset 0 that has sent the `count` batches of
+/// `key` and waits, idle, for more.
+async fn open_and_drain(
+    connection: &Connection,
+    key: &PartitionKey,
+    count: i64,
+) -> runnel_transport::ResponseStream<runnel_api::FetchItem> {
+    let mut stream = connection
+        .stream(&fetch(key, 0, 1), 8)
+        .await
+        .expect("open a fetch stream");
+    for offset in 0..count {
+        let (item, _) = next_item(&mut stream).await;
+        assert_eq!(item.first_offset, Offset(offset));
+    }
+    stream
+}
+
+/// `policy()` without alice's binding.
+fn without_alice() -> SecurityState {
+    let mut state = policy();
+    state
+        .policy
+        .bindings
+        .retain(|binding| binding.principal != "alice");
+    state
+}
+
+#[tokio::test]
+async fn open_fetch_streams_end_when_the_policy_withdraws_read() {
+    let events = key("events", 0);
+    let cluster = SecureCluster::start(vec![assignment("events", 0, SPU, 0)]).await;
+    cluster.sc.apply_security(policy()).await;
+    let alice = cluster.connect(&cluster.pki.issue("alice")).await;
+    let values = ["0", "1", "2", "3", "4"];
+    for value in values {
+        produce(&alice, &events, &[value])
+            .await
+            .expect("alice produces");
+    }
+    // Waits for records; the policy change must end it by itself.
+    let mut idle = open_and_drain(&alice, &events, values.len() as i64).await;
+    // One batch per item and a window of four: the SPU sends four items
+    // and waits for credit to send the fifth. The first taken returns none.
+    let mut blocked = alice
+        .stream(&fetch(&events, 0, 1), 4)
+        .await
+        .expect("open a fetch stream");
+    let (first, _) = next_item(&mut blocked).await;
+    assert_eq!(first.first_offset, Offset(0));
+    // A new state that keeps alice's permission leaves both streams
+    // open; the SPU fills the window meanwhile.
+    cluster.sc.apply_security(policy()).await;
+
+    cluster.sc.apply_security(without_alice()).await;
+    let ended = stream_error(&mut idle).await;
+    assert_eq!(ended.code, ErrorCode::PERMISSION_DENIED);
+    assert_eq!(
+        ended.message,
+        "permission denied: alice may not read topic:events"
+    );
+    // What was sent before the change arrives; nothing after it, though
+    // taking it returns credit for more.
+    let mut received = Vec::new();
+    let ended = loop {
+        match bounded("the blocked stream to end", blocked.next_with_tail()).await {
+            Some(Ok((item, _))) => received.push(item.first_offset.0),
+            Some(Err(TransportError::Api(error))) => break error,
+            other => panic!("expected items then a refusal, got {other:?}"),
+        }
+    };
+    assert!(
+        [1, 2, 3].starts_with(&received),
+        "items sent after the change: {received:?}"
+    );
+    assert_eq!(ended.code, ErrorCode::PERMISSION_DENIED, "{ended}");
+    cluster.spu.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_certificate_ends_its_streams_and_requests() {
+    let events = key("events", 0);
+    let cluster = SecureCluster::start(vec![assignment("events", 0, SPU, 0)]).await;
+    cluster.sc.apply_security(policy()).await;
+    // Long enough to connect and open a stream on a loaded machine.
+    let alice = cluster.pki.issue_for("alice", time::Duration::seconds(4));
+    let connection = cluster.connect(&alice).await;
+    produce(&connection, &events, &["a"])
+        .await
+        .expect("alice produces before the expiry");
+    let mut idle = open_and_drain(&connection, &events, 1).await;
+
+    let ended = stream_error(&mut idle).await;
+    assert_eq!(ended.code, ErrorCode::AUTHENTICATION_FAILED, "{ended}");
+    assert!(
+        ended
+            .message
+            .starts_with("the certificate naming alice expired at "),
+        "{ended}"
+    );
+    assert!(ended.message.contains("`runnel login`"), "{ended}");
+    // The connection outlives the certificate; its requests do not pass.
+    let refused = api_error(produce(&connection, &events, &["b"]).await);
+    assert_eq!(refused.code, ErrorCode::AUTHENTICATION_FAILED, "{refused}");
+    cluster.spu.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_spu_stops_replicating_at_once() {
+    let shared = key("shared", 0);
+    let cluster = SecureCluster::start(vec![followed_by_spu_2()]).await;
+    cluster.sc.apply_security(policy()).await;
+    let certificate = cluster.pki.issue("spu:2");
+    let spu2 = cluster.connect_private(&certificate).await;
+    let sync = ReplicaSyncRequest {
+        follower: SpuId(2),
+        partitions: vec![SyncPartition {
+            key: shared.clone(),
+            leader_epoch: LeaderEpoch(0),
+            offset: Offset(0),
+        }],
+    };
+    let mut stream = spu2
+        .stream(&sync, 4)
+        .await
+        .expect("open a replication stream");
+    // The leader tells the new follower its high watermark, then waits
+    // for appends.
+    bounded("the first replication item", stream.next_with_tail())
+        .await
+        .expect("the stream goes on")
+        .expect("a replication item");
+
+    cluster
+        .sc
+        .apply_security(SecurityState {
+            revoked: vec![certificate.serial.clone()],
+            ..policy()
+        })
+        .await;
+    let ended = sync_error(&mut stream).await;
+    assert_eq!(ended.code, ErrorCode::AUTHENTICATION_FAILED, "{ended}");
+    assert!(ended.message.contains(&certificate.serial), "{ended}");
+
+    // Refused for who it is, before any partition is looked up: the
+    // answer is the same for a partition this SPU does not host.
+    for asked in [shared, key("unknown", 0)] {
+        let question = FetchEpochEndRequest {
+            key: asked,
+            leader_epoch: LeaderEpoch(0),
+            epoch: LeaderEpoch(0),
+        };
+        let refused = api_error(spu2.call(&question).await);
+        assert_eq!(refused.code, ErrorCode::AUTHENTICATION_FAILED, "{refused}");
+    }
+    cluster.spu.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_spu_holding_back_credit_gets_nothing_more() {
+    let shared = key("shared", 0);
+    // Room for one small batch per replication item.
+    let cluster = SecureCluster::start_with(vec![followed_by_spu_2()], |config| {
+        config.transport.max_frame_bytes = 1024 + 64;
+    })
+    .await;
+    cluster.sc.apply_security(policy()).await;
+    let root = cluster.connect(&cluster.pki.issue("root")).await;
+    // With one of two replicas in sync, only the leader can acknowledge.
+    let request = runnel_api::ProduceRequest {
+        topic: shared.topic.clone(),
+        partition: shared.partition,
+        acks: runnel_api::Acks::Leader,
+        timeout_ms: 30_000,
+    };
+    for value in ["0", "1", "2", "3", "4", "5"] {
+        root.call_with_tail(&request, batch(&[value]))
+            .await
+            .expect("root produces");
+    }
+    let certificate = cluster.pki.issue("spu:2");
+    let spu2 = cluster.connect_private(&certificate).await;
+    let sync = ReplicaSyncRequest {
+        follower: SpuId(2),
+        partitions: vec![SyncPartition {
+            key: shared,
+            leader_epoch: LeaderEpoch(0),
+            offset: Offset(0),
+        }],
+    };
+    // A window of four: the leader sends four items and waits for credit
+    // to send the rest. The first taken returns none.
+    let mut stream = spu2
+        .stream(&sync, 4)
+        .await
+        .expect("open a replication stream");
+    bounded("the first replication item", stream.next_with_tail())
+        .await
+        .expect("the stream goes on")
+        .expect("a replication item");
+    // A new state that keeps spu:2's permission leaves the stream open;
+    // the leader fills the window meanwhile.
+    cluster.sc.apply_security(policy()).await;
+
+    cluster
+        .sc
+        .apply_security(SecurityState {
+            revoked: vec![certificate.serial.clone()],
+            ..policy()
+        })
+        .await;
+    // What was sent before the revocation arrives; nothing after it,
+    // though taking it returns credit for more.
+    let mut taken = 1;
+    let ended = loop {
+        match bounded("the stream to end", stream.next_with_tail()).await {
+            Some(Ok(_)) => taken += 1,
+            Some(Err(TransportError::Api(error))) => break error,
+            other => panic!("expected items then a refusal, got {other:?}"),
+        }
+    };
+    assert!(
+        taken <= 4,
+        "{taken} items, past the credit given before the revocation"
+    );
+    assert_eq!(ended.code, ErrorCode::AUTHENTICATION_FAILED, "{ended}");
+    cluster.spu.stop().await;
 }

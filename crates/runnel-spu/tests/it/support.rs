@@ -425,13 +425,18 @@ impl TestPki {
     /// A certificate naming `principal`, valid for 127.0.0.1 (where every
     /// test listener is).
     pub fn issue(&self, principal: &str) -> IssuedCert {
+        self.issue_for(principal, time::Duration::days(1))
+    }
+
+    /// A certificate naming `principal` that expires `lifetime` from now.
+    pub fn issue_for(&self, principal: &str, lifetime: time::Duration) -> IssuedCert {
         self.ca
             .issue(
                 principal,
                 &[],
                 &[std::net::IpAddr::from([127, 0, 0, 1])],
                 time::OffsetDateTime::now_utc(),
-                time::Duration::days(1),
+                lifetime,
             )
             .expect("issue a certificate")
     }
