@@ -17,7 +17,9 @@ use runnel_client::{ClientError, LoginOptions, Profile, ProfileTls, Profiles, lo
 
 use crate::CommandResult;
 use crate::files;
-use crate::user::{PasswordArgs, parse_user_name, utc_text};
+use runnel_pki::utc_text;
+
+use crate::user::{PasswordArgs, parse_user_name};
 
 /// Directory of the Runnel home holding one directory per logged-in
 /// profile.

@@ -170,22 +170,6 @@ fn password_line(input: impl BufRead) -> Result<String, String> {
     Ok(password.to_string())
 }
 
-/// `2024-05-01 12:00:00 UTC`, or the raw number if out of range.
-pub fn utc_text(unix_seconds: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(unix_seconds) {
-        Ok(at) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-            at.year(),
-            u8::from(at.month()),
-            at.day(),
-            at.hour(),
-            at.minute(),
-            at.second()
-        ),
-        Err(_) => format!("{unix_seconds} (Unix time)"),
-    }
-}
-
 fn print_users(users: &[UserInfo], output: Output) {
     match output {
         Output::Json => {
@@ -220,7 +204,7 @@ fn print_users(users: &[UserInfo], output: Output) {
                         format!(
                             "{} until {}{}",
                             certificate.serial,
-                            utc_text(certificate.not_after_unix),
+                            runnel_pki::utc_text(certificate.not_after_unix),
                             if certificate.revoked {
                                 " (revoked)"
                             } else {
@@ -265,12 +249,5 @@ mod tests {
         assert_eq!(read(&format!("{exact}\n")), Ok(exact.clone()));
         let error = read(&format!("{exact}x\n")).expect_err("too long");
         assert!(error.contains("longer than 1024 bytes"), "{error}");
-    }
-
-    #[test]
-    fn times_print_in_utc() {
-        assert_eq!(utc_text(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc_text(1_700_000_000), "2023-11-14 22:13:20 UTC");
-        assert_eq!(utc_text(i64::MAX), format!("{} (Unix time)", i64::MAX));
     }
 }

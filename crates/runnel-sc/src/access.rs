@@ -19,8 +19,6 @@ use runnel_auth::{Action, Resource};
 use runnel_metadata::{Change, MetadataUpdate, Object, ObjectKey, Partition, SecurityState, Topic};
 use runnel_pki::PeerIdentity;
 use runnel_types::{SpuId, TopicName};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tracing::warn;
 
 use crate::security::{Security, now_unix};
@@ -72,10 +70,7 @@ pub fn authenticate(
 /// The answer to a request made with a certificate that has expired since
 /// its connection opened.
 fn expired(identity: &PeerIdentity) -> ApiError {
-    let not_after = OffsetDateTime::from_unix_timestamp(identity.not_after_unix)
-        .ok()
-        .and_then(|not_after| not_after.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("{} (Unix seconds)", identity.not_after_unix));
+    let not_after = runnel_pki::utc_text(identity.not_after_unix);
     ApiError::new(
         ErrorCode::AUTHENTICATION_FAILED,
         format!(

@@ -272,7 +272,7 @@ impl Authorizer {
                 format!(
                     "the certificate naming {} expired at {}; get a new one with `runnel login`",
                     identity.principal,
-                    utc_text(identity.not_after_unix)
+                    runnel_pki::utc_text(identity.not_after_unix)
                 ),
             ));
         }
@@ -354,22 +354,6 @@ fn expiry_deadline(not_after_unix: i64) -> Option<tokio::time::Instant> {
     let refused_from_ms = not_after_unix.checked_add(1)?.checked_mul(1000)?;
     let remaining_ms = u64::try_from(refused_from_ms.saturating_sub(now_ms())).unwrap_or(0);
     tokio::time::Instant::now().checked_add(Duration::from_millis(remaining_ms))
-}
-
-/// A Unix time as people read it, in UTC.
-fn utc_text(unix_seconds: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(unix_seconds) {
-        Ok(at) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-            at.year(),
-            u8::from(at.month()),
-            at.day(),
-            at.hour(),
-            at.minute(),
-            at.second()
-        ),
-        Err(_) => format!("{unix_seconds} (Unix time)"),
-    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use runnel_pki::{ClusterCa, PeerIdentity, PrincipalSource};
 use time::{Duration, OffsetDateTime};
 
 use crate::files;
-use crate::user::utc_text;
+use runnel_pki::utc_text;
 
 /// The name the CA carries ("local Runnel CA").
 const CLUSTER_NAME: &str = "local";

@@ -389,10 +389,7 @@ async fn an_expired_certificate_fails_its_next_request_and_ends_its_streams() {
     })
     .await;
 
-    let expired_at = time::OffsetDateTime::from_unix_timestamp(not_after)
-        .expect("a time")
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("RFC 3339");
+    let expired_at = runnel_pki::utc_text(not_after);
     assert_error(
         bounded("list", alice.call(&ListTopicsRequest { names: vec![] })).await,
         ErrorCode::AUTHENTICATION_FAILED,
