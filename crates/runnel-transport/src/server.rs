@@ -384,25 +384,28 @@ async fn serve_tls<H: Handler>(
     shutdown: CancellationToken,
 ) -> Result<(), TransportError> {
     let handshake = tokio::time::timeout(config.handshake_timeout, tls.acceptor().accept(socket));
-    let stream = tokio::select! {
+    let handshake = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        handshake = handshake => match handshake {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                info!(%peer, %error, "TLS handshake failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(config.failed_auth_delay) => {}
-                }
-                return Err(error.into());
-            }
-            Err(_) => {
-                info!(%peer, timeout = ?config.handshake_timeout, "TLS handshake timed out");
-                return Err(TransportError::Timeout(config.handshake_timeout));
-            }
-        },
+        handshake = handshake => handshake,
     };
+    // The handshake is over, whatever its outcome: its place goes to the
+    // next one, even while a refused peer waits out the delay below.
     drop(handshake_place);
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            info!(%peer, %error, "TLS handshake failed");
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(config.failed_auth_delay) => {}
+            }
+            return Err(error.into());
+        }
+        Err(_) => {
+            info!(%peer, timeout = ?config.handshake_timeout, "TLS handshake timed out");
+            return Err(TransportError::Timeout(config.handshake_timeout));
+        }
+    };
     let identity = tls.peer_identity(&stream).map(Arc::new);
     serve_connection(stream, peer, identity, handler, config, shutdown).await
 }
