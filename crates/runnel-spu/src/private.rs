@@ -13,12 +13,13 @@
 //! Every request names the leader epoch the follower follows; one that is
 //! not this replica's current epoch as leader is refused (fenced).
 //!
-//! With TLS, the transport admits only node certificates here, and a peer
-//! speaks only as the SPU its certificate names: `spu:N` syncs and reports
-//! positions as follower N only, and asks epoch ends only of partitions N
-//! follows. A sync stream is authorized again for every item and whenever
-//! the security state changes or the certificate expires: a revoked SPU
-//! stops replicating at once, not at its next reconnection.
+//! A follower syncs only partitions it is a replica of, with or without
+//! TLS. With TLS, the transport admits only node certificates here, and a
+//! peer speaks only as the SPU its certificate names: `spu:N` syncs and
+//! reports positions as follower N only, and asks epoch ends only of
+//! partitions N follows. A sync stream is authorized again for every item
+//! and whenever the security state changes or the certificate expires: a
+//! revoked SPU stops replicating at once, not at its next reconnection.
 
 use std::sync::Arc;
 
@@ -190,18 +191,12 @@ impl PrivateApi {
                 max_bytes: self.max_item_bytes,
                 items: items.clone(),
             };
-            match self.led_at(&partition.key, partition.leader_epoch) {
+            match self.served_to(sync.follower, &partition) {
                 Ok(replica) => {
                     pushers.spawn(pusher.run(replica, partition, self.shutdown.clone()));
                 }
                 Err(error) => {
-                    let _ = items.try_send((
-                        SyncItem {
-                            index,
-                            kind: SyncKind::Stopped(error),
-                        },
-                        None,
-                    ));
+                    pushers.spawn(pusher.stop(error));
                 }
             }
         }
@@ -251,6 +246,28 @@ impl PrivateApi {
             ));
         }
         Ok(())
+    }
+
+    /// The replica of a partition a follower asks to sync, if this SPU
+    /// leads it at the epoch asked and `follower` is one of its replicas.
+    /// With TLS the stream's grant made `follower` the certificate's SPU;
+    /// without, the request's word is taken, and the check still keeps a
+    /// misconfigured SPU from pulling a partition it does not replicate.
+    /// Checked once, at the opening: a partition's replicas are fixed
+    /// when it is created (the SC moves no replica), so the answer holds
+    /// for as long as the stream does.
+    fn served_to(
+        &self,
+        follower: SpuId,
+        partition: &SyncPartition,
+    ) -> Result<Arc<Replica>, ApiError> {
+        let replica = self.led_at(&partition.key, partition.leader_epoch)?;
+        self.authorizer.authorize_replica(
+            Some(follower),
+            &partition.key,
+            &replica.assignment().replicas,
+        )?;
+        Ok(replica)
     }
 
     /// The replica of `key` if this SPU leads it at exactly `epoch`.
@@ -318,12 +335,18 @@ impl Pusher {
     ) {
         let stopped = self.push(&replica, partition, &shutdown).await;
         if let Some(error) = stopped {
-            let item = SyncItem {
-                index: self.index,
-                kind: SyncKind::Stopped(error),
-            };
-            let _ = self.items.send((item, None)).await;
+            self.stop(error).await;
         }
+    }
+
+    /// Tells the follower why its partition is not served (any more).
+    /// Waits for room, like every item: a refusal is never dropped.
+    async fn stop(self, error: ApiError) {
+        let item = SyncItem {
+            index: self.index,
+            kind: SyncKind::Stopped(error),
+        };
+        let _ = self.items.send((item, None)).await;
     }
 
     /// Pushes until the follower goes away (`None`) or the partition may

@@ -8,10 +8,10 @@ mod support;
 use bytes::Bytes;
 use runnel_api::{
     Acks, ApiVersionsRequest, ErrorCode, ListOffsetsRequest, ListOffsetsResponse, OffsetQuery,
-    ProduceRequest, StreamFetchRequest,
+    ProduceRequest, ReplicaSyncRequest, StreamFetchRequest, SyncItem, SyncKind, SyncPartition,
 };
 use runnel_metadata::{PartitionKey, ReplicaAssignment};
-use runnel_transport::{Connection, TransportConfig, TransportError};
+use runnel_transport::{Connection, ResponseStream, TransportConfig, TransportError};
 use runnel_types::{LeaderEpoch, Offset, SpuId};
 
 use support::*;
@@ -72,6 +72,95 @@ fn expected(values: &[(i64, &str)]) -> Vec<(i64, String)> {
         .iter()
         .map(|(offset, value)| (*offset, value.to_string()))
         .collect()
+}
+
+/// Partition `shared-0`, led by SPU 1 at epoch 0 and followed by SPU 2;
+/// SPU 1 alone is in sync.
+fn followed_by_spu_2() -> ReplicaAssignment {
+    let mut shared = assignment("shared", 0, SPU, 0);
+    shared.replicas = vec![SPU, SpuId(2)];
+    shared
+}
+
+/// Appends one batch of `values` to `key`, acknowledged by its leader
+/// alone.
+async fn produce_to_leader(connection: &Connection, key: &PartitionKey, values: &[&str]) {
+    let request = ProduceRequest {
+        topic: key.topic.clone(),
+        partition: key.partition,
+        acks: Acks::Leader,
+        timeout_ms: 30_000,
+    };
+    connection
+        .call_with_tail(&request, batch(values))
+        .await
+        .expect("the leader appends");
+}
+
+/// Opens `follower`'s replication stream of `key`, led at epoch 0, from
+/// offset 0.
+async fn sync_from_start(
+    connection: &Connection,
+    follower: SpuId,
+    key: &PartitionKey,
+) -> ResponseStream<SyncItem> {
+    let request = ReplicaSyncRequest {
+        follower,
+        partitions: vec![SyncPartition {
+            key: key.clone(),
+            leader_epoch: LeaderEpoch(0),
+            offset: Offset(0),
+        }],
+    };
+    connection
+        .stream(&request, 4)
+        .await
+        .expect("open a replication stream")
+}
+
+/// Asserts that a replication stream of the one partition `key` refuses
+/// `follower`, no replica of it: the partition is stopped, nothing of it
+/// is sent, and the stream ends.
+async fn assert_not_a_replica(
+    stream: &mut ResponseStream<SyncItem>,
+    follower: SpuId,
+    key: &PartitionKey,
+) {
+    let item = bounded("the refusal", stream.next_with_tail()).await;
+    let refused = match item {
+        Some(Ok((
+            SyncItem {
+                index: 0,
+                kind: SyncKind::Stopped(error),
+            },
+            _,
+        ))) => error,
+        other => panic!("expected the partition stopped, got {other:?}"),
+    };
+    assert_eq!(refused.code, ErrorCode::PERMISSION_DENIED, "{refused}");
+    assert!(
+        refused.message.contains(&format!(
+            "spu:{follower} is not a follower of partition {key}"
+        )),
+        "{refused}"
+    );
+    let after = bounded("the stream to end", stream.next_with_tail()).await;
+    assert!(after.is_none(), "expected the end, got {after:?}");
+}
+
+/// The records of the first item of a replication stream of one
+/// partition, which must carry records.
+async fn first_synced(stream: &mut ResponseStream<SyncItem>) -> Vec<(i64, String)> {
+    match bounded("the first replication item", stream.next_with_tail()).await {
+        Some(Ok((
+            SyncItem {
+                index: 0,
+                kind: SyncKind::Records { .. },
+            },
+            tail,
+        ))) => records(&tail),
+        other => panic!("expected records, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -315,6 +404,34 @@ async fn requests_the_spu_cannot_serve_get_clear_errors() {
     let refused = api_error(peer.call(&too_many).await);
     assert_eq!(refused.code, ErrorCode::MALFORMED_REQUEST);
     assert!(refused.message.contains("holds 2 replicas"), "{refused}");
+    spu.stop().await;
+}
+
+/// Without TLS the follower named in the request is taken on trust, but
+/// an SPU still syncs only partitions it replicates: a misconfigured one
+/// pulls nothing it should not hold.
+#[tokio::test]
+async fn only_replicas_sync_a_partition_without_tls_too() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let shared = key("shared", 0);
+    let sc = FakeSc::start(vec![followed_by_spu_2()]).await;
+    let spu = TestSpu::start(&sc.addr, data.path());
+    sc.heartbeat_listing(std::slice::from_ref(&shared)).await;
+    produce_to_leader(&spu.connect().await, &shared, &["a", "b"]).await;
+    let peer = Connection::connect(&spu.private_addr, TransportConfig::default())
+        .await
+        .expect("connect to the private listener");
+
+    // The leader itself is no follower of its partition either.
+    for outsider in [SpuId(3), SPU] {
+        let mut stream = sync_from_start(&peer, outsider, &shared).await;
+        assert_not_a_replica(&mut stream, outsider, &shared).await;
+    }
+    let mut stream = sync_from_start(&peer, SpuId(2), &shared).await;
+    assert_eq!(
+        first_synced(&mut stream).await,
+        expected(&[(0, "a"), (1, "b")])
+    );
     spu.stop().await;
 }
 

@@ -11,7 +11,10 @@ use runnel_pki::IssuedCert;
 use runnel_transport::{Connection, TransportConfig, TransportError};
 use runnel_types::{LeaderEpoch, Offset, SpuId};
 
-use super::{api_error, fetch, list_offsets};
+use super::{
+    api_error, assert_not_a_replica, expected, fetch, first_synced, followed_by_spu_2,
+    list_offsets, produce_to_leader, sync_from_start,
+};
 use crate::support::*;
 
 /// An SPU with TLS, its fake SC, and the CA behind both.
@@ -298,13 +301,6 @@ async fn a_revoked_certificate_is_refused_on_its_next_request() {
     cluster.spu.stop().await;
 }
 
-/// Partition `shared-0`, led by SPU 1 and followed by SPU 2.
-fn followed_by_spu_2() -> ReplicaAssignment {
-    let mut shared = assignment("shared", 0, SPU, 0);
-    shared.replicas = vec![SPU, SpuId(2)];
-    shared
-}
-
 #[tokio::test]
 async fn an_spu_replicates_only_as_itself() {
     let shared = key("shared", 0);
@@ -392,6 +388,29 @@ async fn an_spu_replicates_only_as_itself() {
     let client = cluster.pki.client(&cluster.pki.issue("root"));
     let refused = refusal(&cluster.spu.private_addr, client).await;
     assert_refused(&refused, "cluster nodes only");
+    cluster.spu.stop().await;
+}
+
+/// A valid node certificate, speaking as itself, syncs only partitions
+/// its SPU replicates: being an SPU does not open every topic's data.
+#[tokio::test]
+async fn an_spu_syncs_only_partitions_it_replicates() {
+    let shared = key("shared", 0);
+    let cluster = SecureCluster::start(vec![followed_by_spu_2()]).await;
+    cluster.sc.apply_security(policy()).await;
+    let root = cluster.connect(&cluster.pki.issue("root")).await;
+    produce_to_leader(&root, &shared, &["a", "b"]).await;
+
+    let spu3 = cluster.connect_private(&cluster.pki.issue("spu:3")).await;
+    let mut stream = sync_from_start(&spu3, SpuId(3), &shared).await;
+    assert_not_a_replica(&mut stream, SpuId(3), &shared).await;
+
+    let spu2 = cluster.connect_private(&cluster.pki.issue("spu:2")).await;
+    let mut stream = sync_from_start(&spu2, SpuId(2), &shared).await;
+    assert_eq!(
+        first_synced(&mut stream).await,
+        expected(&[(0, "a"), (1, "b")])
+    );
     cluster.spu.stop().await;
 }
 
