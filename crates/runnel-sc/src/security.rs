@@ -12,10 +12,13 @@
 //!
 //! A login checks the password without the lock (hashing is slow), then
 //! signs under it, only if the user's hash is still the one checked. What
-//! no user can send (an invalid name, an overlong password or CSR, a
-//! superuser's name) is refused before any hashing. Each login also drops
-//! the user's records of certificates that expired, so short-lived logins
-//! do not pile up records until a restart.
+//! no user can send (an invalid name, an overlong password or CSR) is
+//! refused before any hashing; a superuser's name is refused only after
+//! the same check as an unknown user's, so the time to answer does not
+//! tell which names are superusers. Each login also drops the user's
+//! records of certificates that expired, and every revocation that
+//! expired, so short-lived logins and revocations do not pile up until a
+//! restart.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,6 +58,9 @@ pub const EXPIRY_GRACE_SECS: i64 = 24 * 60 * 60;
 pub const POLICY_ENCODED_LEN_MAX: usize = 1 << 20;
 /// Why a login with a wrong password, or for an unknown user, failed.
 const WRONG_PASSWORD: &str = "wrong user name or password";
+/// Why a login for a superuser failed.
+const SUPERUSER_LOGIN: &str = "the name of a superuser, who may not log in with a password: a \
+                               password login would hand out superuser certificates";
 
 /// What the SC's security is configured with.
 #[derive(Debug)]
@@ -152,11 +158,23 @@ impl Security {
             csr_pem,
             ..
         } = request;
-        if let Some(why) = self.refusal_before_hashing(&user, &password) {
+        if let Some(why) = refusal_before_hashing(&user, &password) {
             return Err(self.failed_login(&user, why).await);
         }
-        let stored = self.data.lock().await.users.get(&user).cloned();
-        if !self.passwords.verify(password, stored.clone()).await? {
+        // A superuser is checked against the stand-in hash, as an unknown
+        // user is, even if a user of that name is stored from before the
+        // name became a superuser's.
+        let superuser = self.is_superuser(&user);
+        let stored = if superuser {
+            None
+        } else {
+            self.data.lock().await.users.get(&user).cloned()
+        };
+        let verified = self.passwords.verify(password, stored.clone()).await?;
+        if superuser {
+            return Err(self.failed_login(&user, SUPERUSER_LOGIN).await);
+        }
+        if !verified {
             return Err(self.failed_login(&user, WRONG_PASSWORD).await);
         }
         let mut data = self.data.lock().await;
@@ -177,27 +195,8 @@ impl Security {
         })
     }
 
-    /// Why a login fails without its password being hashed, if it does:
-    /// what no user can have needs no hashing, and hashing is what a flood
-    /// of logins costs the SC.
-    fn refusal_before_hashing(&self, user: &str, password: &str) -> Option<&'static str> {
-        if runnel_auth::validate_user_name(user).is_err() {
-            return Some("not a valid user name");
-        }
-        if password.len() > PASSWORD_LEN_MAX {
-            return Some("a password longer than any user's");
-        }
-        if self.is_superuser(user) {
-            return Some(
-                "the name of a superuser, who may not log in with a password: a password \
-                 login would hand out superuser certificates",
-            );
-        }
-        None
-    }
-
     /// Signs `csr_pem` for `user` and records the certificate, dropping
-    /// the user's records that expired meanwhile.
+    /// the user's records and the revocations that expired meanwhile.
     async fn sign(
         &self,
         data: &mut Data,
@@ -211,7 +210,7 @@ impl Security {
         let signed = ca
             .sign_csr(csr_pem, user, OffsetDateTime::now_utc(), lifetime)
             .map_err(|error| ApiError::new(ErrorCode::INVALID_CSR, error.to_string()))?;
-        let mut mutations = data.expired_of(user, now);
+        let mut mutations = data.expired_records(user, now);
         let pruned = mutations.len();
         mutations.push(SecurityMutation::PutIssued {
             serial: signed.serial.clone(),
@@ -598,25 +597,23 @@ impl Data {
     }
 
     /// The mutations dropping the user's certificates that expired, grace
-    /// included, and their revocations: each login leaves a record, which
-    /// would otherwise stay until the SC restarts however short its
-    /// certificate's lifetime.
-    fn expired_of(&self, user: &str, now: i64) -> Vec<SecurityMutation> {
-        let mut mutations = Vec::new();
-        for serial in self.issued_of(user) {
-            if unexpired(self.issued[serial].not_after_unix, now) {
-                continue;
-            }
-            mutations.push(SecurityMutation::DeleteIssued(serial.clone()));
-            if self
-                .revoked
-                .get(serial)
-                .is_some_and(|not_after| !unexpired(*not_after, now))
-            {
-                mutations.push(SecurityMutation::DeleteRevoked(serial.clone()));
-            }
-        }
-        mutations
+    /// included, and every revocation that expired: each login leaves a
+    /// record, and a revocation outlives its certificate's record (`user
+    /// delete` drops the record and keeps the revocation); either would
+    /// otherwise stay until the SC restarts, however short the
+    /// certificate's lifetime. A revoked serial the SC did not issue has no
+    /// known end, so its revocation stays.
+    fn expired_records(&self, user: &str, now: i64) -> Vec<SecurityMutation> {
+        let issued = self
+            .issued_of(user)
+            .filter(|serial| !unexpired(self.issued[*serial].not_after_unix, now))
+            .map(|serial| SecurityMutation::DeleteIssued(serial.clone()));
+        let revoked = self
+            .revoked
+            .iter()
+            .filter(|(_, not_after)| !unexpired(**not_after, now))
+            .map(|(serial, _)| SecurityMutation::DeleteRevoked(serial.clone()));
+        issued.chain(revoked).collect()
     }
 
     /// The roles bound to `principal`, by name.
@@ -674,6 +671,20 @@ impl Data {
             ),
         ))
     }
+}
+
+/// Why a login fails without its password being hashed, if it does:
+/// what no user can have needs no hashing, and hashing is what a flood of
+/// logins costs the SC. A superuser's name is not among them: its quick
+/// answer would tell the superusers' names apart.
+fn refusal_before_hashing(user: &str, password: &str) -> Option<&'static str> {
+    if runnel_auth::validate_user_name(user).is_err() {
+        return Some("not a valid user name");
+    }
+    if password.len() > PASSWORD_LEN_MAX {
+        return Some("a password longer than any user's");
+    }
+    None
 }
 
 /// The mutation revoking `serial`, with its end of validity if the SC
@@ -812,8 +823,11 @@ mod tests {
         }
     }
 
+    /// The user's own expired records go, and every expired revocation,
+    /// including those whose certificate has no record (a deleted user's);
+    /// other users' records wait for their own logins.
     #[tokio::test]
-    async fn a_login_drops_the_users_expired_records() {
+    async fn a_login_drops_the_users_expired_records_and_expired_revocations() {
         let dir = tempfile::tempdir().expect("temp dir");
         let now = now_unix();
         let long_ago = now - EXPIRY_GRACE_SECS - 60;
@@ -827,10 +841,16 @@ mod tests {
                 issued("0a02", "alice", lately),
                 revoked("0a02", lately),
                 issued("0b01", "bob", long_ago),
+                issued("0b02", "bob", long_ago),
+                revoked("0b02", long_ago),
+                revoked("0c01", long_ago),
+                revoked("0c02", lately),
+                revoked("ff", NOT_AFTER_UNKNOWN),
             ],
         )
         .await;
         assert!(security.is_revoked("0a01"));
+        assert!(security.is_revoked("0c01"));
 
         let response = security
             .login(login_request("alice", PASSWORD))
@@ -839,12 +859,18 @@ mod tests {
 
         let data = security.data.lock().await;
         let issued: Vec<&str> = data.issued.keys().map(String::as_str).collect();
-        let mut expected = vec!["0a02", "0b01", response.serial.as_str()];
+        let mut expected = vec!["0a02", "0b01", "0b02", response.serial.as_str()];
         expected.sort();
         assert_eq!(issued, expected, "alice's long-expired record is gone");
         let revoked: Vec<&str> = data.revoked.keys().map(String::as_str).collect();
-        assert_eq!(revoked, ["0a02"], "revoked within the grace stays");
-        assert!(!security.is_revoked("0a01"));
+        assert_eq!(
+            revoked,
+            ["0a02", "0c02", "ff"],
+            "revoked within the grace, or with no known end, stays"
+        );
+        for gone in ["0a01", "0b02", "0c01"] {
+            assert!(!security.is_revoked(gone), "{gone}");
+        }
         assert!(security.is_revoked("0a02"));
         let stored = data
             .store
@@ -857,7 +883,9 @@ mod tests {
     }
 
     /// With no room to hash at all, only what reaches hashing is refused
-    /// as busy: everything else is answered before.
+    /// as busy: everything else is answered before. A superuser's name
+    /// reaches hashing, as an unknown name does, so its answer takes as
+    /// long.
     #[tokio::test]
     async fn logins_no_user_can_make_are_refused_before_hashing() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -876,13 +904,17 @@ mod tests {
                 login_request("alice", &"p".repeat(PASSWORD_LEN_MAX + 1)),
                 ErrorCode::AUTHENTICATION_FAILED,
             ),
-            (
-                login_request(SUPERUSER, PASSWORD),
-                ErrorCode::AUTHENTICATION_FAILED,
-            ),
             (oversized_csr, ErrorCode::INVALID_CSR),
             (
                 login_request("alice", PASSWORD),
+                ErrorCode::TOO_MANY_REQUESTS,
+            ),
+            (
+                login_request("nobody", PASSWORD),
+                ErrorCode::TOO_MANY_REQUESTS,
+            ),
+            (
+                login_request(SUPERUSER, PASSWORD),
                 ErrorCode::TOO_MANY_REQUESTS,
             ),
         ];
@@ -891,6 +923,22 @@ mod tests {
             let error = security.login(request).await.expect_err("refused");
             assert_eq!(error.code, code, "{user}: {error:?}");
         }
+    }
+
+    /// Even a user stored under the name before it became a superuser's
+    /// cannot log in with the right password; the answer is the one for a
+    /// wrong password.
+    #[tokio::test]
+    async fn a_superuser_cannot_log_in_with_a_password() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let security = security(&dir, &[SUPERUSER], vec![]).await;
+        let error = security
+            .login(login_request(SUPERUSER, PASSWORD))
+            .await
+            .expect_err("refused");
+        assert_eq!(error.code, ErrorCode::AUTHENTICATION_FAILED, "{error:?}");
+        assert_eq!(error.message, WRONG_PASSWORD);
+        assert!(security.data.lock().await.issued.is_empty());
     }
 
     #[tokio::test]

@@ -310,12 +310,11 @@ impl Service {
         }
     }
 
-    async fn open_watch(&self, caller: Caller, request: &IncomingRequest, responder: Responder) {
+    async fn open_watch(&self, request: &IncomingRequest, responder: Responder) {
         let stream = responder.into_stream();
         match decoded::<WatchMetadataRequest>(request) {
             Ok(WatchMetadataRequest {}) => {
-                self.watch_metadata(caller, request.identity.clone(), stream)
-                    .await
+                self.watch_metadata(request.identity.clone(), stream).await
             }
             Err(error) => stream.end(Err(error)).await,
         }
@@ -327,30 +326,62 @@ impl Service {
     /// permissions may have changed; one whose certificate is revoked or
     /// expires is ended. It sees only the topics and partitions it may
     /// describe, and no change that is empty once filtered: its version
-    /// alone would tell of activity on hidden topics.
-    async fn watch_metadata(
-        &self,
-        mut caller: Caller,
-        identity: Option<Arc<PeerIdentity>>,
-        mut stream: StreamSender,
-    ) {
+    /// alone would tell of activity on hidden topics. An item waiting for
+    /// the watcher's credit is judged again when the permissions change
+    /// meanwhile, so a watcher that holds back credit gets nothing its new
+    /// permissions hide.
+    async fn watch_metadata(&self, identity: Option<Arc<PeerIdentity>>, mut stream: StreamSender) {
         let mut security = self.security.as_ref().map(|security| security.subscribe());
+        // Judged from here on against the state just subscribed to, so no
+        // change since the request was authenticated goes unnoticed.
+        let mut caller = match self.reauthenticate(identity.as_deref(), ApiKey::WatchMetadata) {
+            Ok(caller) => caller,
+            Err(error) => {
+                stream.end(Err(error)).await;
+                return;
+            }
+        };
         let (snapshot, mut changes) = self.controller.watch().await;
         let mut next: MetadataUpdate = snapshot;
         loop {
             let visible = caller.visible_update(next);
+            // Whether the permissions changed while the item waited to go:
+            // then a snapshot follows it, or replaces it.
+            let mut rechecked = false;
             if !is_empty_delta(&visible) {
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => {
+                let delivery = deliver(
+                    &mut stream,
+                    &visible,
+                    self.shutdown.cancelled(),
+                    &mut security,
+                    identity.as_deref(),
+                    || {
+                        caller = self.reauthenticate(identity.as_deref(), ApiKey::WatchMetadata)?;
+                        rechecked = true;
+                        // Filtering again removes nothing only if the new
+                        // permissions still show all of it.
+                        Ok(caller.visible_update(visible.clone()) == visible)
+                    },
+                )
+                .await;
+                match delivery {
+                    Delivery::Sent | Delivery::Withdrawn => {}
+                    Delivery::Closed => return,
+                    Delivery::Interrupted => {
                         stream.end(Err(shutting_down())).await;
                         return;
                     }
-                    sent = stream.send(&visible) => {
-                        if sent.is_err() {
-                            return;
-                        }
+                    Delivery::Refused(error) => {
+                        stream.end(Err(error)).await;
+                        return;
                     }
                 }
+            }
+            if rechecked {
+                let (snapshot, fresh) = self.controller.watch().await;
+                changes = fresh;
+                next = snapshot;
+                continue;
             }
             next = tokio::select! {
                 _ = self.shutdown.cancelled() => {
@@ -372,12 +403,7 @@ impl Service {
                     Err(RecvError::Closed) => return,
                 },
                 () = recheck_due(&mut security, identity.as_deref()) => {
-                    let judged = access::authenticate(
-                        self.security.as_deref(),
-                        identity.as_deref(),
-                        ApiKey::WatchMetadata,
-                    );
-                    caller = match judged {
+                    caller = match self.reauthenticate(identity.as_deref(), ApiKey::WatchMetadata) {
                         Ok(caller) => caller,
                         Err(error) => {
                             stream.end(Err(error)).await;
@@ -390,6 +416,16 @@ impl Service {
                 }
             };
         }
+    }
+
+    /// The caller of a stream, authenticated again with the security
+    /// state of now.
+    fn reauthenticate(
+        &self,
+        identity: Option<&PeerIdentity>,
+        key: ApiKey,
+    ) -> Result<Caller, ApiError> {
+        access::authenticate(self.security.as_deref(), identity, key)
     }
 
     async fn open_session(&self, caller: Caller, request: &IncomingRequest, responder: Responder) {
@@ -411,7 +447,9 @@ impl Service {
     /// Serves an SPU's session: its assignments, then each change to them,
     /// and with security on the security state after each snapshot and
     /// whenever it changes, until the SPU goes away, the SC ends the
-    /// session, or the SPU's certificate is revoked or expires.
+    /// session, or the SPU's certificate is revoked or expires. An update
+    /// waiting for the SPU's credit goes only if the certificate is still
+    /// good when it leaves.
     async fn spu_session(
         &self,
         session: Arc<Session>,
@@ -422,34 +460,60 @@ impl Service {
         // Nothing goes before the first snapshot, which carries the latest
         // security state anyway.
         let mut snapshot_sent = false;
-        let end = 'serve: loop {
-            let updates = tokio::select! {
-                _ = session.ended() => break 'serve SessionEnd::BySc,
-                _ = stream.cancelled() => break 'serve SessionEnd::BySpu("its connection closed"),
-                updates = self.controller.next_assignments(&session) => {
-                    // The first call returns the snapshot.
-                    snapshot_sent = true;
-                    with_security_after_snapshot(updates, security.as_mut())
-                }
-                () = recheck_due(&mut security, identity.as_deref()), if snapshot_sent => {
-                    let judged = access::authenticate(
-                        self.security.as_deref(),
-                        identity.as_deref(),
-                        ApiKey::SpuConnect,
-                    );
-                    if let Err(error) = judged {
-                        break 'serve SessionEnd::Unauthenticated(error);
-                    }
+        // The security state changed while an update waited to go: the
+        // latest goes next.
+        let mut security_stale = false;
+        let end = 'serve: {
+            // Judged from here on against the state just subscribed to, so
+            // no change since the request was authenticated goes unnoticed.
+            if let Err(error) = self.reauthenticate(identity.as_deref(), ApiKey::SpuConnect) {
+                break 'serve SessionEnd::Unauthenticated(error);
+            }
+            loop {
+                let updates = if std::mem::take(&mut security_stale) {
                     security.as_mut().map(latest_security).into_iter().collect()
-                }
-            };
-            for update in &updates {
-                tokio::select! {
-                    _ = session.ended() => break 'serve SessionEnd::BySc,
-                    sent = stream.send(update) => {
-                        if sent.is_err() {
+                } else {
+                    tokio::select! {
+                        _ = session.ended() => break 'serve SessionEnd::BySc,
+                        _ = stream.cancelled() => break 'serve SessionEnd::BySpu("its connection closed"),
+                        updates = self.controller.next_assignments(&session) => {
+                            // The first call returns the snapshot.
+                            snapshot_sent = true;
+                            with_security_after_snapshot(updates, security.as_mut())
+                        }
+                        () = recheck_due(&mut security, identity.as_deref()), if snapshot_sent => {
+                            if let Err(error) = self.reauthenticate(identity.as_deref(), ApiKey::SpuConnect) {
+                                break 'serve SessionEnd::Unauthenticated(error);
+                            }
+                            security.as_mut().map(latest_security).into_iter().collect()
+                        }
+                    }
+                };
+                for update in &updates {
+                    let delivery = deliver(
+                        &mut stream,
+                        update,
+                        session.ended(),
+                        &mut security,
+                        identity.as_deref(),
+                        || {
+                            self.reauthenticate(identity.as_deref(), ApiKey::SpuConnect)?;
+                            security_stale = true;
+                            // An SPU's updates are not filtered by permissions.
+                            Ok(true)
+                        },
+                    )
+                    .await;
+                    match delivery {
+                        Delivery::Sent => {}
+                        Delivery::Closed => {
                             break 'serve SessionEnd::BySpu("its connection closed");
                         }
+                        Delivery::Interrupted => break 'serve SessionEnd::BySc,
+                        Delivery::Refused(error) => {
+                            break 'serve SessionEnd::Unauthenticated(error);
+                        }
+                        Delivery::Withdrawn => unreachable!("an SPU's updates are never withdrawn"),
                     }
                 }
             }
@@ -512,7 +576,7 @@ impl Handler for Service {
             | ApiKey::UnregisterSpu
             | ApiKey::InitProducerId
             | ApiKey::ElectPreferred => self.metadata_api(key, &caller, &request, responder).await,
-            ApiKey::WatchMetadata => self.open_watch(caller, &request, responder).await,
+            ApiKey::WatchMetadata => self.open_watch(&request, responder).await,
             ApiKey::Login
             | ApiKey::UserAdd
             | ApiKey::UserList
@@ -580,6 +644,58 @@ async fn recheck_due(
     tokio::select! {
         () = security_changed(security) => {}
         () = access::expiry(identity) => {}
+    }
+}
+
+/// How sending one stream item ended.
+enum Delivery {
+    Sent,
+    /// The requester cancelled, or its connection closed.
+    Closed,
+    /// What the item waited on besides credit happened first (shutdown,
+    /// the session's end).
+    Interrupted,
+    /// The caller failed authentication while the item waited.
+    Refused(ApiError),
+    /// The caller's new permissions hide part of the item, so it did not go.
+    Withdrawn,
+}
+
+/// Sends `item` once the requester grants credit for it, unless `stop`
+/// resolves first. A requester can hold credit back as long as it likes,
+/// so whenever the security state changes or the certificate expires
+/// meanwhile, `judge` authenticates the caller again and says whether the
+/// item may still go; it is the last look before the item leaves.
+async fn deliver<T: Serialize>(
+    stream: &mut StreamSender,
+    item: &T,
+    stop: impl Future<Output = ()>,
+    security: &mut Option<watch::Receiver<Arc<SecurityState>>>,
+    identity: Option<&PeerIdentity>,
+    mut judge: impl FnMut() -> Result<bool, ApiError>,
+) -> Delivery {
+    let send = stream.send(item);
+    tokio::pin!(send, stop);
+    // Ends: each turn either returns or consumes a security change or the
+    // certificate's expiry, after which `judge` refuses it.
+    loop {
+        tokio::select! {
+            // A due re-check goes before the send, so an item never leaves
+            // judged by a state that is already stale.
+            biased;
+            () = &mut stop => return Delivery::Interrupted,
+            () = recheck_due(security, identity) => match judge() {
+                Ok(true) => {}
+                Ok(false) => return Delivery::Withdrawn,
+                Err(error) => return Delivery::Refused(error),
+            },
+            sent = &mut send => {
+                return match sent {
+                    Ok(()) => Delivery::Sent,
+                    Err(_) => Delivery::Closed,
+                };
+            }
+        }
     }
 }
 

@@ -557,6 +557,9 @@ mod tests {
         }
     }
 
+    /// Revocations go by their own end of validity, whether or not a
+    /// record of the certificate is left ("03": its user was deleted);
+    /// one with no known end stays.
     #[test]
     fn expired_certificates_and_revocations_are_dropped() {
         let dir = tempfile::tempdir().expect("temp dir");

@@ -12,10 +12,10 @@ use runnel_api::{
     UserRevokeRequest, WatchMetadataRequest,
 };
 use runnel_auth::{Action, Binding, Effect, Policy, ResourcePattern, Role, Rule};
-use runnel_metadata::{AssignmentUpdate, MetadataUpdate, SecurityState};
+use runnel_metadata::{AssignmentUpdate, MetadataUpdate, MetadataView, SecurityState};
 use runnel_pki::{PeerIdentity, PrincipalSource};
 use runnel_sc::ScError;
-use runnel_transport::{Connection, TransportError};
+use runnel_transport::{Connection, ResponseStream, TransportError};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::de::DeserializeOwned;
@@ -646,6 +646,198 @@ async fn lists_and_watches_show_only_what_the_principal_may_describe() {
             view.topics.contains_key(&name("secret")) && view.topics.contains_key(&name("secret-2"))
         })
         .await;
+    sc.stop().await;
+}
+
+/// A metadata watch whose watcher grants one item of credit and reads
+/// nothing yet: the SC sends the first snapshot, then holds the next item
+/// until the watcher reads.
+async fn watch_holding_credit(client: &Connection) -> ResponseStream<MetadataUpdate> {
+    bounded("WatchMetadata", client.stream(&WatchMetadataRequest {}, 1))
+        .await
+        .expect("WatchMetadata opens")
+}
+
+/// Creates `topic` and waits until `watcher` (with credit to spare) sees
+/// it, by when the SC has taken the change up for every watch.
+async fn create_seen(admin: &Connection, watcher: &mut Watcher, topic: &str) {
+    bounded(
+        "create",
+        admin.call(&CreateTopicRequest {
+            spec: topic_spec(topic, 1, 1),
+        }),
+    )
+    .await
+    .expect("created");
+    watcher
+        .until(topic, |view| view.topics.contains_key(&name(topic)))
+        .await;
+}
+
+/// Items of `stream` until it ends with an error, at most `most`.
+async fn items_then_error<T: DeserializeOwned + std::fmt::Debug>(
+    stream: &mut ResponseStream<T>,
+    most: usize,
+) -> (Vec<T>, runnel_api::ApiError) {
+    let mut items = Vec::new();
+    for _ in 0..=most {
+        match bounded("the stream's next item", stream.next()).await {
+            Some(Ok(item)) => items.push(item),
+            Some(Err(TransportError::Api(error))) => return (items, error),
+            other => panic!("expected an item or an error, got {other:?}; before: {items:?}"),
+        }
+    }
+    panic!("the stream did not end after {most} items: {items:?}")
+}
+
+/// An item that waited for the watcher's credit while the policy
+/// narrowed is judged by the new policy: the watcher never sees the topic
+/// it may no longer describe, only a fresh snapshot without it.
+#[tokio::test]
+async fn a_watcher_holding_back_credit_gets_nothing_a_narrower_policy_hides() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sc = SecureSc::start(dir.path(), Pki::new()).await;
+    let admin = sc.as_principal(SUPERUSER).await;
+    let _spu = sc.spu(1).await;
+    let mut admin_watch = Watcher::open(&admin).await;
+    create_seen(&admin, &mut admin_watch, "public-a").await;
+    let everything = role("reader", Effect::Allow, &[Action::Describe], &["topic:*"]);
+    apply(
+        &admin,
+        Policy {
+            roles: vec![everything],
+            bindings: vec![binding("carol", "reader")],
+        },
+    )
+    .await;
+    let carol = sc.as_principal("carol").await;
+    let mut held = watch_holding_credit(&carol).await;
+
+    // The change waits for credit, filtered by the policy of the time.
+    create_seen(&admin, &mut admin_watch, "secret").await;
+    let public_only = role(
+        "reader",
+        Effect::Allow,
+        &[Action::Describe],
+        &["topic:public-*"],
+    );
+    apply(
+        &admin,
+        Policy {
+            roles: vec![public_only],
+            bindings: vec![binding("carol", "reader")],
+        },
+    )
+    .await;
+
+    let mut view = MetadataView::default();
+    let mut received = Vec::new();
+    for _ in 0..2 {
+        let update = match bounded("an update", held.next()).await {
+            Some(Ok(update)) => update,
+            other => panic!("expected an update, got {other:?}; before: {received:?}"),
+        };
+        received.push(update.clone());
+        view.apply(update);
+    }
+    assert!(
+        received
+            .iter()
+            .all(|update| matches!(update, MetadataUpdate::Snapshot { .. })),
+        "the change that waited is replaced by a snapshot: {received:?}"
+    );
+    assert_eq!(view.topics.keys().collect::<Vec<_>>(), [&name("public-a")]);
+    assert!(
+        view.partitions
+            .keys()
+            .all(|key| key.topic == name("public-a")),
+        "{:?}",
+        view.partitions.keys()
+    );
+    sc.stop().await;
+}
+
+/// An item that waited for the watcher's credit while its certificate
+/// was revoked does not go: the watch ends with the refusal instead.
+#[tokio::test]
+async fn a_watcher_holding_back_credit_gets_nothing_once_revoked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sc = SecureSc::start(dir.path(), Pki::new()).await;
+    let admin = sc.as_principal(SUPERUSER).await;
+    let _spu = sc.spu(1).await;
+    let mut admin_watch = Watcher::open(&admin).await;
+    let everything = role("reader", Effect::Allow, &[Action::Describe], &["topic:*"]);
+    apply(
+        &admin,
+        Policy {
+            roles: vec![everything],
+            bindings: vec![binding("carol", "reader")],
+        },
+    )
+    .await;
+    let (cert, key) = sc.pki.identity("carol");
+    let carol = sc.public_with(Some((&cert, &key))).await;
+    let mut held = watch_holding_credit(&carol).await;
+
+    create_seen(&admin, &mut admin_watch, "public-a").await;
+    bounded(
+        "revoke",
+        admin.call(&UserRevokeRequest::Serial(identity_of(&cert).serial)),
+    )
+    .await
+    .expect("revoked");
+
+    let (items, error) = items_then_error(&mut held, 1).await;
+    assert_eq!(error.code, ErrorCode::AUTHENTICATION_FAILED, "{error:?}");
+    assert!(error.message.contains("has been revoked"), "{error:?}");
+    assert!(
+        items
+            .iter()
+            .all(|update| matches!(update, MetadataUpdate::Snapshot { .. })),
+        "at most the first snapshot, sent before the revocation: {items:?}"
+    );
+    sc.stop().await;
+}
+
+/// An update that waited for the SPU's credit while its certificate was
+/// revoked does not go: the session ends with the refusal instead.
+#[tokio::test]
+async fn an_spu_holding_back_credit_gets_nothing_once_revoked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sc = SecureSc::start(dir.path(), Pki::new()).await;
+    let admin = sc.as_principal(SUPERUSER).await;
+    let (cert, key) = sc.pki.identity("spu:3");
+    let connection = Connection::connect(&sc.private_addr, sc.pki.client(Some((&cert, &key))))
+        .await
+        .expect("connected");
+    // The snapshot goes at once; the security state after it waits for
+    // credit.
+    let mut held = bounded(
+        "SpuConnect",
+        connection.stream(
+            &SpuConnectRequest {
+                spec: crate::support::spu_spec(3),
+            },
+            1,
+        ),
+    )
+    .await
+    .expect("SpuConnect opens");
+    bounded(
+        "revoke",
+        admin.call(&UserRevokeRequest::Serial(identity_of(&cert).serial)),
+    )
+    .await
+    .expect("revoked");
+
+    let (items, error) = items_then_error(&mut held, 1).await;
+    assert_eq!(error.code, ErrorCode::AUTHENTICATION_FAILED, "{error:?}");
+    assert!(
+        items
+            .iter()
+            .all(|update| matches!(update, AssignmentUpdate::Snapshot { .. })),
+        "at most the snapshot, sent before the revocation: {items:?}"
+    );
     sc.stop().await;
 }
 
