@@ -204,13 +204,16 @@ impl StreamSender {
         self.send_frame(item, Tail::File(range)).await
     }
 
+    /// Cancel-safe: dropped before it returns, it has sent nothing and used
+    /// no credit (the credit is spent only together with queueing the
+    /// frame, which cannot be interrupted).
     async fn send_frame<T: Serialize>(&mut self, item: &T, tail: Tail) -> Result<(), StreamClosed> {
         let exchange = &self.responder.exchange;
-        tokio::select! {
+        let credit = tokio::select! {
             biased;
             _ = exchange.cancelled.cancelled() => return Err(StreamClosed),
-            permit = exchange.credits.acquire() => permit.map_err(|_| StreamClosed)?.forget(),
-        }
+            credit = exchange.credits.acquire() => credit.map_err(|_| StreamClosed)?,
+        };
         let tail_len = match &tail {
             Tail::None => 0,
             Tail::Bytes(bytes) => bytes.len(),
@@ -228,17 +231,20 @@ impl StreamSender {
         let queued = Arc::clone(&exchange.queued);
         let limit = queued_limit(self.responder.max_queued_bytes);
         let size = (frame.bytes.len() + tail_len).clamp(1, limit) as u32;
-
         frame.held = tokio::select! {
             biased;
             _ = exchange.cancelled.cancelled() => return Err(StreamClosed),
             held = queued.acquire_many_owned(size) => Some(held.map_err(|_| StreamClosed)?),
         };
-        self.responder
+        let slot = self
+            .responder
             .queue
-            .send(frame)
+            .reserve()
             .await
-            .map_err(|_| StreamClosed)
+            .map_err(|_| StreamClosed)?;
+        credit.forget();
+        slot.send(frame);
+        Ok(())
     }
 
     /// Resolves when the requester cancels or the connection closes.
