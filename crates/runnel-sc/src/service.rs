@@ -704,9 +704,12 @@ fn is_empty_delta(update: &MetadataUpdate) -> bool {
     matches!(update, MetadataUpdate::Delta { changes, .. } if changes.is_empty())
 }
 
-/// The latest security state, marked as seen, as an SPU receives it.
+/// The latest security state, as an SPU receives it. Not marked as seen:
+/// only [`recheck_due`] consumes a change, and it re-authenticates the SPU
+/// first, so a revocation that arrives with a snapshot is still judged
+/// (the SPU may get the same state twice).
 fn latest_security(receiver: &mut watch::Receiver<Arc<SecurityState>>) -> AssignmentUpdate {
-    AssignmentUpdate::Security(SecurityState::clone(&receiver.borrow_and_update()))
+    AssignmentUpdate::Security(SecurityState::clone(&receiver.borrow()))
 }
 
 /// `updates`, and the security state right after a snapshot among them:
