@@ -73,8 +73,8 @@ mod resource;
 pub use action::{Action, Effect};
 pub use error::{Denied, PolicyError};
 pub use names::{
-    MAX_PRINCIPAL_LEN, MAX_ROLE_NAME_LEN, MAX_USER_NAME_LEN, is_node_identity, validate_principal,
-    validate_role_name, validate_user_name,
+    MAX_PRINCIPAL_LEN, MAX_ROLE_NAME_LEN, MAX_USER_NAME_LEN, SC_PRINCIPAL, is_node_identity,
+    spu_id_of, spu_principal, validate_principal, validate_role_name, validate_user_name,
 };
 pub use policy::{
     Binding, MAX_ACTIONS_PER_RULE, MAX_BINDINGS, MAX_PATTERNS_PER_RULE, MAX_ROLES,

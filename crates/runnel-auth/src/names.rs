@@ -16,9 +16,9 @@ pub const MAX_USER_NAME_LEN: usize = 64;
 pub const MAX_ROLE_NAME_LEN: usize = 64;
 
 /// The principal of the SC.
-const SC_IDENTITY: &str = "sc";
+pub const SC_PRINCIPAL: &str = "sc";
 /// The prefix of an SPU's principal; the SPU id follows.
-const SPU_IDENTITY_PREFIX: &str = "spu:";
+const SPU_PRINCIPAL_PREFIX: &str = "spu:";
 
 /// Checks a principal: the name a certificate carries (its CN, or a
 /// configured SAN). Users who log in get certificates whose CN is their user
@@ -44,26 +44,32 @@ pub fn validate_user_name(name: &str) -> Result<(), PolicyError> {
         reason,
     };
     check_shape(name, MAX_USER_NAME_LEN, is_user_char).map_err(invalid)?;
-    if name == SC_IDENTITY {
+    if name == SC_PRINCIPAL {
         return Err(invalid("it is the SC's node identity".to_owned()));
     }
     Ok(())
 }
 
 /// Whether `principal` names one of the cluster's nodes: exactly `sc`, or
-/// `spu:` followed by an SPU id as canonical decimal `u32` (no sign, no
-/// leading zeros except `0` itself). Only the canonical spelling counts, so
-/// each node has exactly one principal.
+/// an SPU's principal (see [`spu_id_of`]).
 pub fn is_node_identity(principal: &str) -> bool {
-    if principal == SC_IDENTITY {
-        return true;
-    }
-    let Some(id) = principal.strip_prefix(SPU_IDENTITY_PREFIX) else {
-        return false;
-    };
+    principal == SC_PRINCIPAL || spu_id_of(principal).is_some()
+}
+
+/// The principal of SPU `id`: `spu:<id>`, the name its certificate carries.
+pub fn spu_principal(id: u32) -> String {
+    format!("{SPU_PRINCIPAL_PREFIX}{id}")
+}
+
+/// The SPU id `principal` names, if it is `spu:` followed by the id as
+/// canonical decimal `u32` (no sign, no leading zeros except `0` itself).
+/// Only the canonical spelling counts, so each SPU has exactly one
+/// principal.
+pub fn spu_id_of(principal: &str) -> Option<u32> {
+    let id = principal.strip_prefix(SPU_PRINCIPAL_PREFIX)?;
     let canonical =
         id.bytes().all(|byte| byte.is_ascii_digit()) && (id == "0" || !id.starts_with('0'));
-    canonical && id.parse::<u32>().is_ok()
+    if canonical { id.parse().ok() } else { None }
 }
 
 /// Checks a role name.
@@ -123,6 +129,17 @@ mod tests {
             "spu:1:2",
         ] {
             assert!(!is_node_identity(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn spu_principals_round_trip() {
+        for id in [0, 7, 5001, u32::MAX] {
+            assert_eq!(spu_id_of(&spu_principal(id)), Some(id), "{id}");
+        }
+        assert_eq!(spu_principal(7), "spu:7");
+        for no in ["sc", "spu:07", "spu:", "spu:-1", "alice", "spu:4294967296"] {
+            assert_eq!(spu_id_of(no), None, "{no}");
         }
     }
 

@@ -66,7 +66,8 @@ impl std::fmt::Debug for Credentials {
 
 /// Logs in to the SC over TLS without a client certificate: generates a
 /// key pair and a CSR here, sends the CSR with the user's password, and
-/// checks that the certificate received works with the key and the CA.
+/// checks that the certificate received belongs to the key (its chain is
+/// checked by the servers it is presented to).
 pub async fn login(options: &LoginOptions) -> Result<Credentials, ClientError> {
     let addr = &options.sc_addr;
     let key_and_csr = runnel_pki::generate_csr(&options.user).map_err(|error| {
@@ -105,8 +106,8 @@ pub async fn login(options: &LoginOptions) -> Result<Credentials, ClientError> {
     })
 }
 
-/// Refuses a certificate and CA that could not be used together with the
-/// key, before anything is written.
+/// Refuses a certificate that does not belong to the key, or PEM that
+/// cannot be loaded, before anything is written.
 fn check_issued(response: &LoginResponse, key_pem: &str) -> Result<(), ClientError> {
     ClientTls::new(
         response.ca_pem.as_bytes(),

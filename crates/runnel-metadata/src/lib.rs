@@ -274,3 +274,34 @@ pub struct SecurityState {
     /// not expired yet.
     pub revoked: Vec<String>,
 }
+
+impl SecurityState {
+    pub fn is_superuser(&self, principal: &str) -> bool {
+        self.superusers
+            .iter()
+            .any(|superuser| superuser == principal)
+    }
+
+    /// Whether `principal` may do `action` on `resource`: superusers may do
+    /// everything; node identities nothing here, whatever roles name them,
+    /// since nodes use the private apis only; anyone else as the policy
+    /// says, deny by default.
+    pub fn decide(
+        &self,
+        principal: &str,
+        action: runnel_auth::Action,
+        resource: &runnel_auth::Resource,
+    ) -> Result<(), runnel_auth::Denied> {
+        if self.is_superuser(principal) {
+            return Ok(());
+        }
+        if runnel_auth::is_node_identity(principal) {
+            return Err(runnel_auth::Denied {
+                principal: principal.to_owned(),
+                action,
+                resource: resource.clone(),
+            });
+        }
+        self.policy.check(principal, action, resource)
+    }
+}

@@ -18,6 +18,7 @@ use runnel_api::{ApiError, ApiKey, ErrorCode, Listener};
 use runnel_auth::{Action, Resource};
 use runnel_metadata::{Change, MetadataUpdate, Object, ObjectKey, Partition, SecurityState, Topic};
 use runnel_pki::PeerIdentity;
+use runnel_transport::certificate_required;
 use runnel_types::{SpuId, TopicName};
 use tracing::warn;
 
@@ -52,33 +53,11 @@ pub fn authenticate(
     let Some(security) = security else {
         return Ok(Caller::Unchecked);
     };
-    let Some(identity) = identity else {
-        if matches!(key, ApiKey::ApiVersions | ApiKey::Login) {
-            return Ok(Caller::Anonymous);
-        }
-        return Err(anonymous());
-    };
-    if security.is_revoked(&identity.serial) {
-        return Err(revoked(identity));
+    if identity.is_none() && matches!(key, ApiKey::ApiVersions | ApiKey::Login) {
+        return Ok(Caller::Anonymous);
     }
-    if identity.not_after_unix < now_unix() {
-        return Err(expired(identity));
-    }
+    let identity = security.revocations().authenticate(identity, now_unix())?;
     Ok(Caller::identify(&identity.principal, security.current()))
-}
-
-/// The answer to a request made with a certificate that has expired since
-/// its connection opened.
-fn expired(identity: &PeerIdentity) -> ApiError {
-    let not_after = runnel_pki::utc_text(identity.not_after_unix);
-    ApiError::new(
-        ErrorCode::AUTHENTICATION_FAILED,
-        format!(
-            "the certificate naming {principal} expired at {not_after}; get a new one with \
-             `runnel login`",
-            principal = identity.principal,
-        ),
-    )
 }
 
 /// Resolves once `identity`'s certificate has expired: streams that
@@ -96,27 +75,10 @@ pub async fn expiry(identity: Option<&PeerIdentity>) {
     tokio::time::sleep(remaining).await;
 }
 
-/// The answer to a request made with a revoked certificate.
-fn revoked(identity: &PeerIdentity) -> ApiError {
-    ApiError::new(
-        ErrorCode::AUTHENTICATION_FAILED,
-        format!(
-            "the certificate {serial} of {principal} has been revoked; get a new one with \
-             `runnel login`, or ask an admin",
-            serial = identity.serial,
-            principal = identity.principal,
-        ),
-    )
-}
-
 impl Caller {
     /// The caller `principal` is under `state`.
     pub fn identify(principal: &str, state: Arc<SecurityState>) -> Caller {
-        if state
-            .superusers
-            .iter()
-            .any(|superuser| superuser == principal)
-        {
+        if state.is_superuser(principal) {
             Caller::Superuser
         } else if runnel_auth::is_node_identity(principal) {
             Caller::Node(principal.to_string())
@@ -133,7 +95,7 @@ impl Caller {
     pub fn require(&self, action: Action, resource: Resource) -> Result<(), ApiError> {
         match self {
             Caller::Unchecked | Caller::Superuser => Ok(()),
-            Caller::Anonymous => Err(anonymous()),
+            Caller::Anonymous => Err(certificate_required()),
             Caller::Node(name) => Err(node_on_public_api(name, action.as_str(), &resource)),
             Caller::Principal { name, state } => state
                 .policy
@@ -185,8 +147,8 @@ impl Caller {
     pub fn require_spu(&self, spu: SpuId) -> Result<(), ApiError> {
         let name = match self {
             Caller::Unchecked | Caller::Superuser => return Ok(()),
-            Caller::Anonymous => return Err(anonymous()),
-            Caller::Node(name) if *name == format!("spu:{}", spu.0) => return Ok(()),
+            Caller::Anonymous => return Err(certificate_required()),
+            Caller::Node(name) if *name == runnel_auth::spu_principal(spu.0) => return Ok(()),
             Caller::Node(name) | Caller::Principal { name, .. } => name,
         };
         Err(denied(
@@ -253,14 +215,6 @@ impl Caller {
             Change::Delete(ObjectKey::Spu(_)) => true,
         }
     }
-}
-
-fn anonymous() -> ApiError {
-    ApiError::new(
-        ErrorCode::AUTHENTICATION_REQUIRED,
-        "this request needs a client certificate: run `runnel login` or set the profile's \
-         certificate and key",
-    )
 }
 
 /// A node identity asking for a client's api.

@@ -52,6 +52,7 @@ impl Passwords {
 
     /// At most `at_once` hashes running and `waiting` more waiting.
     pub fn with_limits(at_once: usize, waiting: usize) -> Passwords {
+        make_absent_user_hash();
         Passwords {
             admitted: Semaphore::new(at_once + waiting),
             running: Semaphore::new(at_once),
@@ -106,6 +107,20 @@ impl Passwords {
             Ok(value) => Ok(value),
             Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
         }
+    }
+}
+
+/// Makes [`ABSENT_USER_HASH`] ahead of any login: made by the first
+/// unknown user's, it would cost that login two hashes, which tells.
+/// Made on a blocking thread when called on the runtime, which keeps its
+/// async threads free; a login arriving first waits for it there.
+fn make_absent_user_hash() {
+    let make = || {
+        LazyLock::force(&ABSENT_USER_HASH);
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(make)),
+        Err(_) => make(),
     }
 }
 

@@ -327,9 +327,10 @@ impl Service {
     /// expires is ended. It sees only the topics and partitions it may
     /// describe, and no change that is empty once filtered: its version
     /// alone would tell of activity on hidden topics. An item waiting for
-    /// the watcher's credit is judged again when the permissions change
-    /// meanwhile, so a watcher that holds back credit gets nothing its new
-    /// permissions hide.
+    /// the watcher's credit when the permissions may have changed does not
+    /// go: the snapshot under the new permissions replaces it, so a
+    /// watcher that holds back credit gets nothing its new permissions
+    /// hide.
     async fn watch_metadata(&self, identity: Option<Arc<PeerIdentity>>, mut stream: StreamSender) {
         let mut security = self.security.as_ref().map(|security| security.subscribe());
         // Judged from here on against the state just subscribed to, so no
@@ -345,8 +346,8 @@ impl Service {
         let mut next: MetadataUpdate = snapshot;
         loop {
             let visible = caller.visible_update(next);
-            // Whether the permissions changed while the item waited to go:
-            // then a snapshot follows it, or replaces it.
+            // Whether the permissions may have changed while the item
+            // waited to go: then a snapshot replaces it.
             let mut rechecked = false;
             if !is_empty_delta(&visible) {
                 let delivery = deliver(
@@ -358,9 +359,9 @@ impl Service {
                     || {
                         caller = self.reauthenticate(identity.as_deref(), ApiKey::WatchMetadata)?;
                         rechecked = true;
-                        // Filtering again removes nothing only if the new
-                        // permissions still show all of it.
-                        Ok(caller.visible_update(visible.clone()) == visible)
+                        // The snapshot that follows shows all of the item
+                        // the new permissions do, so the item need not go.
+                        Ok(false)
                     },
                 )
                 .await;
@@ -657,7 +658,8 @@ enum Delivery {
     Interrupted,
     /// The caller failed authentication while the item waited.
     Refused(ApiError),
-    /// The caller's new permissions hide part of the item, so it did not go.
+    /// The caller was judged again and the item is to be replaced by a
+    /// fresh one, so it did not go.
     Withdrawn,
 }
 

@@ -9,15 +9,15 @@
 //!
 //! A certificate is checked on every request (revoked? expired?), since a
 //! connection outlives both events. A stream is a request that never
-//! ends, so it holds a [`Grant`]: its permission, checked again at each
-//! of its passes, whenever the security state changes, and when the
-//! certificate expires.
+//! ends, so it holds a [`Grant`]: its permission, checked again whenever
+//! the security state changes and when the certificate expires, before
+//! the stream sends anything more.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use runnel_api::{ApiError, ErrorCode};
-use runnel_auth::{Action, Denied, Resource};
+use runnel_auth::{Action, Resource};
 use runnel_metadata::{PartitionKey, SecurityState};
 use runnel_pki::PeerIdentity;
 use runnel_transport::Revocations;
@@ -26,9 +26,6 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use crate::now_ms;
-
-/// The prefix of an SPU's principal, `spu:<id>`.
-const SPU_PRINCIPAL_PREFIX: &str = "spu:";
 
 #[derive(Debug)]
 pub(crate) struct Authorizer {
@@ -57,9 +54,10 @@ pub(crate) enum Permission<'a> {
     Follower(SpuId),
 }
 
-/// An open stream's authorization. The stream checks it at each pass and
-/// ends with [`Grant::revoked`]'s refusal, so a revocation, a narrower
-/// policy or an expiry stops it even while it has nothing to send.
+/// An open stream's authorization. The stream races [`Grant::revoked`]
+/// against each send and each wait, and ends with its refusal, so a
+/// revocation, a narrower policy or an expiry stops it before its next
+/// item and even while it has nothing to send.
 #[derive(Debug)]
 pub(crate) struct Grant<'a> {
     authorizer: &'a Authorizer,
@@ -67,6 +65,9 @@ pub(crate) struct Grant<'a> {
     permission: Permission<'a>,
     /// Marks the security state the last check saw.
     changes: watch::Receiver<u64>,
+    /// When the certificate starts to be refused, computed once with the
+    /// grant: `revoked` runs ahead of every item a stream sends.
+    expires: Option<tokio::time::Instant>,
 }
 
 impl Authorizer {
@@ -107,6 +108,7 @@ impl Authorizer {
             identity,
             permission,
             changes: self.changes.subscribe(),
+            expires: identity.and_then(|identity| expiry_deadline(identity.not_after_unix)),
         };
         grant.check()?;
         Ok(grant)
@@ -137,26 +139,8 @@ impl Authorizer {
         let Some(state) = self.state() else {
             return Err(self.no_policy_yet(&identity.principal));
         };
-        let principal = identity.principal.as_str();
-        if state
-            .superusers
-            .iter()
-            .any(|superuser| superuser == principal)
-        {
-            return Ok(());
-        }
         let resource = Resource::Topic(topic.to_string());
-        // Nodes use the private apis only, whatever roles name them.
-        let decision = if runnel_auth::is_node_identity(principal) {
-            Err(Denied {
-                principal: principal.to_owned(),
-                action,
-                resource,
-            })
-        } else {
-            state.policy.check(principal, action, &resource)
-        };
-        decision.map_err(|denied| {
+        state.decide(&identity.principal, action, &resource).map_err(|denied| {
             warn!(principal = %denied.principal, action = %denied.action, resource = %denied.resource, "request denied");
             ApiError::new(ErrorCode::PERMISSION_DENIED, denied.to_string())
         })
@@ -249,34 +233,8 @@ impl Authorizer {
         &self,
         identity: Option<&'a PeerIdentity>,
     ) -> Result<&'a PeerIdentity, ApiError> {
-        let Some(identity) = identity else {
-            return Err(ApiError::new(
-                ErrorCode::AUTHENTICATION_REQUIRED,
-                "this request needs a client certificate: run `runnel login` or set the profile's certificate and key",
-            ));
-        };
-        if self.revocations.contains(&identity.serial) {
-            warn!(principal = %identity.principal, serial = %identity.serial, "request refused: certificate revoked");
-            return Err(ApiError::new(
-                ErrorCode::AUTHENTICATION_FAILED,
-                format!(
-                    "the certificate of {} (serial {}) has been revoked; get a new one with `runnel login`",
-                    identity.principal, identity.serial
-                ),
-            ));
-        }
-        if now_ms().div_euclid(1000) > identity.not_after_unix {
-            warn!(principal = %identity.principal, serial = %identity.serial, not_after_unix = identity.not_after_unix, "request refused: certificate expired");
-            return Err(ApiError::new(
-                ErrorCode::AUTHENTICATION_FAILED,
-                format!(
-                    "the certificate naming {} expired at {}; get a new one with `runnel login`",
-                    identity.principal,
-                    runnel_pki::utc_text(identity.not_after_unix)
-                ),
-            ));
-        }
-        Ok(identity)
+        self.revocations
+            .authenticate(identity, now_ms().div_euclid(1000))
     }
 
     fn state(&self) -> Option<Arc<SecurityState>> {
@@ -298,15 +256,11 @@ impl Authorizer {
 /// The SPU a principal names, if it is `spu:<id>` in the one spelling
 /// certificates use.
 fn spu_of(principal: &str) -> Option<SpuId> {
-    if !runnel_auth::is_node_identity(principal) {
-        return None;
-    }
-    let id = principal.strip_prefix(SPU_PRINCIPAL_PREFIX)?;
-    id.parse().ok().map(SpuId)
+    runnel_auth::spu_id_of(principal).map(SpuId)
 }
 
 fn principal_of(spu: SpuId) -> String {
-    format!("{SPU_PRINCIPAL_PREFIX}{spu}")
+    runnel_auth::spu_principal(spu.0)
 }
 
 impl Grant<'_> {
@@ -326,11 +280,9 @@ impl Grant<'_> {
             return std::future::pending().await;
         }
         loop {
-            let expiry = self
-                .identity
-                .and_then(|identity| expiry_deadline(identity.not_after_unix));
+            let expires = self.expires;
             let expired = async {
-                match expiry {
+                match expires {
                     Some(deadline) => tokio::time::sleep_until(deadline).await,
                     None => std::future::pending().await,
                 }
@@ -339,7 +291,14 @@ impl Grant<'_> {
                 changed = self.changes.changed() => {
                     changed.expect("a grant borrows the authorizer, which keeps the sender");
                 }
-                () = expired => {}
+                () = expired => {
+                    // The check reads the wall clock: if it was set back
+                    // and still accepts the certificate, wait anew from
+                    // it rather than spin on the passed deadline.
+                    self.expires = self
+                        .identity
+                        .and_then(|identity| expiry_deadline(identity.not_after_unix));
+                }
             }
             if let Err(error) = self.check() {
                 return error;

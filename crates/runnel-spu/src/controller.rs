@@ -130,8 +130,11 @@ impl ScSession {
 
     async fn session(&self, shutdown: &CancellationToken) -> Ended {
         let connecting = async {
-            let connection =
-                Connection::connect(&self.sc_addr, self.transport.expecting("sc")).await?;
+            let connection = Connection::connect(
+                &self.sc_addr,
+                self.transport.expecting(runnel_auth::SC_PRINCIPAL),
+            )
+            .await?;
             let request = SpuConnectRequest {
                 spec: self.spec.clone(),
             };

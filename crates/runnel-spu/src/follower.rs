@@ -136,7 +136,9 @@ impl Followers {
                 leader,
                 addr: plan.addr.clone(),
                 partitions: members,
-                transport: self.transport.expecting(&format!("spu:{}", leader.0)),
+                transport: self
+                    .transport
+                    .expecting(&runnel_auth::spu_principal(leader.0)),
             };
             let task = tokio::spawn(stream.run(self.shutdown.clone()));
             fetchers.insert(leader, Fetcher { plan, task });

@@ -216,9 +216,6 @@ impl PrivateApi {
             let Some((item, range)) = next else {
                 return sender.end(Ok(())).await;
             };
-            if let Err(refused) = grant.check() {
-                return sender.end(Err(refused)).await;
-            }
             // A follower that grants no credit does not hold the stream
             // open past a refusal.
             let sent = tokio::select! {

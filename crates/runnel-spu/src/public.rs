@@ -388,9 +388,6 @@ impl PublicApi {
         let mut committed = replica.watch_high_watermark();
         let mut changes = replica.watch_changes();
         loop {
-            if let Err(refused) = grant.check() {
-                return Some(refused);
-            }
             if replica.is_removed() {
                 return Some(self.removed_error(key));
             }

@@ -31,7 +31,9 @@ pub use io::{ByteStream, FileRange, FrameWrite};
 pub use server::{
     Handler, IncomingRequest, Responder, StreamClosed, StreamSender, serve, serve_connection,
 };
-pub use tls::{Admission, ClientTls, NodeTls, Revocations, ServerTls, TlsError};
+pub use tls::{
+    Admission, ClientTls, NodeTls, Revocations, ServerTls, TlsError, certificate_required,
+};
 pub use tokio_util::sync::CancellationToken;
 
 use runnel_api::ApiError;

@@ -69,8 +69,6 @@ impl IncomingRequest {
 struct Exchange {
     credits: Semaphore,
     cancelled: CancellationToken,
-    /// Bytes of this exchange's frames queued but not yet written.
-    queued: Arc<Semaphore>,
 }
 
 type Exchanges = Arc<Mutex<HashMap<u32, Arc<Exchange>>>>;
@@ -125,9 +123,11 @@ impl Responder {
                 response_frame(self.correlation_id, ResponseKind::End, &error, 0),
             );
         }
+        let queued = Arc::new(Semaphore::new(queued_limit(self.max_queued_bytes)));
         StreamSender {
             responder: self,
             ended: refused,
+            queued,
         }
     }
 
@@ -178,6 +178,9 @@ pub struct StreamClosed;
 pub struct StreamSender {
     responder: Responder,
     ended: bool,
+    /// Bytes of this stream's items queued but not yet written (the
+    /// semaphore starts with the stream's limit).
+    queued: Arc<Semaphore>,
 }
 
 impl StreamSender {
@@ -228,7 +231,7 @@ impl StreamSender {
         frame.tail = tail;
         // The stream waits while its frames not yet written hold the
         // bytes it may queue; one larger item waits for all of them.
-        let queued = Arc::clone(&exchange.queued);
+        let queued = Arc::clone(&self.queued);
         let limit = queued_limit(self.responder.max_queued_bytes);
         let size = (frame.bytes.len() + tail_len).clamp(1, limit) as u32;
         frame.held = tokio::select! {
@@ -389,7 +392,10 @@ async fn serve_tls<H: Handler>(
     config: TransportConfig,
     shutdown: CancellationToken,
 ) -> Result<(), TransportError> {
-    let handshake = tokio::time::timeout(config.handshake_timeout, tls.acceptor().accept(socket));
+    // Fallible, so a refused peer's socket comes back and stays open
+    // through the failed-authentication delay.
+    let accepting = tls.acceptor().accept(socket).into_fallible();
+    let handshake = tokio::time::timeout(config.handshake_timeout, accepting);
     let handshake = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         handshake = handshake => handshake,
@@ -399,12 +405,13 @@ async fn serve_tls<H: Handler>(
     drop(handshake_place);
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
+        Ok(Err((error, socket))) => {
             info!(%peer, %error, "TLS handshake failed");
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = tokio::time::sleep(config.failed_auth_delay) => {}
             }
+            drop(socket);
             return Err(error.into());
         }
         Err(_) => {
@@ -474,6 +481,11 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
     let streams = Arc::new(Semaphore::new(config.max_streams));
 
+    // One timer for the connection, moved only when it fires: a frame
+    // just records when it arrived.
+    let idle = tokio::time::sleep(config.idle_timeout);
+    tokio::pin!(idle);
+    let mut last_frame = tokio::time::Instant::now();
     let result = loop {
         // A connection with nothing in progress (no request running, no
         // stream open) that completes no frame within the idle timeout is
@@ -489,14 +501,20 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
             tokio::select! {
                 _ = connection.cancelled() => break Ok(None),
                 frame = &mut read => break frame,
-                _ = tokio::time::sleep(config.idle_timeout) => {
-                    if exchanges.lock().expect("exchange map lock").is_empty() {
+                () = &mut idle => {
+                    let deadline = last_frame + config.idle_timeout;
+                    if deadline > tokio::time::Instant::now() {
+                        idle.as_mut().reset(deadline);
+                    } else if exchanges.lock().expect("exchange map lock").is_empty() {
                         info!(%peer, timeout = ?config.idle_timeout, "closing idle connection");
                         break Ok(None);
+                    } else {
+                        idle.as_mut().reset(tokio::time::Instant::now() + config.idle_timeout);
                     }
                 }
             }
         };
+        last_frame = tokio::time::Instant::now();
         let frame = match frame {
             Ok(Some(frame)) => frame.freeze(),
             Ok(None) => break Ok(()),
@@ -568,7 +586,6 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
                 let exchange = Arc::new(Exchange {
                     credits: Semaphore::new(0),
                     cancelled: connection.child_token(),
-                    queued: Arc::new(Semaphore::new(queued_limit(config.max_stream_queued_bytes))),
                 });
                 let duplicate = exchanges
                     .lock()

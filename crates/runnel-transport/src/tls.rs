@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use std::io;
 use std::sync::{Arc, RwLock};
 
+use runnel_api::{ApiError, ErrorCode};
 use runnel_pki::{PeerIdentity, PrincipalSource};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -59,6 +60,55 @@ impl Revocations {
     pub fn replace(&self, serials: impl IntoIterator<Item = String>) {
         *self.0.write().expect("revocations lock") = serials.into_iter().collect();
     }
+
+    /// The identity of a request's connection if its certificate is still
+    /// good at `now_unix`: present, not revoked, not expired. The handshake
+    /// checked all three, but a connection outlives the last two, so the SC
+    /// and the SPUs ask again on every request, with the same answers.
+    pub fn authenticate<'a>(
+        &self,
+        identity: Option<&'a PeerIdentity>,
+        now_unix: i64,
+    ) -> Result<&'a PeerIdentity, ApiError> {
+        let Some(identity) = identity else {
+            return Err(certificate_required());
+        };
+        if self.contains(&identity.serial) {
+            warn!(principal = %identity.principal, serial = %identity.serial, "request refused: certificate revoked");
+            return Err(ApiError::new(
+                ErrorCode::AUTHENTICATION_FAILED,
+                format!(
+                    "the certificate {serial} of {principal} has been revoked; get a new one \
+                     with `runnel login`, or ask an admin",
+                    serial = identity.serial,
+                    principal = identity.principal,
+                ),
+            ));
+        }
+        if identity.not_after_unix < now_unix {
+            warn!(principal = %identity.principal, serial = %identity.serial, not_after_unix = identity.not_after_unix, "request refused: certificate expired");
+            return Err(ApiError::new(
+                ErrorCode::AUTHENTICATION_FAILED,
+                format!(
+                    "the certificate naming {principal} expired at {not_after}; get a new one \
+                     with `runnel login`",
+                    principal = identity.principal,
+                    not_after = runnel_pki::utc_text(identity.not_after_unix),
+                ),
+            ));
+        }
+        Ok(identity)
+    }
+}
+
+/// The answer to a request that needs a client certificate, on a
+/// connection without one.
+pub fn certificate_required() -> ApiError {
+    ApiError::new(
+        ErrorCode::AUTHENTICATION_REQUIRED,
+        "this request needs a client certificate: run `runnel login` or set the profile's \
+         certificate and key",
+    )
 }
 
 /// Who a listener admits.
