@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::io::{Outgoing, Tail, read_frame, write_loop};
@@ -25,6 +26,10 @@ use crate::{ByteStream, FileRange, ServerTls, TransportConfig, TransportError};
 /// How long a closing connection may take to send the frames already
 /// queued for it.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a closed connection waits for its requests still running
+/// (they have seen their cancellation) before leaving them behind.
+const REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Most credits a stream may hold unused; more are ignored.
 const MAX_STREAM_CREDITS: usize = 1 << 20;
@@ -306,7 +311,8 @@ fn response_frame<T: Serialize>(
 
 /// Accepts connections on `listener` and serves each until `shutdown` is
 /// cancelled; then stops accepting and closes the connections, letting
-/// requests in progress see their cancellation. With
+/// requests in progress see their cancellation, and returns once they have
+/// finished (each connection waits at most a grace for them). With
 /// [`TransportConfig::server_tls`] set, every connection runs a TLS 1.3
 /// handshake first, within [`TransportConfig::handshake_timeout`].
 pub async fn serve<H: Handler>(
@@ -320,17 +326,18 @@ pub async fn serve<H: Handler>(
     // places, so slow handshakes cannot crowd out clients that finished.
     let handshakes = Arc::new(Semaphore::new((config.max_connections / 2).max(1)));
     let per_address = PerAddress::default();
+    let served = TaskTracker::new();
     loop {
         // At the connection limit, new connections wait in the listen
         // backlog until one closes.
         let place = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             place = Arc::clone(&connections).acquire_owned() => {
                 place.expect("the semaphore is never closed")
             }
         };
         let (socket, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -364,7 +371,7 @@ pub async fn serve<H: Handler>(
         let handler = Arc::clone(&handler);
         let config = config.clone();
         let shutdown = shutdown.child_token();
-        tokio::spawn(async move {
+        served.spawn(async move {
             let served = match config.server_tls.clone() {
                 None => serve_connection(socket, peer, None, handler, config, shutdown).await,
                 Some(tls) => {
@@ -378,6 +385,12 @@ pub async fn serve<H: Handler>(
             drop(place);
         });
     }
+    // Returning means done: every connection has closed and its requests
+    // have finished, so whatever the handler holds (a store, open logs) is
+    // released for whoever starts next.
+    drop(listener);
+    served.close();
+    served.wait().await;
 }
 
 /// The handshake, bounded in time, then the connection. A refused
@@ -462,7 +475,9 @@ impl Drop for AddressPlace {
     }
 }
 
-/// Serves one connection until it closes or `shutdown` is cancelled.
+/// Serves one connection until it closes or `shutdown` is cancelled, and
+/// returns once its requests still running have finished, or a grace has
+/// passed.
 pub async fn serve_connection<S: ByteStream, H: Handler>(
     stream: S,
     peer: SocketAddr,
@@ -480,6 +495,7 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
     let exchanges: Exchanges = Arc::default();
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
     let streams = Arc::new(Semaphore::new(config.max_streams));
+    let running = TaskTracker::new();
 
     // One timer for the connection, moved only when it fires: a frame
     // just records when it arrived.
@@ -615,7 +631,7 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
                     identity: identity.clone(),
                 };
                 let handler = Arc::clone(&handler);
-                tokio::spawn(async move { handler.handle(request, responder).await });
+                running.spawn(async move { handler.handle(request, responder).await });
             }
         }
     };
@@ -630,6 +646,16 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
         .is_err()
     {
         writer.abort();
+    }
+    // The requests still running have seen their cancellation; the
+    // connection ends when they have finished, within a grace.
+    running.close();
+    if tokio::time::timeout(REQUEST_GRACE, running.wait())
+        .await
+        .is_err()
+    {
+        warn!(%peer, requests = running.len(), grace = ?REQUEST_GRACE,
+            "requests still running after their connection closed; leaving them behind");
     }
     result
 }

@@ -36,6 +36,19 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// Awaits `ready`, failing at once with the SC's own error if `run`
+/// returns first (a port taken, a store still open) rather than waiting
+/// out the timeout.
+pub async fn until_ready(
+    task: &mut JoinHandle<Result<(), ScError>>,
+    ready: impl Future<Output = ()>,
+) {
+    tokio::select! {
+        () = ready => {}
+        ended = task => panic!("the SC stopped while starting: {ended:?}"),
+    }
+}
+
 /// An SC running in this process.
 #[derive(Debug)]
 pub struct Sc {
@@ -68,17 +81,19 @@ impl Sc {
             ..ScConfig::default()
         };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(runnel_sc::run(config, shutdown.clone()));
-        let sc = Sc {
+        let mut task = tokio::spawn(runnel_sc::run(config, shutdown.clone()));
+        // Ready once both listeners accept.
+        until_ready(&mut task, async {
+            connect(&public_addr).await;
+            connect(&private_addr).await;
+        })
+        .await;
+        Sc {
             public_addr,
             private_addr,
             shutdown,
             task,
-        };
-        // Ready once both listeners accept.
-        sc.client().await;
-        sc.spu_link().await;
-        sc
+        }
     }
 
     /// Stops the SC and waits until `run` has returned.

@@ -13,7 +13,7 @@ use runnel_transport::{ClientTls, Connection, NodeTls, TransportConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{FakeSpu, bounded, free_port, spu_spec};
+use crate::support::{FakeSpu, bounded, free_port, spu_spec, until_ready};
 
 /// The principal the test SC takes as its superuser.
 pub const SUPERUSER: &str = "admin";
@@ -117,17 +117,24 @@ impl SecureSc {
 
     pub async fn start_with(config: ScConfig, pki: Pki) -> SecureSc {
         let shutdown = CancellationToken::new();
-        let sc = SecureSc {
-            public_addr: config.public_addr.clone(),
-            private_addr: config.private_addr.clone(),
-            pki,
-            shutdown: shutdown.clone(),
-            task: tokio::spawn(runnel_sc::run(config, shutdown)),
-        };
+        let public_addr = config.public_addr.clone();
+        let private_addr = config.private_addr.clone();
+        let mut task = tokio::spawn(runnel_sc::run(config, shutdown.clone()));
         // Ready once both listeners answer.
-        sc.as_principal(SUPERUSER).await;
-        sc.node("spu:0").await;
-        sc
+        until_ready(&mut task, async {
+            let (cert, key) = pki.identity(SUPERUSER);
+            connect_ready(&public_addr, pki.client(Some((&cert, &key)))).await;
+            let (cert, key) = pki.identity("spu:0");
+            connect_ready(&private_addr, pki.client(Some((&cert, &key)))).await;
+        })
+        .await;
+        SecureSc {
+            public_addr,
+            private_addr,
+            pki,
+            shutdown,
+            task,
+        }
     }
 
     /// Stops the SC and waits until `run` has returned; gives back the

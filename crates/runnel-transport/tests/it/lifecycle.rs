@@ -1,6 +1,8 @@
 //! Connections ending: server shutdown, a client going away, connecting
 //! to nothing.
 
+use std::sync::Arc;
+
 use runnel_api::{
     ApiVersionsRequest, ErrorCode, ListSpusRequest, ListTopicsRequest, WatchMetadataRequest,
 };
@@ -8,12 +10,13 @@ use runnel_transport::{CancellationToken, Connection, TransportConfig, Transport
 use tokio::net::TcpListener;
 
 use crate::support::{
-    TestHandler, TestServer, assert_closed_error, bounded, serve_pipe, serve_pipe_with,
+    TestHandler, TestServer, assert_closed_error, bounded, serve_pipe, serve_pipe_with, settle,
 };
 
 /// Shutting the server down closes its connections even while requests are
 /// still running (one ignores its cancellation outright); clients see the
-/// close and every waiting call fails with `Closed`.
+/// close and every waiting call fails with `Closed`. `serve` returns only
+/// once the requests have finished, so what the handler holds is released.
 #[tokio::test]
 async fn server_shutdown_closes_connections_and_fails_waiting_calls() {
     let mut server = TestServer::start().await;
@@ -63,9 +66,20 @@ async fn server_shutdown_closes_connections_and_fails_waiting_calls() {
             counters.unary_cancelled == 1
         })
         .await;
+    settle().await;
+    assert!(
+        !server.task.is_finished(),
+        "serve returned while a request was still running"
+    );
+    server.handler.release.cancel();
     bounded("serve returning", &mut server.task)
         .await
         .expect("the serve task");
+    assert_eq!(
+        Arc::strong_count(&server.handler),
+        1,
+        "serve returned with the handler still in use"
+    );
 }
 
 #[tokio::test]

@@ -79,7 +79,8 @@ pub struct Counters {
 /// - `StreamFetch`: the test file from `offset` in items of `max_bytes`,
 ///   sent as file tails, then a clean end.
 /// - `ListSpus`: never answers, waits for `cancelled()`.
-/// - `ListTopics`: never answers and ignores cancellation.
+/// - `ListTopics`: never answers and ignores cancellation; returns once
+///   the test cancels [`TestHandler::release`].
 /// - `DeleteTopic`: drops the responder.
 #[derive(Debug)]
 pub struct TestHandler {
@@ -87,6 +88,8 @@ pub struct TestHandler {
     pub produced: Mutex<Vec<Bytes>>,
     pub fetch_file: Arc<File>,
     pub fetch_content: Vec<u8>,
+    /// Lets the held `ListTopics` requests return.
+    pub release: CancellationToken,
 }
 
 /// Bytes of the fetch file: more than the 256 KiB buffer of the default
@@ -104,6 +107,7 @@ impl TestHandler {
             produced: Mutex::default(),
             fetch_file: Arc::new(file),
             fetch_content,
+            release: CancellationToken::new(),
         })
     }
 
@@ -248,7 +252,7 @@ impl Handler for TestHandler {
             Some(ApiKey::ListTopics) => {
                 let _held = responder;
                 self.count(|counters| counters.requests_held += 1);
-                std::future::pending::<()>().await;
+                self.release.cancelled().await;
             }
             Some(ApiKey::DeleteTopic) => drop(responder),
             _ => {
