@@ -3,12 +3,12 @@
 //! when the test fails.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use runnel_testkit::free_ports;
 use serde_json::Value;
 
 pub fn runnel_binary() -> &'static str {
@@ -31,7 +31,7 @@ impl TestCluster {
     pub fn start_with(spus: u32, flags: &[&str]) -> TestCluster {
         let home = tempfile::tempdir().expect("temporary RUNNEL_HOME");
         let cluster = TestCluster {
-            base_port: free_base_port(2 + 2 * spus as u16),
+            base_port: free_ports(2 + 2 * spus as u16),
             home,
         };
         let base_port = cluster.base_port.to_string();
@@ -181,24 +181,6 @@ fn kill_and_reap(pid: i32) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// A run of `count` consecutive ports that are free right now, from a
-/// start that differs between tests running at once.
-fn free_base_port(count: u16) -> u16 {
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .subsec_nanos()
-        ^ std::process::id().wrapping_mul(2_654_435_761);
-    for attempt in 0..200u32 {
-        let base = 20_000 + ((seed.wrapping_add(attempt * 7919)) % 40_000) as u16;
-        let free = (base..base + count).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());
-        if free {
-            return base;
-        }
-    }
-    panic!("no run of {count} free ports found");
 }
 
 pub fn text(bytes: &[u8]) -> String {

@@ -14,6 +14,7 @@ use runnel_metadata::{
     TopicConfig, TopicSpec,
 };
 use runnel_sc::{ScConfig, ScError};
+pub use runnel_testkit::free_port;
 use runnel_transport::{Connection, ResponseStream, TransportConfig, TransportError};
 use runnel_types::{LeaderEpoch, Offset, PartitionId, SpuId, TopicName};
 use tokio::task::JoinHandle;
@@ -30,23 +31,31 @@ pub async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> T {
     }
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local address").port()
-}
-
-/// Awaits `ready`, failing at once with the SC's own error if `run`
-/// returns first (a port taken, a store still open) rather than waiting
-/// out the timeout.
-pub async fn until_ready(
-    task: &mut JoinHandle<Result<(), ScError>>,
-    ready: impl Future<Output = ()>,
-) {
-    tokio::select! {
-        () = ready => {}
-        ended = task => panic!("the SC stopped while starting: {ended:?}"),
+/// Starts an SC with `config`, trying fresh ports (from `fresh`) while
+/// another process took the ones drawn, and returns once `ready` resolves
+/// for its addresses; fails at once with the SC's own error if `run`
+/// returns while starting for any other reason.
+pub async fn start_sc<R: Future<Output = ()>>(
+    mut config: ScConfig,
+    fresh: bool,
+    ready: impl Fn(String, String) -> R,
+) -> (ScConfig, CancellationToken, JoinHandle<Result<(), ScError>>) {
+    for _ in 0..5 {
+        let shutdown = CancellationToken::new();
+        let mut task = tokio::spawn(runnel_sc::run(config.clone(), shutdown.clone()));
+        let ready = ready(config.public_addr.clone(), config.private_addr.clone());
+        tokio::select! {
+            () = ready => return (config, shutdown, task),
+            ended = &mut task => match ended {
+                Ok(Err(ScError::AddressInUse { .. })) if fresh => {
+                    config.public_addr = format!("127.0.0.1:{}", free_port());
+                    config.private_addr = format!("127.0.0.1:{}", free_port());
+                }
+                ended => panic!("the SC stopped while starting: {ended:?}"),
+            },
+        }
     }
+    panic!("the SC found its ports taken five times");
 }
 
 /// An SC running in this process.
@@ -61,11 +70,10 @@ pub struct Sc {
 impl Sc {
     /// Starts an SC on fresh ports.
     pub async fn start(data_dir: &Path, session_timeout: Duration) -> Sc {
-        let public_addr = format!("127.0.0.1:{}", free_port());
-        let private_addr = format!("127.0.0.1:{}", free_port());
-        Sc::start_on(data_dir, session_timeout, public_addr, private_addr).await
+        Sc::launch(Sc::config(data_dir, session_timeout), true).await
     }
 
+    /// Starts an SC on these addresses (a restart on its old ones).
     pub async fn start_on(
         data_dir: &Path,
         session_timeout: Duration,
@@ -73,24 +81,34 @@ impl Sc {
         private_addr: String,
     ) -> Sc {
         let config = ScConfig {
+            public_addr,
+            private_addr,
+            ..Sc::config(data_dir, session_timeout)
+        };
+        Sc::launch(config, false).await
+    }
+
+    fn config(data_dir: &Path, session_timeout: Duration) -> ScConfig {
+        ScConfig {
             data_dir: data_dir.to_path_buf(),
-            public_addr: public_addr.clone(),
-            private_addr: private_addr.clone(),
+            public_addr: format!("127.0.0.1:{}", free_port()),
+            private_addr: format!("127.0.0.1:{}", free_port()),
             session_timeout,
             transport: TransportConfig::default(),
             ..ScConfig::default()
-        };
-        let shutdown = CancellationToken::new();
-        let mut task = tokio::spawn(runnel_sc::run(config, shutdown.clone()));
+        }
+    }
+
+    async fn launch(config: ScConfig, fresh: bool) -> Sc {
         // Ready once both listeners accept.
-        until_ready(&mut task, async {
-            connect(&public_addr).await;
-            connect(&private_addr).await;
+        let (config, shutdown, task) = start_sc(config, fresh, |public, private| async move {
+            connect(&public).await;
+            connect(&private).await;
         })
         .await;
         Sc {
-            public_addr,
-            private_addr,
+            public_addr: config.public_addr,
+            private_addr: config.private_addr,
             shutdown,
             task,
         }

@@ -13,7 +13,7 @@ use runnel_transport::{ClientTls, Connection, NodeTls, TransportConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{FakeSpu, bounded, free_port, spu_spec, until_ready};
+use crate::support::{FakeSpu, bounded, free_port, spu_spec, start_sc};
 
 /// The principal the test SC takes as its superuser.
 pub const SUPERUSER: &str = "admin";
@@ -115,22 +115,23 @@ impl SecureSc {
         }
     }
 
+    /// Starts an SC with `config`, moved to fresh ports if its own are
+    /// taken.
     pub async fn start_with(config: ScConfig, pki: Pki) -> SecureSc {
-        let shutdown = CancellationToken::new();
-        let public_addr = config.public_addr.clone();
-        let private_addr = config.private_addr.clone();
-        let mut task = tokio::spawn(runnel_sc::run(config, shutdown.clone()));
         // Ready once both listeners answer.
-        until_ready(&mut task, async {
-            let (cert, key) = pki.identity(SUPERUSER);
-            connect_ready(&public_addr, pki.client(Some((&cert, &key)))).await;
-            let (cert, key) = pki.identity("spu:0");
-            connect_ready(&private_addr, pki.client(Some((&cert, &key)))).await;
+        let (config, shutdown, task) = start_sc(config, true, |public, private| {
+            let admin = pki.identity(SUPERUSER);
+            let node = pki.identity("spu:0");
+            let pki = &pki;
+            async move {
+                connect_ready(&public, pki.client(Some((&admin.0, &admin.1)))).await;
+                connect_ready(&private, pki.client(Some((&node.0, &node.1)))).await;
+            }
         })
         .await;
         SecureSc {
-            public_addr,
-            private_addr,
+            public_addr: config.public_addr,
+            private_addr: config.private_addr,
             pki,
             shutdown,
             task,

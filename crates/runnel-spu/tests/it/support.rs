@@ -64,8 +64,7 @@ pub fn assignment(topic: &str, partition: u32, leader: SpuId, epoch: i32) -> Rep
 
 /// An address nobody listens on right now.
 pub fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").to_string()
+    format!("127.0.0.1:{}", runnel_testkit::free_port())
 }
 
 /// Serves `SpuConnect` (a snapshot of its assignments, then every change

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use runnel_api::{Acks, ErrorCode, ListTopicsRequest, ProduceRequest};
 use runnel_metadata::Topic;
 use runnel_pki::IssuedCert;
+use runnel_testkit::free_ports;
 use runnel_types::{PartitionId, TopicName};
 use runnel_wire::{BatchBuilder, Compression};
 
@@ -32,17 +33,6 @@ fn rss_kib(pid: i32) -> u64 {
         .expect("a VmRSS line")
 }
 
-fn free_port_pair() -> u16 {
-    for _ in 0..200 {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("an address").port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no two free consecutive ports");
-}
-
 /// A second SC with the cluster's TLS material and tight limits, run
 /// with `runnel run sc`, so the limits can be set by flag.
 struct GuardedSc {
@@ -54,7 +44,7 @@ struct GuardedSc {
 
 impl GuardedSc {
     fn start(secure: &SecureCluster) -> GuardedSc {
-        let port = free_port_pair();
+        let port = free_ports(2);
         let data = tempfile::tempdir().expect("a data directory");
         let addr = format!("127.0.0.1:{port}");
         let file = |name: &str| secure.tls_file(name).display().to_string();
