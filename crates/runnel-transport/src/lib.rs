@@ -35,6 +35,7 @@ pub use tls::{
     Admission, ClientTls, NodeTls, Revocations, ServerTls, TlsError, certificate_required,
 };
 pub use tokio_util::sync::CancellationToken;
+pub use tokio_util::task::TaskTracker;
 
 use runnel_api::ApiError;
 use runnel_wire::WireError;
@@ -73,6 +74,9 @@ pub struct TransportConfig {
     /// How long a server holds a connection whose authentication failed
     /// before closing it, so guessing costs the guesser time.
     pub failed_auth_delay: Duration,
+    /// How long a stopping server waits for its requests still running
+    /// (they have seen their cancellation) before leaving them behind.
+    pub shutdown_grace: Duration,
     /// TLS for the listeners a server serves with this config.
     pub server_tls: Option<ServerTls>,
     /// TLS for the connections a client opens with this config.
@@ -98,6 +102,7 @@ impl Default for TransportConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             failed_auth_delay: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(30),
             server_tls: None,
             client_tls: None,
             write_queue: 1024,

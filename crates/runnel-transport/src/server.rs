@@ -27,10 +27,6 @@ use crate::{ByteStream, FileRange, ServerTls, TransportConfig, TransportError};
 /// queued for it.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long a closed connection waits for its requests still running
-/// (they have seen their cancellation) before leaving them behind.
-const REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Most credits a stream may hold unused; more are ignored.
 const MAX_STREAM_CREDITS: usize = 1 << 20;
 
@@ -312,7 +308,7 @@ fn response_frame<T: Serialize>(
 /// Accepts connections on `listener` and serves each until `shutdown` is
 /// cancelled; then stops accepting and closes the connections, letting
 /// requests in progress see their cancellation, and returns once they have
-/// finished (each connection waits at most a grace for them). With
+/// finished or [`TransportConfig::shutdown_grace`] has passed. With
 /// [`TransportConfig::server_tls`] set, every connection runs a TLS 1.3
 /// handshake first, within [`TransportConfig::handshake_timeout`].
 pub async fn serve<H: Handler>(
@@ -327,6 +323,7 @@ pub async fn serve<H: Handler>(
     let handshakes = Arc::new(Semaphore::new((config.max_connections / 2).max(1)));
     let per_address = PerAddress::default();
     let served = TaskTracker::new();
+    let requests = TaskTracker::new();
     loop {
         // At the connection limit, new connections wait in the listen
         // backlog until one closes.
@@ -371,11 +368,18 @@ pub async fn serve<H: Handler>(
         let handler = Arc::clone(&handler);
         let config = config.clone();
         let shutdown = shutdown.child_token();
+        let requests = requests.clone();
         served.spawn(async move {
             let served = match config.server_tls.clone() {
-                None => serve_connection(socket, peer, None, handler, config, shutdown).await,
+                None => {
+                    serve_connection(socket, peer, None, handler, config, shutdown, requests).await
+                }
                 Some(tls) => {
-                    serve_tls(socket, peer, tls, handshake, handler, config, shutdown).await
+                    let handshake = Handshake {
+                        tls,
+                        place: handshake,
+                    };
+                    serve_tls(socket, peer, handshake, handler, config, shutdown, requests).await
                 }
             };
             if let Err(error) = served {
@@ -387,10 +391,25 @@ pub async fn serve<H: Handler>(
     }
     // Returning means done: every connection has closed and its requests
     // have finished, so whatever the handler holds (a store, open logs) is
-    // released for whoever starts next.
+    // released for whoever starts next. Each connection ends within its
+    // drain timeout; requests get the grace.
     drop(listener);
     served.close();
     served.wait().await;
+    requests.close();
+    if tokio::time::timeout(config.shutdown_grace, requests.wait())
+        .await
+        .is_err()
+    {
+        warn!(requests = requests.len(), grace = ?config.shutdown_grace,
+            "requests still running after the shutdown grace; leaving them behind");
+    }
+}
+
+/// A TLS handshake to run, holding its place among those in progress.
+struct Handshake {
+    tls: ServerTls,
+    place: Option<OwnedSemaphorePermit>,
 }
 
 /// The handshake, bounded in time, then the connection. A refused
@@ -399,12 +418,16 @@ pub async fn serve<H: Handler>(
 async fn serve_tls<H: Handler>(
     socket: tokio::net::TcpStream,
     peer: SocketAddr,
-    tls: ServerTls,
-    handshake_place: Option<OwnedSemaphorePermit>,
+    handshake: Handshake,
     handler: Arc<H>,
     config: TransportConfig,
     shutdown: CancellationToken,
+    requests: TaskTracker,
 ) -> Result<(), TransportError> {
+    let Handshake {
+        tls,
+        place: handshake_place,
+    } = handshake;
     // Fallible, so a refused peer's socket comes back and stays open
     // through the failed-authentication delay.
     let accepting = tls.acceptor().accept(socket).into_fallible();
@@ -433,7 +456,7 @@ async fn serve_tls<H: Handler>(
         }
     };
     let identity = tls.peer_identity(&stream).map(Arc::new);
-    serve_connection(stream, peer, identity, handler, config, shutdown).await
+    serve_connection(stream, peer, identity, handler, config, shutdown, requests).await
 }
 
 /// Connections open per client address.
@@ -475,9 +498,9 @@ impl Drop for AddressPlace {
     }
 }
 
-/// Serves one connection until it closes or `shutdown` is cancelled, and
-/// returns once its requests still running have finished, or a grace has
-/// passed.
+/// Serves one connection until it closes or `shutdown` is cancelled. Each
+/// request runs in a task of `requests`, which the caller may wait for:
+/// requests can outlive their connection until they see its cancellation.
 pub async fn serve_connection<S: ByteStream, H: Handler>(
     stream: S,
     peer: SocketAddr,
@@ -485,6 +508,7 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
     handler: Arc<H>,
     config: TransportConfig,
     shutdown: CancellationToken,
+    requests: TaskTracker,
 ) -> Result<(), TransportError> {
     let (mut reader, writer) = stream.into_split();
     // Cancelled when this connection ends, for whatever reason; a child,
@@ -495,7 +519,6 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
     let exchanges: Exchanges = Arc::default();
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
     let streams = Arc::new(Semaphore::new(config.max_streams));
-    let running = TaskTracker::new();
 
     // One timer for the connection, moved only when it fires: a frame
     // just records when it arrived.
@@ -594,8 +617,13 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
                     ));
                     let frame =
                         response_frame(header.correlation_id, ResponseKind::Reply, &refusal, 0);
-                    if queue.send(frame).await.is_err() {
-                        break Err(TransportError::Closed);
+                    // A peer that sends without reading may have filled
+                    // the queue; closing must not wait for it.
+                    tokio::select! {
+                        _ = connection.cancelled() => break Ok(()),
+                        sent = queue.send(frame) => if sent.is_err() {
+                            break Err(TransportError::Closed);
+                        },
                     }
                     continue;
                 };
@@ -631,7 +659,7 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
                     identity: identity.clone(),
                 };
                 let handler = Arc::clone(&handler);
-                running.spawn(async move { handler.handle(request, responder).await });
+                requests.spawn(async move { handler.handle(request, responder).await });
             }
         }
     };
@@ -646,16 +674,6 @@ pub async fn serve_connection<S: ByteStream, H: Handler>(
         .is_err()
     {
         writer.abort();
-    }
-    // The requests still running have seen their cancellation; the
-    // connection ends when they have finished, within a grace.
-    running.close();
-    if tokio::time::timeout(REQUEST_GRACE, running.wait())
-        .await
-        .is_err()
-    {
-        warn!(%peer, requests = running.len(), grace = ?REQUEST_GRACE,
-            "requests still running after their connection closed; leaving them behind");
     }
     result
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use runnel_client::RunnelClient;
 use runnel_metadata::{Partition, TopicConfig, TopicSpec};
+use runnel_testkit::reserve_port;
 use runnel_transport::TransportConfig;
 use runnel_types::{ByteSize, FlushPolicy, PartitionId, SpuId, TopicName};
 use tokio::net::TcpStream;
@@ -74,12 +75,6 @@ pub struct Cluster {
     /// removed.
     disks: Vec<Tmpfs>,
     root: tempfile::TempDir,
-}
-
-/// A free loopback port, held until released so that nothing else (a
-/// proxy) takes it first.
-fn reserve_port() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").expect("a free loopback port")
 }
 
 fn addr_of(reservation: &TcpListener) -> SocketAddr {

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use runnel_api::{
-    AlterIsrRequest, ApiError, ErrorCode, SpuConnectRequest, SpuHeartbeatRequest,
-    WatchMetadataRequest,
+    AlterIsrRequest, ApiError, ApiVersionsRequest, ErrorCode, SpuConnectRequest,
+    SpuHeartbeatRequest, WatchMetadataRequest,
 };
 use runnel_metadata::{
     AssignmentUpdate, MetadataUpdate, MetadataView, PartitionKey, ReplicaStatus, SpuSpec,
@@ -44,15 +44,24 @@ pub async fn start_sc<R: Future<Output = ()>>(
         let shutdown = CancellationToken::new();
         let mut task = tokio::spawn(runnel_sc::run(config.clone(), shutdown.clone()));
         let ready = ready(config.public_addr.clone(), config.private_addr.clone());
-        tokio::select! {
-            () = ready => return (config, shutdown, task),
-            ended = &mut task => match ended {
-                Ok(Err(ScError::AddressInUse { .. })) if fresh => {
-                    config.public_addr = format!("127.0.0.1:{}", free_port());
-                    config.private_addr = format!("127.0.0.1:{}", free_port());
+        let ended = tokio::select! {
+            biased;
+            ended = &mut task => ended,
+            () = ready => {
+                // Another server on a taken port may have answered.
+                if !task.is_finished() {
+                    return (config, shutdown, task);
                 }
-                ended => panic!("the SC stopped while starting: {ended:?}"),
-            },
+                (&mut task).await
+            }
+        };
+        match ended {
+            Ok(Err(ScError::AddressInUse { .. })) if fresh => {
+                config.public_addr = format!("127.0.0.1:{}", free_port());
+                config.private_addr = format!("127.0.0.1:{}", free_port());
+            }
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            ended => panic!("the SC stopped while starting: {ended:?}"),
         }
     }
     panic!("the SC found its ports taken five times");
@@ -149,13 +158,17 @@ impl Sc {
 }
 
 /// Connects, retrying while the listener is not up yet.
+/// A connection that has answered an api-versions call, retrying while the
+/// listener is not up yet.
 async fn connect(addr: &str) -> Connection {
     bounded(&format!("a connection to {addr}"), async {
         loop {
-            match Connection::connect(addr, TransportConfig::default()).await {
-                Ok(connection) => return connection,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            if let Ok(connection) = Connection::connect(addr, TransportConfig::default()).await
+                && connection.call(&ApiVersionsRequest {}).await.is_ok()
+            {
+                return connection;
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await

@@ -2,6 +2,7 @@
 //! to nothing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use runnel_api::{
     ApiVersionsRequest, ErrorCode, ListSpusRequest, ListTopicsRequest, WatchMetadataRequest,
@@ -80,6 +81,47 @@ async fn server_shutdown_closes_connections_and_fails_waiting_calls() {
         1,
         "serve returned with the handler still in use"
     );
+}
+
+/// A request that never finishes holds a stopping server only for the
+/// shutdown grace; then `serve` returns and leaves it behind.
+#[tokio::test]
+async fn a_request_ignoring_its_cancellation_holds_shutdown_only_for_the_grace() {
+    let mut server = TestServer::start_with(TransportConfig {
+        shutdown_grace: Duration::from_millis(200),
+        ..TransportConfig::default()
+    })
+    .await;
+    let connection = server.connect().await;
+    let stubborn = tokio::spawn({
+        let connection = connection.clone();
+        async move {
+            connection
+                .call(&ListTopicsRequest { names: Vec::new() })
+                .await
+        }
+    });
+    server
+        .handler
+        .wait_for("the call reaching the handler", |counters| {
+            counters.requests_held == 1
+        })
+        .await;
+
+    server.shutdown.cancel();
+    bounded("serve returning after the grace", &mut server.task)
+        .await
+        .expect("the serve task");
+    assert!(
+        Arc::strong_count(&server.handler) > 1,
+        "the stubborn request was left running"
+    );
+    assert_closed_error(
+        bounded("the stubborn call", stubborn)
+            .await
+            .expect("call task"),
+    );
+    server.handler.release.cancel();
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use runnel_api::{
 use runnel_metadata::{AssignmentUpdate, MetadataUpdate, PartitionKey};
 use runnel_transport::{
     ByteStream, CancellationToken, Connection, FileRange, FrameWrite, Handler, IncomingRequest,
-    Responder, TransportConfig, TransportError, serve, serve_connection,
+    Responder, TaskTracker, TransportConfig, TransportError, serve, serve_connection,
 };
 use runnel_types::{Offset, PartitionId, TopicName};
 use runnel_wire::frame::{
@@ -423,6 +423,7 @@ pub fn serve_pipe_with(
         handler,
         TransportConfig::default(),
         shutdown,
+        TaskTracker::new(),
     ));
     (Connection::new(client, TransportConfig::default()), task)
 }
