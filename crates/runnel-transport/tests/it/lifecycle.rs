@@ -9,6 +9,7 @@ use runnel_api::{
 };
 use runnel_transport::{CancellationToken, Connection, TransportConfig, TransportError};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 use crate::support::{
     TestHandler, TestServer, assert_closed_error, bounded, serve_pipe, serve_pipe_with, settle,
@@ -22,14 +23,7 @@ use crate::support::{
 async fn server_shutdown_closes_connections_and_fails_waiting_calls() {
     let mut server = TestServer::start().await;
     let connection = server.connect().await;
-    let stubborn = tokio::spawn({
-        let connection = connection.clone();
-        async move {
-            connection
-                .call(&ListTopicsRequest { names: Vec::new() })
-                .await
-        }
-    });
+    let stubborn = stubborn_call(&connection);
     let polite = tokio::spawn({
         let connection = connection.clone();
         async move { connection.call(&ListSpusRequest {}).await }
@@ -93,14 +87,7 @@ async fn a_request_ignoring_its_cancellation_holds_shutdown_only_for_the_grace()
     })
     .await;
     let connection = server.connect().await;
-    let stubborn = tokio::spawn({
-        let connection = connection.clone();
-        async move {
-            connection
-                .call(&ListTopicsRequest { names: Vec::new() })
-                .await
-        }
-    });
+    let stubborn = stubborn_call(&connection);
     server
         .handler
         .wait_for("the call reaching the handler", |counters| {
@@ -122,6 +109,18 @@ async fn a_request_ignoring_its_cancellation_holds_shutdown_only_for_the_grace()
             .expect("call task"),
     );
     server.handler.release.cancel();
+}
+
+/// A call the test handler holds, ignoring its cancellation, until
+/// [`TestHandler::release`](crate::support::TestHandler::release).
+fn stubborn_call(connection: &Connection) -> JoinHandle<Result<(), TransportError>> {
+    let connection = connection.clone();
+    tokio::spawn(async move {
+        connection
+            .call(&ListTopicsRequest { names: Vec::new() })
+            .await
+            .map(drop)
+    })
 }
 
 #[tokio::test]
