@@ -83,8 +83,9 @@ pub struct SpuArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     tls: TlsArgs,
-    /// Largest size a produced batch may decompress to (e.g. 32MiB); a
-    /// larger one is refused without being decompressed further.
+    /// Most a produce request's batches may decompress to, together (e.g.
+    /// 32MiB); past it the request is refused without decompressing
+    /// further.
     #[arg(long, default_value_t = ByteSize(SpuConfig::default().max_decompressed_batch_bytes as u64),
         value_parser = positive_size)]
     max_decompressed_batch_bytes: ByteSize,

@@ -12,7 +12,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use runnel_api::{ApiError, ApiKey, ErrorCode, Listener};
 use runnel_auth::{Action, Resource};
@@ -63,16 +62,10 @@ pub fn authenticate(
 /// Resolves once `identity`'s certificate has expired: streams that
 /// outlive it end then. Never resolves without a certificate.
 pub async fn expiry(identity: Option<&PeerIdentity>) {
-    let Some(identity) = identity else {
-        return std::future::pending().await;
-    };
-    // Expired from the second after its last valid one.
-    let expired_at = u64::try_from(identity.not_after_unix.saturating_add(1)).unwrap_or(0);
-    let expired_at = UNIX_EPOCH + Duration::from_secs(expired_at);
-    let remaining = expired_at
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    tokio::time::sleep(remaining).await;
+    match identity.and_then(runnel_transport::expiry_deadline) {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Caller {

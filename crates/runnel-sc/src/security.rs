@@ -165,7 +165,7 @@ impl Security {
         // A superuser is checked against the stand-in hash, as an unknown
         // user is, even if a user of that name is stored from before the
         // name became a superuser's.
-        let superuser = self.is_superuser(&user);
+        let superuser = self.published.borrow().is_superuser(&user);
         let stored = if superuser {
             None
         } else {
@@ -213,24 +213,15 @@ impl Security {
             .map_err(|error| ApiError::new(ErrorCode::INVALID_CSR, error.to_string()))?;
         let mut mutations = data.expired_records(user, now);
         let pruned = mutations.len();
-        mutations.push(SecurityMutation::PutIssued {
-            serial: signed.serial.clone(),
-            record: IssuedRecord {
-                user: user.to_string(),
-                not_after_unix: signed.not_after_unix,
-            },
-        });
+        mutations.push(SecurityMutation::issued(
+            &signed.serial,
+            user,
+            signed.not_after_unix,
+        ));
         self.commit(data, mutations).await?;
         info!(%user, serial = %signed.serial, not_after_unix = signed.not_after_unix, pruned,
             "certificate issued at login");
         Ok(signed)
-    }
-
-    fn is_superuser(&self, name: &str) -> bool {
-        self.config
-            .superusers
-            .iter()
-            .any(|superuser| superuser == name)
     }
 
     /// The lifetime of a login certificate: as asked, at most the maximum.
@@ -270,7 +261,7 @@ impl Security {
     pub async fn user_add(&self, request: UserAddRequest) -> Reply<()> {
         let UserAddRequest { name, password } = request;
         runnel_auth::validate_user_name(&name).map_err(invalid_input)?;
-        if self.is_superuser(&name) {
+        if self.published.borrow().is_superuser(&name) {
             return Err(ApiError::new(
                 ErrorCode::INVALID_CONFIG,
                 format!(
@@ -346,12 +337,21 @@ impl Security {
             .map(|name| {
                 let info = UserInfo {
                     name: name.clone(),
-                    roles: data.roles_of(name),
+                    roles: Vec::new(),
                     certificates: Vec::new(),
                 };
                 (name.as_str(), info)
             })
             .collect();
+        // One pass over the bindings, however many users there are.
+        for binding in &data.policy.bindings {
+            if let Some(info) = users.get_mut(binding.principal.as_str()) {
+                info.roles.push(binding.role.clone());
+            }
+        }
+        for info in users.values_mut() {
+            info.roles.sort();
+        }
         for (serial, record) in &data.issued {
             if let Some(info) = users.get_mut(record.user.as_str())
                 && record.not_after_unix > now
@@ -627,18 +627,6 @@ impl Data {
     }
 
     /// The roles bound to `principal`, by name.
-    fn roles_of(&self, principal: &str) -> Vec<String> {
-        let mut roles: Vec<String> = self
-            .policy
-            .bindings
-            .iter()
-            .filter(|binding| binding.principal == principal)
-            .map(|binding| binding.role.clone())
-            .collect();
-        roles.sort();
-        roles
-    }
-
     fn check_user_exists(&self, name: &str) -> Result<(), ApiError> {
         if self.users.contains_key(name) {
             return Ok(());
@@ -700,13 +688,11 @@ fn refusal_before_hashing(user: &str, password: &str) -> Option<&'static str> {
 /// The mutation revoking `serial`, with its end of validity if the SC
 /// issued it.
 fn revoke(data: &Data, serial: &str) -> SecurityMutation {
-    SecurityMutation::PutRevoked {
-        serial: serial.to_string(),
-        not_after_unix: data
-            .issued
-            .get(serial)
-            .map_or(NOT_AFTER_UNKNOWN, |record| record.not_after_unix),
-    }
+    let not_after_unix = data
+        .issued
+        .get(serial)
+        .map_or(NOT_AFTER_UNKNOWN, |record| record.not_after_unix);
+    SecurityMutation::revoked(serial, not_after_unix)
 }
 
 /// Whether a certificate ending at `not_after` may still be presented at
@@ -816,23 +802,6 @@ mod tests {
         }
     }
 
-    fn issued(serial: &str, user: &str, not_after_unix: i64) -> SecurityMutation {
-        SecurityMutation::PutIssued {
-            serial: serial.to_string(),
-            record: IssuedRecord {
-                user: user.to_string(),
-                not_after_unix,
-            },
-        }
-    }
-
-    fn revoked(serial: &str, not_after_unix: i64) -> SecurityMutation {
-        SecurityMutation::PutRevoked {
-            serial: serial.to_string(),
-            not_after_unix,
-        }
-    }
-
     /// The user's own expired records go, and every expired revocation,
     /// including those whose certificate has no record (a deleted user's);
     /// other users' records wait for their own logins.
@@ -846,16 +815,16 @@ mod tests {
             &dir,
             &["alice", "bob"],
             vec![
-                issued("0a01", "alice", long_ago),
-                revoked("0a01", long_ago),
-                issued("0a02", "alice", lately),
-                revoked("0a02", lately),
-                issued("0b01", "bob", long_ago),
-                issued("0b02", "bob", long_ago),
-                revoked("0b02", long_ago),
-                revoked("0c01", long_ago),
-                revoked("0c02", lately),
-                revoked("ff", NOT_AFTER_UNKNOWN),
+                SecurityMutation::issued("0a01", "alice", long_ago),
+                SecurityMutation::revoked("0a01", long_ago),
+                SecurityMutation::issued("0a02", "alice", lately),
+                SecurityMutation::revoked("0a02", lately),
+                SecurityMutation::issued("0b01", "bob", long_ago),
+                SecurityMutation::issued("0b02", "bob", long_ago),
+                SecurityMutation::revoked("0b02", long_ago),
+                SecurityMutation::revoked("0c01", long_ago),
+                SecurityMutation::revoked("0c02", lately),
+                SecurityMutation::revoked("ff", NOT_AFTER_UNKNOWN),
             ],
         )
         .await;

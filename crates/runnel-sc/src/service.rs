@@ -346,11 +346,10 @@ impl Service {
         let mut next: MetadataUpdate = snapshot;
         loop {
             let visible = caller.visible_update(next);
-            // Whether the permissions may have changed while the item
-            // waited to go: then a snapshot replaces it.
-            let mut rechecked = false;
-            if !is_empty_delta(&visible) {
-                let delivery = deliver(
+            let delivery = if is_empty_delta(&visible) {
+                Delivery::Sent
+            } else {
+                deliver(
                     &mut stream,
                     &visible,
                     self.shutdown.cancelled(),
@@ -358,31 +357,32 @@ impl Service {
                     identity.as_deref(),
                     || {
                         caller = self.reauthenticate(identity.as_deref(), ApiKey::WatchMetadata)?;
-                        rechecked = true;
                         // The snapshot that follows shows all of the item
                         // the new permissions do, so the item need not go.
                         Ok(false)
                     },
                 )
-                .await;
-                match delivery {
-                    Delivery::Sent | Delivery::Withdrawn => {}
-                    Delivery::Closed => return,
-                    Delivery::Interrupted => {
-                        stream.end(Err(shutting_down())).await;
-                        return;
-                    }
-                    Delivery::Refused(error) => {
-                        stream.end(Err(error)).await;
-                        return;
-                    }
+                .await
+            };
+            match delivery {
+                Delivery::Sent => {}
+                // The permissions may have changed while the item waited
+                // to go: a snapshot under the new ones replaces it.
+                Delivery::Withdrawn => {
+                    let (snapshot, fresh) = self.controller.watch().await;
+                    changes = fresh;
+                    next = snapshot;
+                    continue;
                 }
-            }
-            if rechecked {
-                let (snapshot, fresh) = self.controller.watch().await;
-                changes = fresh;
-                next = snapshot;
-                continue;
+                Delivery::Closed => return,
+                Delivery::Interrupted => {
+                    stream.end(Err(shutting_down())).await;
+                    return;
+                }
+                Delivery::Refused(error) => {
+                    stream.end(Err(error)).await;
+                    return;
+                }
             }
             next = tokio::select! {
                 _ = self.shutdown.cancelled() => {

@@ -14,13 +14,12 @@
 //! the stream sends anything more.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use runnel_api::{ApiError, ErrorCode};
 use runnel_auth::{Action, Resource};
 use runnel_metadata::{PartitionKey, SecurityState};
 use runnel_pki::PeerIdentity;
-use runnel_transport::Revocations;
+use runnel_transport::{Revocations, expiry_deadline};
 use runnel_types::{SpuId, TopicName};
 use tokio::sync::watch;
 use tracing::warn;
@@ -108,7 +107,7 @@ impl Authorizer {
             identity,
             permission,
             changes: self.changes.subscribe(),
-            expires: identity.and_then(|identity| expiry_deadline(identity.not_after_unix)),
+            expires: identity.and_then(expiry_deadline),
         };
         grant.check()?;
         Ok(grant)
@@ -297,7 +296,7 @@ impl Grant<'_> {
                     // it rather than spin on the passed deadline.
                     self.expires = self
                         .identity
-                        .and_then(|identity| expiry_deadline(identity.not_after_unix));
+                        .and_then(expiry_deadline);
                 }
             }
             if let Err(error) = self.check() {
@@ -307,16 +306,10 @@ impl Grant<'_> {
     }
 }
 
-/// When a certificate valid through `not_after_unix` (whole seconds)
-/// starts to be refused; `None` when that is beyond any timer.
-fn expiry_deadline(not_after_unix: i64) -> Option<tokio::time::Instant> {
-    let refused_from_ms = not_after_unix.checked_add(1)?.checked_mul(1000)?;
-    let remaining_ms = u64::try_from(refused_from_ms.saturating_sub(now_ms())).unwrap_or(0);
-    tokio::time::Instant::now().checked_add(Duration::from_millis(remaining_ms))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use runnel_auth::{Binding, Effect, Policy, Role, Rule};
 
     use super::*;

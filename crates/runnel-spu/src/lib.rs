@@ -80,8 +80,8 @@ pub struct SpuConfig {
     /// How long a follower may stay behind its leader before the leader
     /// proposes it out of the ISR.
     pub replica_lag_time_max: Duration,
-    /// The largest records section a produced compressed batch may
-    /// decompress to; a batch past it is refused, never stored. Every
+    /// The most a produce request's compressed batches may decompress to,
+    /// together; a request past it is refused, never stored. Every
     /// produced batch is decoded whole before it is appended.
     pub max_decompressed_batch_bytes: usize,
     pub transport: TransportConfig,

@@ -201,6 +201,9 @@ impl PrivateApi {
             }
         }
         drop(items);
+        // One wait for the refusal, kept across items.
+        let revoked = grant.revoked();
+        tokio::pin!(revoked);
         loop {
             let next = tokio::select! {
                 biased;
@@ -208,7 +211,7 @@ impl PrivateApi {
                     let error = ApiError::new(ErrorCode::SHUTTING_DOWN, format!("SPU {} is shutting down", self.spu));
                     return sender.end(Err(error)).await;
                 }
-                refused = grant.revoked() => return sender.end(Err(refused)).await,
+                refused = &mut revoked => return sender.end(Err(refused)).await,
                 _ = sender.cancelled() => return,
                 next = ready.recv() => next,
             };
@@ -220,7 +223,7 @@ impl PrivateApi {
             // open past a refusal.
             let sent = tokio::select! {
                 biased;
-                refused = grant.revoked() => return sender.end(Err(refused)).await,
+                refused = &mut revoked => return sender.end(Err(refused)).await,
                 sent = send_item(&mut sender, &item, range) => sent,
             };
             if sent.is_err() {

@@ -387,6 +387,9 @@ impl PublicApi {
     ) -> Option<ApiError> {
         let mut committed = replica.watch_high_watermark();
         let mut changes = replica.watch_changes();
+        // One wait for the refusal, kept across items.
+        let revoked = grant.revoked();
+        tokio::pin!(revoked);
         loop {
             if replica.is_removed() {
                 return Some(self.removed_error(key));
@@ -430,7 +433,7 @@ impl PublicApi {
                         _ = replica.removed() => return Some(self.removed_error(key)),
                         // A consumer that grants no credit does not hold
                         // the stream open past a refusal.
-                        refused = grant.revoked() => return Some(refused),
+                        refused = &mut revoked => return Some(refused),
                         sent = sender.send_with_file(&item, range) => {
                             if sent.is_err() {
                                 return None;
@@ -444,7 +447,7 @@ impl PublicApi {
                         biased;
                         _ = self.shutdown.cancelled() => return Some(self.shutting_down(key, offset)),
                         _ = replica.removed() => return Some(self.removed_error(key)),
-                        refused = grant.revoked() => return Some(refused),
+                        refused = &mut revoked => return Some(refused),
                         _ = sender.cancelled() => return None,
                         changed = committed.changed() => {
                             if changed.is_err() {
@@ -564,21 +567,46 @@ fn check_batches(
 ) -> Result<(), ApiError> {
     let mut at = 0;
     let mut index = 1;
+    // The limit holds for the whole request: many small bombs in one frame
+    // cost no more decompression than one.
+    let mut left = limits.max_decompressed_bytes;
     // Each batch takes at least its header's bytes: the loop ends.
     while at < batches.len() {
-        let used = RecordBatch::validate(&batches[at..], limits)
-            .map_err(|error| refused_batch(key, index, at, &error))?;
+        let within = DecodeLimits {
+            max_decompressed_bytes: left,
+        };
+        let (used, decompressed) = RecordBatch::validate_counted(&batches[at..], within)
+            .map_err(|error| {
+                let earlier = left < limits.max_decompressed_bytes;
+                refused_batch(key, index, at, &error, earlier.then_some(limits))
+            })?;
+        left -= decompressed;
         at += used;
         index += 1;
     }
     Ok(())
 }
 
-fn refused_batch(key: &PartitionKey, index: usize, position: usize, error: &WireError) -> ApiError {
+/// The refusal of batch `index`; `shared` is the request's limit when
+/// earlier batches had used part of it.
+fn refused_batch(
+    key: &PartitionKey,
+    index: usize,
+    position: usize,
+    error: &WireError,
+    shared: Option<DecodeLimits>,
+) -> ApiError {
     let batch =
         format!("partition {key}: batch {index} of the produce request (at byte {position})");
-    match error {
-        WireError::DecompressedTooLarge { .. } => ApiError::new(
+    match (error, shared) {
+        (WireError::DecompressedTooLarge { .. }, Some(limits)) => ApiError::new(
+            ErrorCode::RECORDS_TOO_LARGE,
+            format!(
+                "{batch} was refused: with the batches before it, the request decompresses to more than {} bytes (the SPU's max_decompressed_batch_bytes, which bounds a whole request); send fewer batches per request; nothing was written",
+                limits.max_decompressed_bytes
+            ),
+        ),
+        (WireError::DecompressedTooLarge { .. }, None) => ApiError::new(
             ErrorCode::RECORDS_TOO_LARGE,
             format!(
                 "{batch} was refused: its {error} (the SPU's max_decompressed_batch_bytes); split the records into smaller batches; nothing was written"
@@ -665,6 +693,27 @@ mod tests {
         assert!(
             tail.try_into_mut().is_ok(),
             "nothing else holds the buffer: the log takes it without a copy"
+        );
+    }
+
+    #[test]
+    fn the_limit_bounds_the_whole_request() {
+        let one = batch(Compression::Gzip, &[0; 3000]);
+        let mut two = one.clone();
+        two.extend(batch(Compression::Gzip, &[0; 3000]));
+        let limits = DecodeLimits {
+            max_decompressed_bytes: 4096,
+        };
+        check_batches(&key(), &Bytes::from(one), limits).expect("one batch fits");
+        let refused =
+            check_batches(&key(), &Bytes::from(two), limits).expect_err("two do not, together");
+        assert_eq!(refused.code, ErrorCode::RECORDS_TOO_LARGE);
+        assert!(
+            refused.message.contains("batch 2")
+                && refused.message.contains("more than 4096 bytes")
+                && refused.message.contains("fewer batches per request"),
+            "{}",
+            refused.message
         );
     }
 

@@ -33,6 +33,7 @@ pub use server::{
 };
 pub use tls::{
     Admission, ClientTls, NodeTls, Revocations, ServerTls, TlsError, certificate_required,
+    expiry_deadline,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use tokio_util::task::TaskTracker;

@@ -13,6 +13,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use runnel_api::{ApiError, ErrorCode};
 use runnel_pki::{PeerIdentity, PrincipalSource};
@@ -99,6 +100,18 @@ impl Revocations {
         }
         Ok(identity)
     }
+}
+
+/// When [`Revocations::authenticate`] starts refusing `identity` for
+/// expiry: the second after its last valid one. `None` when that is
+/// beyond any timer.
+pub fn expiry_deadline(identity: &PeerIdentity) -> Option<tokio::time::Instant> {
+    let refused_from = identity.not_after_unix.checked_add(1)?;
+    let refused_from = UNIX_EPOCH + Duration::from_secs(u64::try_from(refused_from).unwrap_or(0));
+    let remaining = refused_from
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now().checked_add(remaining)
 }
 
 /// The answer to a request that needs a client certificate, on a

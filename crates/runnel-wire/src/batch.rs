@@ -543,10 +543,24 @@ impl RecordBatch {
     /// as they came and must only know that any consumer can decode them;
     /// decoding would cost it a record list it throws away.
     pub fn validate(bytes: &[u8], limits: DecodeLimits) -> Result<usize, WireError> {
+        RecordBatch::validate_counted(bytes, limits).map(|(total, _)| total)
+    }
+
+    /// [`RecordBatch::validate`], also answering how many bytes the
+    /// batch's records decompressed to (0 when stored uncompressed), for a
+    /// receiver that bounds the decompression of many batches together.
+    pub fn validate_counted(
+        bytes: &[u8],
+        limits: DecodeLimits,
+    ) -> Result<(usize, usize), WireError> {
         let (header, records_section, total) = open_batch(bytes, limits)?;
+        let decompressed = match &records_section {
+            Section::Stored(_) => 0,
+            Section::Decompressed(records) => records.len(),
+        };
         let mut walk = RecordWalk::new(&header, records_section.as_ref())?;
         while walk.next_record()?.is_some() {}
-        Ok(total)
+        Ok((total, decompressed))
     }
 
     /// Encodes the batch. `batch_length`, `crc` and `record_count` are

@@ -69,7 +69,7 @@ async fn keyed_records_come_back_in_order_on_their_key_partitions() {
         stop_at_end: true,
         ..ConsumerConfig::default()
     };
-    let mut consumer = bounded("consumer", client.consumer(&topic, consumer_config))
+    let mut consumer = bounded("consumer", client.consumer(&topic, consumer_config.clone()))
         .await
         .expect("consumer");
     let records = read_to_end(&mut consumer).await;
@@ -91,11 +91,6 @@ async fn keyed_records_come_back_in_order_on_their_key_partitions() {
 
     // In batches: the same records, each batch of one partition in order,
     // one record taken with `next` first.
-    let consumer_config = ConsumerConfig {
-        start: StartFrom::Beginning,
-        stop_at_end: true,
-        ..ConsumerConfig::default()
-    };
     let mut consumer = bounded("consumer", client.consumer(&topic, consumer_config))
         .await
         .expect("consumer");

@@ -84,6 +84,27 @@ pub enum SecurityMutation {
     DeleteRevoked(String),
 }
 
+impl SecurityMutation {
+    /// Records a certificate issued to `user`, valid until `not_after_unix`.
+    pub fn issued(serial: &str, user: &str, not_after_unix: i64) -> SecurityMutation {
+        SecurityMutation::PutIssued {
+            serial: serial.to_string(),
+            record: IssuedRecord {
+                user: user.to_string(),
+                not_after_unix,
+            },
+        }
+    }
+
+    /// Revokes the certificate `serial`, valid until `not_after_unix`.
+    pub fn revoked(serial: &str, not_after_unix: i64) -> SecurityMutation {
+        SecurityMutation::PutRevoked {
+            serial: serial.to_string(),
+            not_after_unix,
+        }
+    }
+}
+
 /// The security tables, as read at startup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadedSecurity {
@@ -408,23 +429,6 @@ mod tests {
         }
     }
 
-    fn issued(serial: &str, user: &str, not_after_unix: i64) -> SecurityMutation {
-        SecurityMutation::PutIssued {
-            serial: serial.to_string(),
-            record: IssuedRecord {
-                user: user.to_string(),
-                not_after_unix,
-            },
-        }
-    }
-
-    fn revoked(serial: &str, not_after_unix: i64) -> SecurityMutation {
-        SecurityMutation::PutRevoked {
-            serial: serial.to_string(),
-            not_after_unix,
-        }
-    }
-
     fn policy() -> Policy {
         Policy {
             roles: vec![Role {
@@ -471,15 +475,18 @@ mod tests {
                 .apply_security(&[SecurityMutation::PutPolicy(policy())])
                 .expect("policy");
             store
-                .apply_security(&[issued("0a01", "alice", 2_000), issued("bb", "bob", 3_000)])
+                .apply_security(&[
+                    SecurityMutation::issued("0a01", "alice", 2_000),
+                    SecurityMutation::issued("bb", "bob", 3_000),
+                ])
                 .expect("issued");
             store
                 .apply_security(&[
                     SecurityMutation::DeleteIssued("bb".to_string()),
-                    revoked("bb", 3_000),
+                    SecurityMutation::revoked("bb", 3_000),
                     SecurityMutation::DeleteUser("bob".to_string()),
-                    revoked("ff", NOT_AFTER_UNKNOWN),
-                    revoked("cc", 1_000),
+                    SecurityMutation::revoked("ff", NOT_AFTER_UNKNOWN),
+                    SecurityMutation::revoked("cc", 1_000),
                 ])
                 .expect("delete bob");
             store
@@ -514,8 +521,8 @@ mod tests {
         store
             .apply_security(&[
                 put_user("alice"),
-                issued("01", "alice", 10),
-                revoked("02", 5),
+                SecurityMutation::issued("01", "alice", 10),
+                SecurityMutation::revoked("02", 5),
             ])
             .expect("first change");
         let before = store.load_security().expect("load");
@@ -533,17 +540,20 @@ mod tests {
                 password: HashedPassword(HASH.replace("argon2id", "argon2i")),
             }],
             // A certificate for a stranger, twice, or with a bad serial.
-            vec![put_user("carol"), issued("03", "dave", 10)],
-            vec![issued("01", "alice", 10)],
-            vec![issued("0001", "alice", 10)],
-            vec![issued("xyz", "alice", 10)],
+            vec![
+                put_user("carol"),
+                SecurityMutation::issued("03", "dave", 10),
+            ],
+            vec![SecurityMutation::issued("01", "alice", 10)],
+            vec![SecurityMutation::issued("0001", "alice", 10)],
+            vec![SecurityMutation::issued("xyz", "alice", 10)],
             // A user deleted with a certificate left, or not stored.
             vec![SecurityMutation::DeleteUser("alice".to_string())],
             vec![SecurityMutation::DeleteUser("dave".to_string())],
             vec![SecurityMutation::DeleteIssued("04".to_string())],
             vec![SecurityMutation::DeleteRevoked("04".to_string())],
             // Revoked twice; an invalid policy.
-            vec![put_user("carol"), revoked("02", 5)],
+            vec![put_user("carol"), SecurityMutation::revoked("02", 5)],
             vec![SecurityMutation::PutPolicy(unknown_role)],
         ];
         for mutations in &refused {
@@ -567,11 +577,11 @@ mod tests {
         store
             .apply_security(&[
                 put_user("alice"),
-                issued("01", "alice", 100),
-                issued("02", "alice", 200),
-                revoked("01", 100),
-                revoked("03", 150),
-                revoked("04", NOT_AFTER_UNKNOWN),
+                SecurityMutation::issued("01", "alice", 100),
+                SecurityMutation::issued("02", "alice", 200),
+                SecurityMutation::revoked("01", 100),
+                SecurityMutation::revoked("03", 150),
+                SecurityMutation::revoked("04", NOT_AFTER_UNKNOWN),
             ])
             .expect("change");
         assert_eq!(store.drop_expired_security(160).expect("drop"), 3);

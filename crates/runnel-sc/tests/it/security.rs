@@ -67,6 +67,15 @@ async fn apply(admin: &Connection, policy: Policy) {
         .expect("policy applied");
 }
 
+/// Revokes `serial` (any CA-signed certificate) and returns what the SC
+/// revoked.
+async fn revoke(admin: &Connection, serial: String) -> Vec<String> {
+    bounded("revoke", admin.call(&UserRevokeRequest::Serial(serial)))
+        .await
+        .expect("revoked")
+        .revoked
+}
+
 /// A login: the answer, and the key the certificate is for.
 async fn login(
     sc: &SecureSc,
@@ -780,12 +789,7 @@ async fn a_watcher_holding_back_credit_gets_nothing_once_revoked() {
     let mut held = watch_holding_credit(&carol).await;
 
     create_seen(&admin, &mut admin_watch, "public-a").await;
-    bounded(
-        "revoke",
-        admin.call(&UserRevokeRequest::Serial(identity_of(&cert).serial)),
-    )
-    .await
-    .expect("revoked");
+    revoke(&admin, identity_of(&cert).serial).await;
 
     let (items, error) = items_then_error(&mut held, 1).await;
     assert_eq!(error.code, ErrorCode::AUTHENTICATION_FAILED, "{error:?}");
@@ -807,30 +811,12 @@ async fn an_spu_holding_back_credit_gets_nothing_once_revoked() {
     let sc = SecureSc::start(dir.path(), Pki::new()).await;
     let admin = sc.as_principal(SUPERUSER).await;
     let (cert, key) = sc.pki.identity("spu:3");
-    let connection = Connection::connect(&sc.private_addr, sc.pki.client(Some((&cert, &key))))
-        .await
-        .expect("connected");
     // The snapshot goes at once; the security state after it waits for
     // credit.
-    let mut held = bounded(
-        "SpuConnect",
-        connection.stream(
-            &SpuConnectRequest {
-                spec: crate::support::spu_spec(3),
-            },
-            1,
-        ),
-    )
-    .await
-    .expect("SpuConnect opens");
-    bounded(
-        "revoke",
-        admin.call(&UserRevokeRequest::Serial(identity_of(&cert).serial)),
-    )
-    .await
-    .expect("revoked");
+    let mut spu = sc.spu_with_credit(3, (&cert, &key), 1).await;
+    revoke(&admin, identity_of(&cert).serial).await;
 
-    let (items, error) = items_then_error(&mut held, 1).await;
+    let (items, error) = items_then_error(&mut spu.assignments, 1).await;
     assert_eq!(error.code, ErrorCode::AUTHENTICATION_FAILED, "{error:?}");
     assert!(
         items
@@ -960,10 +946,7 @@ async fn a_revoked_certificate_fails_its_next_request_and_every_handshake() {
     let (cert, key) = sc.pki.identity(SUPERUSER);
     let serial = identity_of(&cert).serial;
     let typed = format!("000{}", serial.to_uppercase());
-    let revoked = bounded("revoke", admin.call(&UserRevokeRequest::Serial(typed)))
-        .await
-        .expect("revoked");
-    assert_eq!(revoked.revoked, [serial]);
+    assert_eq!(revoke(&admin, typed).await, [serial]);
     let why = refused(&sc.public_addr, &sc, (&cert, &key)).await;
     assert!(why.contains("revoked"), "{why}");
     bounded("list", admin.call(&ListTopicsRequest { names: vec![] }))
@@ -1008,12 +991,7 @@ async fn spus_receive_the_security_state_after_the_snapshot_and_each_change() {
     let state = security_until(&mut spu, |state| state.policy == policy).await;
     assert_eq!(state.revoked, Vec::<String>::new());
 
-    bounded(
-        "revoke",
-        admin.call(&UserRevokeRequest::Serial("0abc".to_string())),
-    )
-    .await
-    .expect("revoked");
+    revoke(&admin, "0abc".to_string()).await;
     let state = security_until(&mut spu, |state| !state.revoked.is_empty()).await;
     assert_eq!(state.revoked, ["0abc"]);
     assert_eq!(state.policy, policy, "the state comes whole");
@@ -1021,37 +999,12 @@ async fn spus_receive_the_security_state_after_the_snapshot_and_each_change() {
     // A session lives through other nodes' revocations and ends with its
     // own certificate's.
     let (cert, key) = sc.pki.identity("spu:3");
-    let connection = Connection::connect(&sc.private_addr, sc.pki.client(Some((&cert, &key))))
-        .await
-        .expect("connected");
-    let assignments = bounded(
-        "SpuConnect",
-        connection.stream(
-            &SpuConnectRequest {
-                spec: crate::support::spu_spec(3),
-            },
-            64,
-        ),
-    )
-    .await
-    .expect("SpuConnect opens");
-    let mut spu3 = FakeSpu {
-        id: runnel_types::SpuId(3),
-        connection,
-        assignments,
-    };
+    let mut spu3 = sc.spu_with(3, (&cert, &key)).await;
     let other = identity_of(&sc.pki.identity("spu:2").0).serial;
-    bounded(
-        "revoke another node",
-        admin.call(&UserRevokeRequest::Serial(other.clone())),
-    )
-    .await
-    .expect("revoked");
+    revoke(&admin, other.clone()).await;
     security_until(&mut spu3, |state| state.revoked.contains(&other)).await;
     let own = identity_of(&cert).serial;
-    bounded("revoke", admin.call(&UserRevokeRequest::Serial(own)))
-        .await
-        .expect("revoked");
+    revoke(&admin, own).await;
     let ended = spu3.ended().await.expect("ended with an error");
     assert_eq!(ended.code, ErrorCode::AUTHENTICATION_FAILED, "{ended:?}");
     sc.stop().await;
@@ -1076,12 +1029,7 @@ async fn users_roles_and_revocations_survive_a_restart() {
     apply(&admin, policy.clone()).await;
     let first = login(&sc, "alice", PASSWORD).await.expect("logged in");
     let second = login(&sc, "alice", PASSWORD).await.expect("logged in");
-    bounded(
-        "revoke",
-        admin.call(&UserRevokeRequest::Serial(first.0.serial.clone())),
-    )
-    .await
-    .expect("revoked");
+    revoke(&admin, first.0.serial.clone()).await;
     let users = bounded("users", admin.call(&UserListRequest {}))
         .await
         .expect("listed");

@@ -174,10 +174,16 @@ impl SecureSc {
 
     /// Connects SPU `id` presenting `identity` (certificate and key PEM).
     pub async fn spu_with(&self, id: u32, identity: (&str, &str)) -> FakeSpu {
+        self.spu_with_credit(id, identity, 64).await
+    }
+
+    /// Connects SPU `id` presenting `identity`, granting its assignment
+    /// stream `credit` items.
+    pub async fn spu_with_credit(&self, id: u32, identity: (&str, &str), credit: u32) -> FakeSpu {
         let connection = connect_ready(&self.private_addr, self.pki.client(Some(identity))).await;
         let assignments = bounded(
             "SpuConnect",
-            connection.stream(&SpuConnectRequest { spec: spu_spec(id) }, 64),
+            connection.stream(&SpuConnectRequest { spec: spu_spec(id) }, credit),
         )
         .await
         .expect("SpuConnect opens");

@@ -3,7 +3,6 @@
 
 use runnel_api::{
     ErrorCode, FetchEpochEndRequest, OffsetQuery, ReplicaPosition, ReplicaPositionsRequest,
-    ReplicaSyncRequest, SyncPartition,
 };
 use runnel_auth::{Action, Binding, Effect, Policy, Role, Rule};
 use runnel_metadata::{PartitionKey, ReplicaAssignment, SecurityState};
@@ -307,22 +306,10 @@ async fn an_spu_replicates_only_as_itself() {
     let cluster = SecureCluster::start(vec![followed_by_spu_2()]).await;
     let spu2 = cluster.connect_private(&cluster.pki.issue("spu:2")).await;
     let spu3 = cluster.connect_private(&cluster.pki.issue("spu:3")).await;
-    let partition = SyncPartition {
-        key: shared.clone(),
-        leader_epoch: LeaderEpoch(0),
-        offset: Offset(0),
-    };
-    let as_itself = ReplicaSyncRequest {
-        follower: SpuId(2),
-        partitions: vec![partition.clone()],
-    };
 
     // Before the SC's first security state, no peer is trusted: its
     // certificate may have been revoked.
-    let mut early = spu2
-        .stream(&as_itself, 4)
-        .await
-        .expect("open a replication stream");
+    let mut early = sync_from_start(&spu2, SpuId(2), &shared).await;
     let refused = sync_error(&mut early).await;
     assert_eq!(refused.code, ErrorCode::PERMISSION_DENIED);
     assert!(
@@ -331,14 +318,7 @@ async fn an_spu_replicates_only_as_itself() {
     );
     cluster.sc.apply_security(policy()).await;
 
-    let as_other = ReplicaSyncRequest {
-        follower: SpuId(3),
-        partitions: vec![partition.clone()],
-    };
-    let mut stream = spu2
-        .stream(&as_other, 4)
-        .await
-        .expect("open a replication stream");
+    let mut stream = sync_from_start(&spu2, SpuId(3), &shared).await;
     let refused = match bounded("the stream's refusal", stream.next_with_tail()).await {
         Some(Err(TransportError::Api(error))) => error,
         other => panic!("expected a refusal, got {other:?}"),
@@ -568,18 +548,7 @@ async fn a_revoked_spu_stops_replicating_at_once() {
     cluster.sc.apply_security(policy()).await;
     let certificate = cluster.pki.issue("spu:2");
     let spu2 = cluster.connect_private(&certificate).await;
-    let sync = ReplicaSyncRequest {
-        follower: SpuId(2),
-        partitions: vec![SyncPartition {
-            key: shared.clone(),
-            leader_epoch: LeaderEpoch(0),
-            offset: Offset(0),
-        }],
-    };
-    let mut stream = spu2
-        .stream(&sync, 4)
-        .await
-        .expect("open a replication stream");
+    let mut stream = sync_from_start(&spu2, SpuId(2), &shared).await;
     // The leader tells the new follower its high watermark, then waits
     // for appends.
     bounded("the first replication item", stream.next_with_tail())
@@ -636,20 +605,9 @@ async fn a_revoked_spu_holding_back_credit_gets_nothing_more() {
     }
     let certificate = cluster.pki.issue("spu:2");
     let spu2 = cluster.connect_private(&certificate).await;
-    let sync = ReplicaSyncRequest {
-        follower: SpuId(2),
-        partitions: vec![SyncPartition {
-            key: shared,
-            leader_epoch: LeaderEpoch(0),
-            offset: Offset(0),
-        }],
-    };
     // A window of four: the leader sends four items and waits for credit
     // to send the rest. The first taken returns none.
-    let mut stream = spu2
-        .stream(&sync, 4)
-        .await
-        .expect("open a replication stream");
+    let mut stream = sync_from_start(&spu2, SpuId(2), &shared).await;
     bounded("the first replication item", stream.next_with_tail())
         .await
         .expect("the stream goes on")

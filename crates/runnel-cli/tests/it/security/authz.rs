@@ -218,45 +218,41 @@ fn the_policy_decides_on_the_sc_and_on_every_spu() {
     assert!(listed("dave").is_empty());
 
     secure.ok_as("carol", &["topic", "create", "new-one"], b"");
-    let denied = secure.fails_as("carol", &["topic", "create", "other"], b"");
-    assert!(
-        denied.contains("permission denied: carol may not create topic:other"),
-        "{denied}"
+    secure.denied_as(
+        "carol",
+        &["topic", "create", "other"],
+        b"",
+        "create topic:other",
     );
-    let denied = secure.fails_as("carol", &["topic", "delete", "new-one"], b"");
-    assert!(
-        denied.contains("permission denied: carol may not delete topic:new-one"),
-        "{denied}"
+    secure.denied_as(
+        "carol",
+        &["topic", "delete", "new-one"],
+        b"",
+        "delete topic:new-one",
     );
     secure.ok_as("carol", &["spu", "list"], b"");
-    let denied = secure.fails_as("alice", &["spu", "list"], b"");
-    assert!(
-        denied.contains("permission denied: alice may not describe cluster"),
-        "{denied}"
-    );
+    secure.denied_as("alice", &["spu", "list"], b"", "describe cluster");
     for admin_only in [
         &["user", "list"][..],
         &["role", "list"],
         &["partition", "elect-preferred"],
     ] {
-        let denied = secure.fails_as("erin", admin_only, b"");
-        assert!(
-            denied.contains("permission denied: erin may not admin cluster"),
-            "{admin_only:?}: {denied}"
-        );
+        secure.denied_as("erin", admin_only, b"", "admin cluster");
     }
 
     // Produce and consume through the client library too.
     secure.ok_as("alice", &["produce", "orders-eu"], b"from alice\n");
-    let denied = secure.fails_as("alice", &["produce", "orders-internal"], b"from alice\n");
-    assert!(
-        denied.contains("permission denied: alice may not write topic:orders-internal"),
-        "{denied}"
+    secure.denied_as(
+        "alice",
+        &["produce", "orders-internal"],
+        b"from alice\n",
+        "write topic:orders-internal",
     );
-    let denied = secure.fails_as("alice", &["consume", "orders-eu", "-B", "-d"], b"");
-    assert!(
-        denied.contains("permission denied: alice may not read topic:orders-eu"),
-        "{denied}"
+    secure.denied_as(
+        "alice",
+        &["consume", "orders-eu", "-B", "-d"],
+        b"",
+        "read topic:orders-eu",
     );
 
     // Roles changed from the CLI reach the SPU too.

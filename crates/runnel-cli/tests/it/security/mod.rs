@@ -114,6 +114,14 @@ impl SecureCluster {
         text(&output.stderr)
     }
 
+    /// Runs `runnel ARGS` as `profile`, asserting it is refused with
+    /// "permission denied: PROFILE may not WHAT".
+    pub fn denied_as(&self, profile: &str, args: &[&str], stdin: &[u8], what: &str) {
+        let denied = self.fails_as(profile, args, stdin);
+        let expected = format!("permission denied: {profile} may not {what}");
+        assert!(denied.contains(&expected), "{args:?}: {denied}");
+    }
+
     /// The address of listener `index`: 0 SC public, 1 SC private, then
     /// each SPU's public and private.
     pub fn listener(&self, index: u16) -> String {
