@@ -80,8 +80,10 @@ pub enum PolicyError {
 /// an error, so a huge input cannot produce a huge message.
 const EXCERPT_CHARS: usize = 64;
 
-/// `text`, cut to [`EXCERPT_CHARS`] characters with a trailing `…` if longer.
-pub(crate) fn excerpt(text: &str) -> String {
+/// `text`, cut to [`EXCERPT_CHARS`] characters with a trailing `…` if
+/// longer: a name or value a peer sent, quoted in an error at a bounded
+/// length.
+pub fn excerpt(text: &str) -> String {
     match text.char_indices().nth(EXCERPT_CHARS) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),

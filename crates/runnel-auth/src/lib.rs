@@ -71,7 +71,7 @@ mod policy;
 mod resource;
 
 pub use action::{Action, Effect};
-pub use error::{Denied, PolicyError};
+pub use error::{Denied, PolicyError, excerpt};
 pub use names::{
     MAX_PRINCIPAL_LEN, MAX_ROLE_NAME_LEN, MAX_USER_NAME_LEN, SC_PRINCIPAL, is_node_identity,
     spu_id_of, spu_principal, validate_principal, validate_role_name, validate_user_name,

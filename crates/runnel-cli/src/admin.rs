@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use comfy_table::{Table, presets};
-use runnel_client::{Profiles, RunnelClient, runnel_home};
+use runnel_client::{Admin, Profiles, RunnelClient, runnel_home};
 use runnel_metadata::{Partition, Topic, TopicConfig, TopicSpec};
 use runnel_types::{ByteSize, Duration, FlushPolicy, Offset, PartitionId, SpuId, TopicName};
 use runnel_wire::Compression;
@@ -72,6 +72,11 @@ pub async fn connect(profile: Option<String>) -> Result<RunnelClient, Box<dyn st
         None => profiles.current()?,
     };
     Ok(RunnelClient::connect_profile(&profile).await?)
+}
+
+/// The cluster administration calls, on the cluster of `profile`.
+pub async fn admin(profile: Option<String>) -> Result<Admin, Box<dyn std::error::Error>> {
+    Ok(connect(profile).await?.admin())
 }
 
 /// A table for people: no borders, a header row.

@@ -213,8 +213,8 @@ impl Process {
     /// The node identity its certificate names.
     fn principal(self) -> String {
         match self {
-            Process::Sc => "sc".to_string(),
-            Process::Spu(id) => format!("spu:{id}"),
+            Process::Sc => runnel_auth::SC_PRINCIPAL.to_string(),
+            Process::Spu(id) => runnel_auth::spu_principal(id.0),
         }
     }
 }

@@ -3,8 +3,7 @@
 //! their owner only.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 /// Mode of a private key file.
@@ -24,20 +23,6 @@ pub fn create_private_dir(dir: &Path) -> Result<(), String> {
 
 /// Writes `contents` to `path` whole, with `mode` from the first byte on.
 pub fn write_whole(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
-    let temporary = path.with_extension("tmp");
-    let _ = fs::remove_file(&temporary);
-    let written = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&temporary)
-        .and_then(|mut file| {
-            file.write_all(contents)?;
-            file.sync_all()
-        })
-        .and_then(|()| fs::rename(&temporary, path));
-    written.map_err(|error| {
-        let _ = fs::remove_file(&temporary);
-        format!("cannot write {}: {error}", path.display())
-    })
+    runnel_client::write_whole(path, contents, mode)
+        .map_err(|error| format!("cannot write {}: {error}", path.display()))
 }

@@ -14,11 +14,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 use runnel_client::{ClientError, LoginOptions, Profile, ProfileTls, Profiles, login, runnel_home};
+use runnel_pki::{certificate_ders, utc_text};
 
 use crate::CommandResult;
 use crate::files;
-use runnel_pki::utc_text;
-
 use crate::user::{PasswordArgs, parse_user_name};
 
 /// Directory of the Runnel home holding one directory per logged-in
@@ -52,8 +51,15 @@ pub struct LoginArgs {
 }
 
 pub async fn run(profile: Option<String>, args: LoginArgs) -> CommandResult {
+    let given = profile.is_some();
     let name = profile.unwrap_or_else(|| args.user.clone());
-    check_profile_name(&name)?;
+    check_profile_name(&name).map_err(|error| {
+        if given {
+            error
+        } else {
+            format!("{error}; the profile is named after the user unless you give --profile NAME")
+        }
+    })?;
     let home = runnel_home()?;
     let ca_pem = read_ca(&args.tls_ca)?;
     let password = args.password.read(&args.user, false)?;
@@ -153,23 +159,13 @@ fn read_ca(path: &Path) -> Result<Vec<u8>, String> {
 /// in the user's CA file (PEM), compared as DER, so line endings, comments
 /// and bundles do not matter. A report with no certificate is not the same.
 fn reports_same_ca(trusted_pem: &[u8], reported_pem: &[u8]) -> bool {
-    let (Some(trusted), Some(reported)) = (certificates(trusted_pem), certificates(reported_pem))
-    else {
+    let (Some(trusted), Some(reported)) = (
+        certificate_ders(trusted_pem),
+        certificate_ders(reported_pem),
+    ) else {
         return false;
     };
     !reported.is_empty() && reported.iter().all(|der| trusted.contains(der))
-}
-
-/// The DER of each CERTIFICATE block, or None if a block cannot be decoded.
-fn certificates(pem: &[u8]) -> Option<Vec<Vec<u8>>> {
-    x509_parser::pem::Pem::iter_from_buffer(pem)
-        .filter(|block| {
-            !block
-                .as_ref()
-                .is_ok_and(|block| block.label != "CERTIFICATE")
-        })
-        .map(|block| block.ok().map(|block| block.contents))
-        .collect()
 }
 
 #[cfg(test)]

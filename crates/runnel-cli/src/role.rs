@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Args, Subcommand};
 use runnel_auth::{Action, Binding, Effect, Policy, ResourcePattern, Role, Rule};
 
+use crate::server::parse_principal;
 use crate::{CommandResult, Output};
 
 /// Largest policy file read.
@@ -71,12 +72,6 @@ fn parse_role_name(text: &str) -> Result<String, String> {
         .map_err(|error| error.to_string())
 }
 
-fn parse_principal(text: &str) -> Result<String, String> {
-    runnel_auth::validate_principal(text)
-        .map(|()| text.to_string())
-        .map_err(|error| error.to_string())
-}
-
 fn parse_allow(text: &str) -> Result<Rule, String> {
     parse_rule(Effect::Allow, text)
 }
@@ -123,7 +118,7 @@ pub async fn run(profile: Option<String>, command: RoleCommand) -> CommandResult
                 bindings: Vec::new(),
             };
             policy.validate()?;
-            let admin = crate::admin::connect(profile).await?.admin();
+            let admin = crate::admin::admin(profile).await?;
             let name = role.name.clone();
             admin.create_role(role, args.replace).await?;
             let verb = if args.replace { "set" } else { "created" };
@@ -136,7 +131,7 @@ pub async fn run(profile: Option<String>, command: RoleCommand) -> CommandResult
             principal,
             unbind,
         } => {
-            let admin = crate::admin::connect(profile).await?.admin();
+            let admin = crate::admin::admin(profile).await?;
             let binding = Binding {
                 principal: principal.clone(),
                 role: role.clone(),
@@ -149,7 +144,7 @@ pub async fn run(profile: Option<String>, command: RoleCommand) -> CommandResult
             }
         }
         RoleCommand::List { output } => {
-            let admin = crate::admin::connect(profile).await?.admin();
+            let admin = crate::admin::admin(profile).await?;
             print_policy(&admin.list_roles().await?, output)?;
         }
     }
@@ -158,7 +153,7 @@ pub async fn run(profile: Option<String>, command: RoleCommand) -> CommandResult
 
 pub async fn apply(profile: Option<String>, args: ApplyArgs) -> CommandResult {
     let policy = read_policy(&args.file)?;
-    let admin = crate::admin::connect(profile).await?.admin();
+    let admin = crate::admin::admin(profile).await?;
     let applied = admin.apply_policy(policy.clone()).await?;
     println!(
         "applied {}: {} roles, {} bindings; roles and bindings not in it were removed",

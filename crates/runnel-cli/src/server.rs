@@ -207,7 +207,9 @@ mod defaults {
     }
 }
 
-fn parse_principal(text: &str) -> Result<String, String> {
+/// A principal named on the command line, as bindings and superusers
+/// take it.
+pub(crate) fn parse_principal(text: &str) -> Result<String, String> {
     runnel_auth::validate_principal(text)
         .map(|()| text.to_string())
         .map_err(|error| error.to_string())

@@ -5,9 +5,10 @@ use std::io::BufRead;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use runnel_client::{Admin, UserInfo};
+use runnel_client::UserInfo;
 use serde_json::json;
 
+use crate::admin::admin;
 use crate::{CommandResult, Output};
 
 /// Longest password accepted, in bytes.
@@ -95,10 +96,6 @@ pub async fn run(profile: Option<String>, command: UserCommand) -> CommandResult
         UserCommand::Revoke(args) => revoke(profile, args).await?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn admin(profile: Option<String>) -> Result<Admin, Box<dyn std::error::Error>> {
-    Ok(crate::admin::connect(profile).await?.admin())
 }
 
 async fn revoke(

@@ -51,7 +51,9 @@ pub enum ClientError {
     NoLeader(PartitionKey),
     /// The server refused this client's TLS certificate (missing,
     /// revoked, expired, from another CA, or not a usable principal).
-    #[error("{addr} refused this client: {reason}")]
+    #[error(
+        "{addr} refused this client: {reason}; get a new certificate with `runnel login`, or check the profile's TLS files"
+    )]
     Refused { addr: String, reason: String },
     /// The TLS handshake failed on this side: the server's certificate did
     /// not verify, or the server does not speak TLS.

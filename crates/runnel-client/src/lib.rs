@@ -48,7 +48,7 @@ pub use partitioner::{Partitioner, key_partition, murmur2};
 pub use producer::{
     DeliveryFuture, MAX_BATCH_BYTES, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
-pub use profile::{CONFIG_FILE, Profile, ProfileTls, Profiles, runnel_home};
+pub use profile::{CONFIG_FILE, Profile, ProfileTls, Profiles, runnel_home, write_whole};
 pub use security::{Credentials, LoginOptions, login};
 
 pub use runnel_api::{

@@ -28,6 +28,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use runnel_transport::{ClientTls, TlsError, TransportConfig};
@@ -240,27 +241,8 @@ impl Profiles {
             path: self.path.clone(),
             reason: error.to_string(),
         })?;
-        let temporary = self
-            .path
-            .with_extension(format!("toml.tmp.{}", std::process::id()));
-        let written = fs::File::create(&temporary).and_then(|mut file| {
-            file.write_all(text.as_bytes())?;
-            file.sync_all()
-        });
-        if let Err(error) = written {
-            let _ = fs::remove_file(&temporary);
-            return Err(io_error("write", &temporary, &error));
-        }
-        if let Err(error) = fs::rename(&temporary, &self.path) {
-            let _ = fs::remove_file(&temporary);
-            return Err(io_error("replace", &self.path, &error));
-        }
-        // The rename is durable once the directory is synced; a failure
-        // here leaves a valid file either way, so it is not reported.
-        if let Ok(directory) = fs::File::open(directory) {
-            let _ = directory.sync_all();
-        }
-        Ok(())
+        write_whole(&self.path, text.as_bytes(), 0o644)
+            .map_err(|error| io_error("write", &self.path, &error))
     }
 
     /// Every profile, by name.
@@ -383,6 +365,38 @@ impl Profiles {
             known,
         }
     }
+}
+
+/// Writes `contents` to `path` whole, created with `mode` from the first
+/// byte on: a temporary file beside it (named for this process, so two
+/// writers never share one), synced, renamed over it, and the directory
+/// synced so the rename lasts.
+pub fn write_whole(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temporary = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&temporary)
+        .and_then(|mut file| {
+            file.write_all(contents)?;
+            file.sync_all()
+        })
+        .and_then(|()| fs::rename(&temporary, path));
+    if let Err(error) = written {
+        let _ = fs::remove_file(&temporary);
+        return Err(error);
+    }
+    // A failure here leaves a valid file either way, so it is not
+    // reported.
+    if let Some(directory) = path.parent()
+        && let Ok(directory) = fs::File::open(directory)
+    {
+        let _ = directory.sync_all();
+    }
+    Ok(())
 }
 
 fn io_error(action: &'static str, path: &Path, error: &std::io::Error) -> ClientError {

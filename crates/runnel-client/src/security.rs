@@ -78,7 +78,10 @@ pub async fn login(options: &LoginOptions) -> Result<Credentials, ClientError> {
     let client_tls =
         ClientTls::new(&options.ca_pem, None, options.domain.as_deref()).map_err(|error| {
             match error {
-                TlsError::ServerName(_) => ClientError::Login(error.to_string()),
+                TlsError::ServerName(name) => ClientError::Login(format!(
+                    "--tls-domain `{name}` is not a valid server name; give the DNS name or IP \
+                     address the SC's certificate carries"
+                )),
                 other => ClientError::LoginCa(other.to_string()),
             }
         })?;

@@ -149,6 +149,8 @@ pub struct ClusterCa {
     cert_pem: String,
     key_pem: String,
     cert_der: Vec<u8>,
+    /// The last second the CA certificate is valid.
+    not_after_unix: i64,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -276,10 +278,12 @@ impl ClusterCa {
         }
         let issuer =
             Issuer::from_ca_cert_pem(cert_pem, key).map_err(crypto("read the CA certificate"))?;
+        let not_after_unix = certificate.validity().not_after.timestamp();
         Ok(ClusterCa {
             cert_pem: cert_pem.to_owned(),
             key_pem: key_pem.to_owned(),
             cert_der,
+            not_after_unix,
             issuer,
         })
     }
@@ -292,6 +296,11 @@ impl ClusterCa {
     /// The CA certificate, DER, for trust stores that take DER.
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
+    }
+
+    /// The last second the CA certificate is valid, as Unix time.
+    pub fn not_after_unix(&self) -> i64 {
+        self.not_after_unix
     }
 
     /// The CA key, PEM, for writing ca.key with mode 0600 by the caller.

@@ -14,7 +14,7 @@ pub use ca::{
 };
 pub use principal::{
     PRINCIPAL_LEN_MAX, ParsePrincipalSourceError, PeerIdentity, PrincipalError, PrincipalSource,
-    SERIAL_LEN_MAX, validate_principal,
+    SERIAL_LEN_MAX, certificate_ders, validate_principal,
 };
 
 /// A certificate time (seconds since the Unix epoch) as people read it:

@@ -199,6 +199,33 @@ impl PeerIdentity {
             not_after_unix: certificate.validity().not_after.timestamp(),
         })
     }
+
+    /// Reads the identity from a certificate file's first PEM block, as
+    /// servers read it from the DER they are presented.
+    pub fn from_pem(pem: &[u8], source: PrincipalSource) -> Result<PeerIdentity, String> {
+        let (_, block) = x509_parser::pem::parse_x509_pem(pem)
+            .map_err(|error| format!("it holds no PEM certificate ({error})"))?;
+        if block.label != "CERTIFICATE" {
+            return Err(format!(
+                "its first PEM block is a {}, not a CERTIFICATE",
+                block.label
+            ));
+        }
+        PeerIdentity::from_der(&block.contents, source).map_err(|error| error.to_string())
+    }
+}
+
+/// The DER of each CERTIFICATE block of `pem` (other blocks skipped), or
+/// `None` if a block cannot be decoded.
+pub fn certificate_ders(pem: &[u8]) -> Option<Vec<Vec<u8>>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem)
+        .filter(|block| {
+            !block
+                .as_ref()
+                .is_ok_and(|block| block.label != "CERTIFICATE")
+        })
+        .map(|block| block.ok().map(|block| block.contents))
+        .collect()
 }
 
 /// Checks `name` against the principal rule: 1..=128 bytes of

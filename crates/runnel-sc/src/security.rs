@@ -28,7 +28,7 @@ use runnel_api::{
     Reply, RevokeResponse, RoleBindRequest, RoleCreateRequest, UserAddRequest, UserInfo,
     UserPasswdRequest, UserRevokeRequest,
 };
-use runnel_auth::Policy;
+use runnel_auth::{Policy, excerpt};
 use runnel_metadata::SecurityState;
 use runnel_pki::{CSR_PEM_LEN_MAX, ClusterCa, SignedCert};
 use runnel_transport::Revocations;
@@ -432,7 +432,8 @@ impl Security {
                     ErrorCode::ROLE_NOT_FOUND,
                     format!(
                         "{} is not bound to role '{}'; list bindings with `runnel role list`",
-                        binding.principal, binding.role
+                        excerpt(&binding.principal),
+                        excerpt(&binding.role)
                     ),
                 ));
             }
@@ -446,7 +447,7 @@ impl Security {
                         format!(
                             "role '{}' does not exist; create it first, or list roles with \
                              `runnel role list`",
-                            binding.role
+                            excerpt(&binding.role)
                         ),
                     ));
                 }
@@ -633,7 +634,10 @@ impl Data {
         }
         Err(ApiError::new(
             ErrorCode::USER_NOT_FOUND,
-            format!("user '{name}' does not exist; list users with `runnel user list`"),
+            format!(
+                "user '{}' does not exist; list users with `runnel user list`",
+                excerpt(name)
+            ),
         ))
     }
 

@@ -575,8 +575,8 @@ fn check_batches(
         let within = DecodeLimits {
             max_decompressed_bytes: left,
         };
-        let (used, decompressed) = RecordBatch::validate_counted(&batches[at..], within)
-            .map_err(|error| {
+        let (used, decompressed) =
+            RecordBatch::validate_counted(&batches[at..], within).map_err(|error| {
                 let earlier = left < limits.max_decompressed_bytes;
                 refused_batch(key, index, at, &error, earlier.then_some(limits))
             })?;

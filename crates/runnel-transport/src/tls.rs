@@ -514,18 +514,18 @@ impl ServerCertVerifier for ExpectPrincipal {
             ocsp_response,
             now,
         )?;
-        let named = PeerIdentity::from_der(end_entity, PrincipalSource::CommonName)
-            .map(|identity| identity.principal)
-            .unwrap_or_default();
-        if named != self.principal {
-            warn!(expected = %self.principal, named = %named,
-                "server certificate refused: it names another node");
-            return Err(rustls::Error::General(format!(
-                "the server's certificate names `{named}`, not the expected `{}`",
-                self.principal
-            )));
-        }
-        Ok(verified)
+        let named = match PeerIdentity::from_der(end_entity, PrincipalSource::CommonName) {
+            Ok(identity) if identity.principal == self.principal => return Ok(verified),
+            Ok(identity) => format!("names `{}`", identity.principal),
+            Err(error) => format!("names no node ({error})"),
+        };
+        warn!(expected = %self.principal, %named, "server certificate refused: not the node dialled");
+        Err(rustls::Error::General(format!(
+            "the server's certificate {named}, not the expected `{}`; the address dialled \
+             reaches another node, or its certificate was issued for another id: check the \
+             advertised address, or reissue the node's certificate",
+            self.principal
+        )))
     }
 
     fn verify_tls12_signature(

@@ -154,15 +154,7 @@ impl TlsFiles {
     /// invalidates every certificate the old one signed, users' included:
     /// that must be the operator's decision.
     fn check_ca_expiry(&self, ca: &ClusterCa, now: OffsetDateTime) -> Result<(), String> {
-        let not_after = match x509_parser::parse_x509_certificate(ca.cert_der()) {
-            Ok((_, certificate)) => certificate.validity().not_after.timestamp(),
-            Err(error) => {
-                return Err(format!(
-                    "the CA certificate {} cannot be read: {error}",
-                    self.ca_cert().display()
-                ));
-            }
-        };
+        let not_after = ca.not_after_unix();
         if not_after > (now + RENEW_BEFORE).unix_timestamp() {
             return Ok(());
         }
@@ -200,7 +192,7 @@ impl TlsFiles {
                 key_path.display()
             ));
         }
-        let read = match leaf_identity(&pem) {
+        let read = match PeerIdentity::from_pem(&pem, PrincipalSource::CommonName) {
             Ok(read) => read,
             Err(reason) => return LeafState::Replace(format!("it cannot be used: {reason}")),
         };
@@ -249,21 +241,6 @@ impl TlsFiles {
         write_file(&cert_path, &issued.cert_pem, false)?;
         Ok(())
     }
-}
-
-/// The identity in a node or admin certificate file (the first PEM block),
-/// read as the servers read it.
-fn leaf_identity(pem: &[u8]) -> Result<PeerIdentity, String> {
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem)
-        .map_err(|error| format!("it holds no PEM certificate ({error})"))?;
-    if block.label != "CERTIFICATE" {
-        return Err(format!(
-            "its first PEM block is a {}, not a CERTIFICATE",
-            block.label
-        ));
-    }
-    PeerIdentity::from_der(&block.contents, PrincipalSource::CommonName)
-        .map_err(|error| error.to_string())
 }
 
 fn read(path: &Path) -> Result<String, String> {

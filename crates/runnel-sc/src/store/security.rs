@@ -378,7 +378,7 @@ pub fn canonical_serial(text: &str) -> Result<String, String> {
     if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
         return Err(format!(
             "serial {:?} is not a hexadecimal number; copy it from `runnel user list`",
-            excerpt(text)
+            runnel_auth::excerpt(text)
         ));
     }
     let digits = text.trim_start_matches('0').to_ascii_lowercase();
@@ -392,21 +392,12 @@ pub fn canonical_serial(text: &str) -> Result<String, String> {
     };
     if canonical.len() > SERIAL_HEX_LEN_MAX {
         return Err(format!(
-            "serial {}… is longer than {} bytes, more than any certificate's",
-            excerpt(text),
+            "serial {} is longer than {} bytes, more than any certificate's",
+            runnel_auth::excerpt(text),
             runnel_pki::SERIAL_LEN_MAX
         ));
     }
     Ok(canonical)
-}
-
-/// The start of a long user-supplied text, to quote it in an error.
-fn excerpt(text: &str) -> &str {
-    let end = text
-        .char_indices()
-        .nth(SERIAL_HEX_LEN_MAX)
-        .map_or(text.len(), |(at, _)| at);
-    &text[..end]
 }
 
 #[cfg(test)]
