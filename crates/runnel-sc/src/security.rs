@@ -49,6 +49,10 @@ pub const MAX_USERS: usize = 10_000;
 /// login stores one until it expires, so this bounds what a user can make
 /// the SC keep.
 pub const MAX_CERTIFICATES_PER_USER: usize = 64;
+/// The most revocations the SC keeps of certificates it did not issue
+/// (by serial): their end of validity is unknown, so they are kept for
+/// good, and every revocation goes to each SPU in one frame.
+pub const MAX_FOREIGN_REVOCATIONS: usize = 10_000;
 /// How long past its end of validity a certificate still counts as
 /// unexpired for revocation, so that a node whose clock runs behind still
 /// refuses a revoked one.
@@ -381,6 +385,9 @@ impl Security {
                 if data.revoked.contains_key(&serial) {
                     Vec::new()
                 } else {
+                    if !data.issued.contains_key(&serial) {
+                        data.check_foreign_revocation_room()?;
+                    }
                     vec![serial]
                 }
             }
@@ -660,6 +667,25 @@ impl Data {
         Ok(())
     }
 
+    fn check_foreign_revocation_room(&self) -> Result<(), ApiError> {
+        let kept = self
+            .revoked
+            .values()
+            .filter(|not_after| **not_after == NOT_AFTER_UNKNOWN)
+            .count();
+        if kept < MAX_FOREIGN_REVOCATIONS {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorCode::INVALID_CONFIG,
+            format!(
+                "the SC already keeps {MAX_FOREIGN_REVOCATIONS} revocations of certificates it \
+                 did not issue, its most (they never expire from its list); revoke certificates \
+                 it issued by user (`runnel user revoke NAME`), or replace the cluster CA"
+            ),
+        ))
+    }
+
     fn check_certificate_room(&self, user: &str, now: i64) -> Result<(), ApiError> {
         if self.revocable_of(user, now).len() < MAX_CERTIFICATES_PER_USER {
             return Ok(());
@@ -793,6 +819,43 @@ mod tests {
             failed_auth_delay: Duration::ZERO,
         };
         Security::new(config, Arc::new(store), loaded, Revocations::default())
+    }
+
+    /// Revocations of certificates the SC did not issue never expire, so
+    /// their number is bounded; one already kept, or one of a certificate
+    /// the SC issued, is still taken at the bound.
+    #[tokio::test]
+    async fn revocations_of_certificates_not_issued_here_are_bounded() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut full: Vec<SecurityMutation> = (0..MAX_FOREIGN_REVOCATIONS)
+            .map(|at| {
+                SecurityMutation::revoked(&format!("{:08x}", 0x1000_0000 + at), NOT_AFTER_UNKNOWN)
+            })
+            .collect();
+        full.push(SecurityMutation::issued("abcdef01", "alice", i64::MAX - 1));
+        let security = security(&dir, &["alice"], full).await;
+
+        let refused = security
+            .user_revoke(UserRevokeRequest::Serial("ffffffff".to_string()))
+            .await
+            .expect_err("past the bound");
+        assert_eq!(refused.code, ErrorCode::INVALID_CONFIG, "{refused:?}");
+        assert!(
+            refused
+                .message
+                .contains(&format!("{MAX_FOREIGN_REVOCATIONS} revocations")),
+            "{refused:?}"
+        );
+        let again = security
+            .user_revoke(UserRevokeRequest::Serial("0010000000".to_string()))
+            .await
+            .expect("a revocation already kept");
+        assert!(again.revoked.is_empty());
+        let issued = security
+            .user_revoke(UserRevokeRequest::Serial("abcdef01".to_string()))
+            .await
+            .expect("a certificate the SC issued");
+        assert_eq!(issued.revoked, ["abcdef01"]);
     }
 
     fn login_request(user: &str, password: &str) -> LoginRequest {
